@@ -1,0 +1,235 @@
+//! Repairable threshold scheme: recover a lost share from `t` helpers without ever
+//! reconstructing the key (`frost_core::keys::repairable`, after Laing & Stinson, "A
+//! survey and refinement of repairable threshold schemes", §4).
+//!
+//! 1. Each helper calls [`helper_start`] → [`HelperAwaitingDeltas`] and one sealed
+//!    delta for every other helper (its own delta stays in the state).
+//! 2. Each helper calls [`HelperAwaitingDeltas::finish`] with the deltas addressed to it
+//!    → one sealed sigma for the participant being repaired.
+//! 3. The participant being repaired calls [`recover`] with every helper's sigma and
+//!    the (public) key set; the recovered share is checked against its verifying share,
+//!    which frost itself does not do.
+
+use std::collections::BTreeMap;
+
+use frost_core::keys::repairable::{Delta, Sigma};
+use frost_core::keys::SigningShare;
+use rand_core::{CryptoRng, RngCore};
+
+use crate::error::Error;
+use crate::identity::{self, Identity, Roster};
+use crate::ids::{ParticipantId, SessionId};
+use crate::keys::{frost_err, KeyShare, PublicKeySet};
+use crate::suite::EngineSuite;
+use crate::wire::{self, Header, Kind, Reader};
+
+/// Parameters of one repair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairConfig {
+    /// Session id.
+    pub session: SessionId,
+    /// The helpers (at least `t`, ascending), each holding a share.
+    pub helpers: Vec<ParticipantId>,
+    /// The participant whose share is being recovered.
+    pub lost: ParticipantId,
+}
+
+impl RepairConfig {
+    fn validate<C: EngineSuite>(&self, public: &PublicKeySet<C>) -> Result<(), Error> {
+        if self.helpers.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::InvalidParameters("helpers must be unique and ascending".into()));
+        }
+        if self.helpers.len() < public.threshold as usize {
+            return Err(Error::BelowThreshold {
+                have: self.helpers.len(),
+                threshold: public.threshold,
+            });
+        }
+        if self.helpers.contains(&self.lost) {
+            return Err(Error::InvalidParameters("the lost participant cannot help".into()));
+        }
+        if let Some(p) = self
+            .helpers
+            .iter()
+            .chain(std::iter::once(&self.lost))
+            .find(|p| !public.participants.contains(p))
+        {
+            return Err(Error::InvalidParameters(format!("{p} holds no share of this key")));
+        }
+        Ok(())
+    }
+}
+
+/// A helper's state between step 1 and step 2.
+pub struct HelperAwaitingDeltas<C: EngineSuite> {
+    cfg: RepairConfig,
+    me: ParticipantId,
+    own_delta: Delta<C>,
+}
+
+impl<C: EngineSuite> core::fmt::Debug for HelperAwaitingDeltas<C> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HelperAwaitingDeltas")
+            .field("cfg", &self.cfg)
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+fn header<C: EngineSuite>(kind: Kind, cfg: &RepairConfig, from: ParticipantId, to: ParticipantId) -> Header {
+    Header {
+        suite: C::SUITE,
+        kind,
+        session: cfg.session,
+        from,
+        to: Some(to),
+    }
+}
+
+fn scalar_of<C: EngineSuite>(from: ParticipantId, pt: &[u8]) -> Result<frost_core::Scalar<C>, Error> {
+    let mut r = Reader::new(pt);
+    let s = wire::get_scalar::<C>(&mut r, "repair value").map_err(|e| Error::decode(Some(from), e))?;
+    r.finish().map_err(|e| Error::decode(Some(from), e))?;
+    Ok(s)
+}
+
+/// Step 1 for a helper: splits `share`'s contribution into one delta per helper.
+pub fn helper_start<C: EngineSuite, R: RngCore + CryptoRng>(
+    cfg: RepairConfig,
+    share: &KeyShare<C>,
+    identity: &dyn Identity,
+    roster: &Roster,
+    rng: &mut R,
+) -> Result<(HelperAwaitingDeltas<C>, BTreeMap<ParticipantId, Vec<u8>>), Error> {
+    cfg.validate(share.public())?;
+    let me = share.id();
+    if !cfg.helpers.contains(&me) {
+        return Err(Error::InvalidParameters(format!("{me} is not a helper")));
+    }
+    let helpers: Vec<_> = cfg.helpers.iter().map(|p| p.to_frost::<C>()).collect();
+    let deltas = frost_core::keys::repairable::repair_share_part1(
+        &helpers,
+        share.key_package(),
+        rng,
+        cfg.lost.to_frost(),
+    )
+    .map_err(frost_err)?;
+    let mut out = BTreeMap::new();
+    let mut own_delta = None;
+    for p in &cfg.helpers {
+        let d = deltas
+            .get(&p.to_frost::<C>())
+            .ok_or_else(|| Error::Frost(format!("no delta for helper {p}")))?;
+        if *p == me {
+            own_delta = Some(*d);
+            continue;
+        }
+        let recipient = roster.get(*p).ok_or(Error::UnknownSender(*p))?;
+        let h = header::<C>(Kind::RepairDelta, &cfg, me, *p);
+        let pt = zeroize::Zeroizing::new(d.serialize());
+        out.insert(*p, identity::signed_sealed(identity, rng, &h, recipient, &pt)?);
+    }
+    let own_delta = own_delta.ok_or_else(|| Error::Frost("no delta for ourselves".into()))?;
+    Ok((HelperAwaitingDeltas { cfg, me, own_delta }, out))
+}
+
+impl<C: EngineSuite> HelperAwaitingDeltas<C> {
+    /// Step 2 for a helper: sums the deltas addressed to it (one from each other
+    /// helper) into a sigma sealed to the participant being repaired.
+    pub fn finish<'a, R: RngCore + CryptoRng>(
+        self,
+        identity: &dyn Identity,
+        roster: &Roster,
+        deltas: impl IntoIterator<Item = &'a [u8]>,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, Error> {
+        let mut got = BTreeMap::new();
+        for env in deltas {
+            let (from, pt) = identity::open_sealed(
+                identity,
+                roster,
+                env,
+                C::SUITE,
+                Kind::RepairDelta,
+                &self.cfg.session,
+                self.me,
+            )?;
+            if !self.cfg.helpers.contains(&from) || from == self.me {
+                return Err(Error::UnknownSender(from));
+            }
+            let d = Delta::<C>::new(scalar_of::<C>(from, &pt)?);
+            if got.insert(from, d).is_some() {
+                return Err(Error::Duplicate {
+                    round: "repair delta",
+                    culprit: from,
+                });
+            }
+        }
+        let expected: Vec<_> = self.cfg.helpers.iter().copied().filter(|p| *p != self.me).collect();
+        if !got.keys().eq(expected.iter()) {
+            return Err(Error::WrongParticipants {
+                round: "repair delta",
+                expected,
+                got: got.keys().copied().collect(),
+            });
+        }
+        let mut all: Vec<Delta<C>> = got.into_values().collect();
+        all.push(self.own_delta);
+        let sigma = frost_core::keys::repairable::repair_share_part2(&all);
+        let recipient = roster.get(self.cfg.lost).ok_or(Error::UnknownSender(self.cfg.lost))?;
+        let h = header::<C>(Kind::RepairSigma, &self.cfg, self.me, self.cfg.lost);
+        let pt = zeroize::Zeroizing::new(sigma.serialize());
+        identity::signed_sealed(identity, rng, &h, recipient, &pt)
+    }
+}
+
+/// Step 3 for the participant being repaired: combines one sigma from every helper into
+/// its share, and checks the share against its verifying share in `public`.
+pub fn recover<'a, C: EngineSuite>(
+    cfg: &RepairConfig,
+    public: PublicKeySet<C>,
+    identity: &dyn Identity,
+    roster: &Roster,
+    sigmas: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<KeyShare<C>, Error> {
+    cfg.validate(&public)?;
+    let mut got = BTreeMap::new();
+    for env in sigmas {
+        let (from, pt) = identity::open_sealed(
+            identity,
+            roster,
+            env,
+            C::SUITE,
+            Kind::RepairSigma,
+            &cfg.session,
+            cfg.lost,
+        )?;
+        if !cfg.helpers.contains(&from) {
+            return Err(Error::UnknownSender(from));
+        }
+        let s = Sigma::<C>::new(scalar_of::<C>(from, &pt)?);
+        if got.insert(from, s).is_some() {
+            return Err(Error::Duplicate {
+                round: "repair sigma",
+                culprit: from,
+            });
+        }
+    }
+    if !got.keys().eq(cfg.helpers.iter()) {
+        return Err(Error::WrongParticipants {
+            round: "repair sigma",
+            expected: cfg.helpers.clone(),
+            got: got.keys().copied().collect(),
+        });
+    }
+    let sigmas: Vec<_> = got.into_values().collect();
+    let kp = frost_core::keys::repairable::repair_share_part3(
+        &sigmas,
+        cfg.lost.to_frost(),
+        public.frost_package(),
+    )
+    .map_err(frost_err)?;
+    let share: SigningShare<C> = *kp.signing_share();
+    KeyShare::new(cfg.lost, share, public)
+}
+

@@ -1,0 +1,280 @@
+//! Threshold signing (RFC 9591 §5), with nonces that cannot be used twice.
+//!
+//! 1. Each signer calls [`commit`] → secret [`Nonces`] (kept in memory only) and public
+//!    [`Commitments`].
+//! 2. The coordinator builds a [`SigningPackage`]: the message and the commitments of
+//!    the chosen signers, bound to a session id.
+//! 3. Each signer calls [`Nonces::sign`], which **consumes** the nonces: using a nonce
+//!    pair twice does not compile (frost's own `round2::sign` only borrows them).
+//! 4. The coordinator calls [`aggregate`]; a bad share makes it name every signer whose
+//!    share fails (shares are only checked one by one when the final signature fails).
+
+use std::collections::BTreeMap;
+
+use frost_core::round1::{NonceCommitment, SigningCommitments, SigningNonces};
+use frost_core::round2::SignatureShare as FrostShare;
+use rand_core::{CryptoRng, RngCore};
+
+use crate::error::{DecodeError, Error};
+use crate::ids::{from_frost, ParticipantId};
+use crate::keys::{frost_err, KeyShare, PublicKeySet};
+use crate::suite::EngineSuite;
+use crate::wire::{self, Body, Reader, Writer};
+
+/// The participant id the coordinator uses in message headers (it holds no share).
+pub const COORDINATOR: ParticipantId = match ParticipantId::new(u16::MAX) {
+    Some(p) => p,
+    None => unreachable!(),
+};
+
+/// A signer's public nonce commitments. Body: `hiding (element) ‖ binding (element)`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Commitments<C: EngineSuite>(pub(crate) SigningCommitments<C>);
+
+impl<C: EngineSuite> Body for Commitments<C> {
+    fn encode_body(&self, w: &mut Writer) -> Result<(), Error> {
+        wire::put_element::<C>(w, &self.0.hiding().value())?;
+        wire::put_element::<C>(w, &self.0.binding().value())?;
+        Ok(())
+    }
+}
+
+impl<C: EngineSuite> Commitments<C> {
+    /// Decodes a body.
+    pub fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let hiding = NonceCommitment::new(wire::get_element::<C>(r, "hiding commitment")?);
+        let binding = NonceCommitment::new(wire::get_element::<C>(r, "binding commitment")?);
+        Ok(Commitments(SigningCommitments::new(hiding, binding)))
+    }
+}
+
+/// A signer's secret nonces for one signature.
+///
+/// # Security
+/// Using a nonce pair for two signatures reveals the signing share. This type is not
+/// `Clone`, has no serialization, is zeroized on drop, and [`Nonces::sign`] takes it by
+/// value, so a pair is used at most once. Keep it in memory only (it dies with the
+/// process); never persist it except sealed and durably marked used (cold tier).
+pub struct Nonces<C: EngineSuite> {
+    inner: SigningNonces<C>,
+    commitments: SigningCommitments<C>,
+}
+
+impl<C: EngineSuite> core::fmt::Debug for Nonces<C> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Nonces(<redacted>)")
+    }
+}
+
+/// Draws fresh nonces for `share`.
+pub fn commit<C: EngineSuite, R: RngCore + CryptoRng>(
+    share: &KeyShare<C>,
+    rng: &mut R,
+) -> (Nonces<C>, Commitments<C>) {
+    let (inner, commitments) =
+        frost_core::round1::commit(share.key_package().signing_share(), rng);
+    (Nonces { inner, commitments }, Commitments(commitments))
+}
+
+impl<C: EngineSuite> Nonces<C> {
+    /// The commitments these nonces answer to.
+    pub fn commitments(&self) -> Commitments<C> {
+        Commitments(self.commitments)
+    }
+
+    /// Produces our signature share for `package`, consuming the nonces.
+    ///
+    /// Refuses a package that does not carry our commitments, names signers outside the
+    /// key, or has fewer than `t` signers.
+    pub fn sign(self, share: &KeyShare<C>, package: &SigningPackage<C>) -> Result<SignatureShare<C>, Error> {
+        match package.commitments.get(&share.me) {
+            Some(c) if *c == self.commitments => {}
+            _ => return Err(Error::CommitmentMismatch),
+        }
+        package.check_against(share.public())?;
+        let frost_pkg = package.to_frost();
+        let s = frost_core::round2::sign(&frost_pkg, &self.inner, share.key_package())
+            .map_err(frost_err)?;
+        Ok(SignatureShare(s))
+        // `self` (the nonces) is dropped and zeroized here.
+    }
+}
+
+/// What the signers sign: a message and the commitments of each chosen signer.
+///
+/// Body: `u16 count ‖ (u16 id ‖ hiding ‖ binding)*` ascending by id `‖ u32 len ‖
+/// message` (at most 1 MiB).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SigningPackage<C: EngineSuite> {
+    commitments: BTreeMap<ParticipantId, SigningCommitments<C>>,
+    message: Vec<u8>,
+}
+
+impl<C: EngineSuite> SigningPackage<C> {
+    /// A package for `message` signed by the owners of `commitments`.
+    pub fn new(
+        commitments: BTreeMap<ParticipantId, Commitments<C>>,
+        message: Vec<u8>,
+    ) -> Result<Self, Error> {
+        if commitments.is_empty() || commitments.len() > wire::MAX_PARTICIPANTS {
+            return Err(Error::InvalidParameters(format!(
+                "{} signers in a signing package",
+                commitments.len()
+            )));
+        }
+        if message.len() > wire::MAX_SIGNING_MESSAGE {
+            return Err(Error::InvalidParameters(format!(
+                "message of {} bytes exceeds {}",
+                message.len(),
+                wire::MAX_SIGNING_MESSAGE
+            )));
+        }
+        Ok(SigningPackage {
+            commitments: commitments.into_iter().map(|(p, c)| (p, c.0)).collect(),
+            message,
+        })
+    }
+
+    /// The message.
+    pub fn message(&self) -> &[u8] {
+        &self.message
+    }
+
+    /// The signers.
+    pub fn signers(&self) -> Vec<ParticipantId> {
+        self.commitments.keys().copied().collect()
+    }
+
+    /// Checks that every signer holds a share of `public` and that there are at least
+    /// `t` of them.
+    pub fn check_against(&self, public: &PublicKeySet<C>) -> Result<(), Error> {
+        if let Some(p) = self.commitments.keys().find(|p| !public.participants.contains(p)) {
+            return Err(Error::UnknownSender(*p));
+        }
+        if self.commitments.len() < public.threshold as usize {
+            return Err(Error::BelowThreshold {
+                have: self.commitments.len(),
+                threshold: public.threshold,
+            });
+        }
+        Ok(())
+    }
+
+    fn to_frost(&self) -> frost_core::SigningPackage<C> {
+        frost_core::SigningPackage::new(
+            self.commitments
+                .iter()
+                .map(|(p, c)| (p.to_frost::<C>(), *c))
+                .collect(),
+            &self.message,
+        )
+    }
+
+    /// Decodes a body.
+    pub fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let n = r.u16()? as usize;
+        if n == 0 || n > wire::MAX_PARTICIPANTS {
+            return Err(DecodeError::TooLong {
+                what: "signers",
+                len: n,
+                max: wire::MAX_PARTICIPANTS,
+            });
+        }
+        let mut commitments = BTreeMap::new();
+        let mut last = None;
+        for _ in 0..n {
+            let p = wire::get_participant(r)?;
+            if last.is_some_and(|l| l >= p) {
+                return Err(DecodeError::NotCanonical("signers"));
+            }
+            last = Some(p);
+            commitments.insert(p, Commitments::<C>::decode_body(r)?.0);
+        }
+        let message = r.var_bytes("message", wire::MAX_SIGNING_MESSAGE)?.to_vec();
+        Ok(SigningPackage {
+            commitments,
+            message,
+        })
+    }
+}
+
+impl<C: EngineSuite> Body for SigningPackage<C> {
+    fn encode_body(&self, w: &mut Writer) -> Result<(), Error> {
+        w.u16(self.commitments.len() as u16);
+        for (p, c) in &self.commitments {
+            w.u16(p.get());
+            Commitments(*c).encode_body(w)?;
+        }
+        w.var_bytes(&self.message);
+        Ok(())
+    }
+}
+
+/// A signer's signature share. Body: one scalar.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SignatureShare<C: EngineSuite>(pub(crate) FrostShare<C>);
+
+impl<C: EngineSuite> Body for SignatureShare<C> {
+    fn encode_body(&self, w: &mut Writer) -> Result<(), Error> {
+        w.bytes(&self.0.serialize());
+        Ok(())
+    }
+}
+
+impl<C: EngineSuite> SignatureShare<C> {
+    /// Decodes a body.
+    pub fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let bytes = r.take(C::SCALAR_LEN)?;
+        let share = FrostShare::<C>::deserialize(bytes)
+            .map_err(|_| DecodeError::InvalidScalar("signature share"))?;
+        if share.serialize() != bytes {
+            return Err(DecodeError::InvalidScalar("signature share"));
+        }
+        Ok(SignatureShare(share))
+    }
+}
+
+/// Aggregates the shares of every signer of `package` into a 64-byte signature (BIP340
+/// or RFC 8032) valid under `public`. When the result does not verify, every share is
+/// checked and the error names all signers whose share is bad.
+pub fn aggregate<C: EngineSuite>(
+    public: &PublicKeySet<C>,
+    package: &SigningPackage<C>,
+    shares: &BTreeMap<ParticipantId, SignatureShare<C>>,
+) -> Result<[u8; 64], Error> {
+    package.check_against(public)?;
+    if !shares.keys().eq(package.commitments.keys()) {
+        return Err(Error::WrongParticipants {
+            round: "signature shares",
+            expected: package.signers(),
+            got: shares.keys().copied().collect(),
+        });
+    }
+    let frost_shares = shares
+        .iter()
+        .map(|(p, s)| (p.to_frost::<C>(), s.0))
+        .collect();
+    let sig = frost_core::aggregate_custom(
+        &package.to_frost(),
+        &frost_shares,
+        public.frost_package(),
+        frost_core::CheaterDetection::AllCheaters,
+    )
+    .map_err(|e| match e {
+        frost_core::Error::InvalidSignatureShare { culprits } => Error::InvalidSignatureShare {
+            culprits: culprits
+                .iter()
+                .filter_map(|c| from_frost(&public.participants, c))
+                .collect(),
+        },
+        frost_core::Error::InvalidSignature => Error::InvalidSignature,
+        other => frost_err(other),
+    })?;
+    let bytes = sig.serialize().map_err(frost_err)?;
+    let mut out = [0u8; 64];
+    if bytes.len() != 64 {
+        return Err(Error::Frost(format!("signature of {} bytes", bytes.len())));
+    }
+    out.copy_from_slice(&bytes);
+    Ok(out)
+}
