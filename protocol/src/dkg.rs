@@ -30,7 +30,7 @@ use rand_core::{CryptoRng, RngCore};
 
 use crate::error::{DecodeError, Error};
 use crate::hash::TaggedHash;
-use crate::identity::{self, open_envelope, Identity, Roster};
+use crate::identity::{self, open_from, Identity, Roster};
 use crate::ids::{from_frost, ParticipantId, SessionId};
 use crate::keys::{frost_err, validate_set, KeyShare, PublicKeySet};
 use crate::suite::EngineSuite;
@@ -144,7 +144,10 @@ impl<C: EngineSuite> Round1Package<C> {
         }
         let mut coeffs = Vec::with_capacity(n);
         for _ in 0..n {
-            coeffs.push(CoefficientCommitment::new(wire::get_element::<C>(r, "commitment")?));
+            coeffs.push(CoefficientCommitment::new(wire::get_element::<C>(
+                r,
+                "commitment",
+            )?));
         }
         let r_elem = wire::get_element::<C>(r, "proof of knowledge")?;
         let z = wire::get_scalar::<C>(r, "proof of knowledge")?;
@@ -171,7 +174,10 @@ impl Body for Digests {
 
 impl Digests {
     fn decode(r: &mut Reader<'_>, n: usize) -> Result<Self, DecodeError> {
-        (0..n).map(|_| r.array::<32>()).collect::<Result<_, _>>().map(Digests)
+        (0..n)
+            .map(|_| r.array::<32>())
+            .collect::<Result<_, _>>()
+            .map(Digests)
     }
 }
 
@@ -185,7 +191,9 @@ pub struct AwaitingRound1<C: EngineSuite> {
 
 impl<C: EngineSuite> core::fmt::Debug for AwaitingRound1<C> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("AwaitingRound1").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("AwaitingRound1")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -210,7 +218,9 @@ pub struct AwaitingRound2<C: EngineSuite> {
 
 impl<C: EngineSuite> core::fmt::Debug for AwaitingRound2<C> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("AwaitingRound2").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("AwaitingRound2")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -283,7 +293,11 @@ fn begin<C: EngineSuite>(
 }
 
 /// Hash of every round-1 message of a ceremony (bytes as signed, ascending sender).
-pub fn echo_digest(session: &SessionId, kind: Kind, round1: &BTreeMap<ParticipantId, Vec<u8>>) -> [u8; 32] {
+pub fn echo_digest(
+    session: &SessionId,
+    kind: Kind,
+    round1: &BTreeMap<ParticipantId, Vec<u8>>,
+) -> [u8; 32] {
     let mut h = TaggedHash::new("custody/v1/round1-echo")
         .part(session.as_bytes())
         .part(&[kind as u8]);
@@ -293,11 +307,15 @@ pub fn echo_digest(session: &SessionId, kind: Kind, round1: &BTreeMap<Participan
     h.finish()
 }
 
+/// Messages as the relay delivers them: `(sender, signed envelope)`.
+pub trait Inbox<'a>: IntoIterator<Item = (ParticipantId, &'a [u8])> {}
+impl<'a, T: IntoIterator<Item = (ParticipantId, &'a [u8])>> Inbox<'a> for T {}
+
 /// Opens one envelope per expected sender, checking header, session and that each peer
-/// sends exactly once. Returns `(sender, message bytes)` for every peer.
+/// sends exactly once. Returns the message bytes for every peer.
 fn collect<'a>(
     roster: &Roster,
-    envelopes: impl IntoIterator<Item = &'a [u8]>,
+    envelopes: impl Inbox<'a>,
     own: &[u8],
     cfg: &DkgConfig,
     suite: crate::Suite,
@@ -305,8 +323,8 @@ fn collect<'a>(
     round: &'static str,
 ) -> Result<BTreeMap<ParticipantId, &'a [u8]>, Error> {
     let mut out = BTreeMap::new();
-    for env in envelopes {
-        let opened = open_envelope(roster, env)?;
+    for (from, env) in envelopes {
+        let opened = open_from(roster, from, env)?;
         let h = opened.header;
         h.expect(suite, kind, &cfg.session)?;
         if h.from == cfg.me && opened.body == own {
@@ -316,7 +334,11 @@ fn collect<'a>(
         if h.from == cfg.me || !cfg.participants.contains(&h.from) {
             return Err(Error::UnknownSender(h.from));
         }
-        let expected_to = if kind.is_confidential() { Some(cfg.me) } else { None };
+        let expected_to = if kind.is_confidential() {
+            Some(cfg.me)
+        } else {
+            None
+        };
         if h.to != expected_to {
             return Err(Error::Misaddressed {
                 sender: h.from,
@@ -324,7 +346,10 @@ fn collect<'a>(
             });
         }
         if out.insert(h.from, opened.body).is_some() {
-            return Err(Error::Duplicate { round, culprit: h.from });
+            return Err(Error::Duplicate {
+                round,
+                culprit: h.from,
+            });
         }
     }
     let expected: Vec<_> = cfg.others().collect();
@@ -368,12 +393,20 @@ impl<C: EngineSuite> AwaitingRound1<C> {
         self,
         identity: &dyn Identity,
         roster: &Roster,
-        round1: impl IntoIterator<Item = &'a [u8]>,
+        round1: impl Inbox<'a>,
         rng: &mut R,
     ) -> Result<(AwaitingRound2<C>, Round2Messages), Error> {
         let kinds = self.mode.kinds();
         let cfg = &self.cfg;
-        let received = collect(roster, round1, &self.own_round1, cfg, C::SUITE, kinds.round1, "round 1")?;
+        let received = collect(
+            roster,
+            round1,
+            &self.own_round1,
+            cfg,
+            C::SUITE,
+            kinds.round1,
+            "round 1",
+        )?;
         let expected_coeffs = match self.mode {
             Mode::Dkg => cfg.threshold as usize,
             Mode::Refresh(_) => cfg.threshold as usize - 1,
@@ -457,12 +490,20 @@ impl<C: EngineSuite> AwaitingRound2<C> {
         self,
         identity: &dyn Identity,
         roster: &Roster,
-        echoes: impl IntoIterator<Item = &'a [u8]>,
-        round2: impl IntoIterator<Item = &'b [u8]>,
+        echoes: impl Inbox<'a>,
+        round2: impl Inbox<'b>,
     ) -> Result<(KeyShare<C>, Vec<u8>), Error> {
         let kinds = self.mode.kinds();
         let cfg = &self.cfg;
-        for (p, msg) in collect(roster, echoes, &self.own_echo, cfg, C::SUITE, kinds.echo, "echo")? {
+        for (p, msg) in collect(
+            roster,
+            echoes,
+            &self.own_echo,
+            cfg,
+            C::SUITE,
+            kinds.echo,
+            "echo",
+        )? {
             let (_, d) = wire::decode_with(msg, C::SUITE, kinds.echo, &cfg.session, |_, r| {
                 Digests::decode(r, 1)
             })?;
@@ -473,10 +514,11 @@ impl<C: EngineSuite> AwaitingRound2<C> {
 
         let mut shares = BTreeMap::new();
         let mut seen = Vec::new();
-        for env in round2 {
-            let (from, pt) = identity::open_sealed(
+        for (from, env) in round2 {
+            let pt = identity::open_sealed(
                 identity,
                 roster,
+                from,
                 env,
                 C::SUITE,
                 kinds.round2,
@@ -577,12 +619,12 @@ pub fn check_confirmations<'a>(
     session: &SessionId,
     participants: &[ParticipantId],
     expected_public: &[u8; 32],
-    confirmations: impl IntoIterator<Item = &'a [u8]>,
+    confirmations: impl Inbox<'a>,
 ) -> Result<[u8; 32], Error> {
     let mut echo = None;
     let mut seen = Vec::new();
-    for env in confirmations {
-        let opened = open_envelope(roster, env)?;
+    for (from, env) in confirmations {
+        let opened = open_from(roster, from, env)?;
         let (h, d) = wire::decode_with(opened.body, suite, kinds.confirm, session, |_, r| {
             Digests::decode(r, 2)
         })?;

@@ -116,6 +116,14 @@ pub enum Error {
         /// The participant the envelope claims to come from.
         culprit: ParticipantId,
     },
+    /// A message delivered as coming from `culprit` names another sender in its header.
+    #[error("message delivered from participant {culprit} claims to come from {claimed}")]
+    WrongSender {
+        /// The participant the message was delivered from.
+        culprit: ParticipantId,
+        /// The sender its header names.
+        claimed: ParticipantId,
+    },
     /// A message was addressed to another participant.
     #[error("message from {sender} addressed to {to}, not to us")]
     Misaddressed {
@@ -211,6 +219,7 @@ impl Error {
             } => vec![*s],
             Error::BadEnvelopeSignature { culprit }
             | Error::SenderKeyMismatch { culprit }
+            | Error::WrongSender { culprit, .. }
             | Error::DecryptionFailed { culprit }
             | Error::Duplicate { culprit, .. }
             | Error::InvalidProofOfKnowledge { culprit }

@@ -97,7 +97,10 @@ pub struct IdentityKey {
 impl core::fmt::Debug for IdentityKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("IdentityKey")
-            .field("verify", &hex::encode(self.signing.verifying_key().as_bytes()))
+            .field(
+                "verify",
+                &hex::encode(self.signing.verifying_key().as_bytes()),
+            )
             .field("secrets", &"<redacted>")
             .finish()
     }
@@ -129,7 +132,8 @@ impl IdentityKey {
 
     fn hpke_secret(bytes: &[u8; 32]) -> <HpkeKem as hpke::Kem>::PrivateKey {
         // Invariant: X25519 accepts every 32-byte string as a secret (it clamps).
-        <HpkeKem as hpke::Kem>::PrivateKey::from_bytes(bytes).expect("any 32 bytes are an X25519 secret")
+        <HpkeKem as hpke::Kem>::PrivateKey::from_bytes(bytes)
+            .expect("any 32 bytes are an X25519 secret")
     }
 
     /// The 64 secret bytes, for sealed storage.
@@ -139,7 +143,6 @@ impl IdentityKey {
         out[32..].copy_from_slice(&self.enc_secret[..]);
         out
     }
-
 }
 
 impl Identity for IdentityKey {
@@ -274,7 +277,8 @@ pub fn open_envelope<'a>(roster: &Roster, envelope: &'a [u8]) -> Result<Opened<'
     };
     let (body, sig) = parse(&mut r).map_err(|e| Error::decode(None, e))?;
     let (header, _) = wire::split(body)?;
-    r.finish().map_err(|e| Error::decode(Some(header.from), e))?;
+    r.finish()
+        .map_err(|e| Error::decode(Some(header.from), e))?;
     let public = roster
         .get(header.from)
         .ok_or(Error::UnknownSender(header.from))?;
@@ -290,8 +294,43 @@ pub fn open_envelope<'a>(roster: &Roster, envelope: &'a [u8]) -> Result<Opened<'
     Ok(Opened { header, body })
 }
 
+/// Opens an envelope delivered as coming from `from` (the relay says who sent it):
+/// like [`open_envelope`], but every failure is attributed to `from`, and a header
+/// naming another sender is refused.
+pub fn open_from<'a>(
+    roster: &Roster,
+    from: ParticipantId,
+    envelope: &'a [u8],
+) -> Result<Opened<'a>, Error> {
+    let opened = open_envelope(roster, envelope).map_err(|e| match e {
+        Error::Decode { source, .. } => Error::Decode {
+            sender: Some(from),
+            source,
+        },
+        e if e.culprits() == [from] => e,
+        e => match e.culprits().first() {
+            Some(claimed) => Error::WrongSender {
+                culprit: from,
+                claimed: *claimed,
+            },
+            None => e,
+        },
+    })?;
+    if opened.header.from != from {
+        return Err(Error::WrongSender {
+            culprit: from,
+            claimed: opened.header.from,
+        });
+    }
+    Ok(opened)
+}
+
 /// Encodes `header ‖ body` and signs it into an envelope.
-pub fn signed<B: wire::Body>(identity: &dyn Identity, header: &Header, body: &B) -> Result<Vec<u8>, Error> {
+pub fn signed<B: wire::Body>(
+    identity: &dyn Identity,
+    header: &Header,
+    body: &B,
+) -> Result<Vec<u8>, Error> {
     Ok(seal_envelope(identity, &wire::encode(header, body)?))
 }
 
@@ -312,18 +351,20 @@ pub fn signed_sealed<R: RngCore + CryptoRng>(
     Ok(seal_envelope(identity, &w.into_vec()))
 }
 
-/// Opens an envelope that must carry a sealed message of `kind` in `session` addressed
-/// to `me`; returns the sender and the plaintext.
+/// Opens an envelope from `from` that must carry a sealed message of `kind` in
+/// `session` addressed to `me`; returns the plaintext.
+#[allow(clippy::too_many_arguments)]
 pub fn open_sealed(
     identity: &dyn Identity,
     roster: &Roster,
+    from: ParticipantId,
     envelope: &[u8],
     suite: crate::Suite,
     kind: wire::Kind,
     session: &crate::SessionId,
     me: ParticipantId,
-) -> Result<(ParticipantId, Zeroizing<Vec<u8>>), Error> {
-    let opened = open_envelope(roster, envelope)?;
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let opened = open_from(roster, from, envelope)?;
     let h = opened.header;
     h.expect(suite, kind, session)?;
     if h.to != Some(me) {
@@ -332,6 +373,5 @@ pub fn open_sealed(
             to: h.to.map_or(0, ParticipantId::get),
         });
     }
-    let pt = identity.open(&h, &opened.body[wire::HEADER_LEN..])?;
-    Ok((h.from, pt))
+    identity.open(&h, &opened.body[wire::HEADER_LEN..])
 }

@@ -29,6 +29,7 @@ pub mod ids;
 pub mod keys;
 pub mod repair;
 pub mod sign;
+pub mod sim;
 pub mod suite;
 pub mod wire;
 

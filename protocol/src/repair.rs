@@ -37,7 +37,9 @@ pub struct RepairConfig {
 impl RepairConfig {
     fn validate<C: EngineSuite>(&self, public: &PublicKeySet<C>) -> Result<(), Error> {
         if self.helpers.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::InvalidParameters("helpers must be unique and ascending".into()));
+            return Err(Error::InvalidParameters(
+                "helpers must be unique and ascending".into(),
+            ));
         }
         if self.helpers.len() < public.threshold as usize {
             return Err(Error::BelowThreshold {
@@ -46,7 +48,9 @@ impl RepairConfig {
             });
         }
         if self.helpers.contains(&self.lost) {
-            return Err(Error::InvalidParameters("the lost participant cannot help".into()));
+            return Err(Error::InvalidParameters(
+                "the lost participant cannot help".into(),
+            ));
         }
         if let Some(p) = self
             .helpers
@@ -54,7 +58,9 @@ impl RepairConfig {
             .chain(std::iter::once(&self.lost))
             .find(|p| !public.participants.contains(p))
         {
-            return Err(Error::InvalidParameters(format!("{p} holds no share of this key")));
+            return Err(Error::InvalidParameters(format!(
+                "{p} holds no share of this key"
+            )));
         }
         Ok(())
     }
@@ -76,7 +82,12 @@ impl<C: EngineSuite> core::fmt::Debug for HelperAwaitingDeltas<C> {
     }
 }
 
-fn header<C: EngineSuite>(kind: Kind, cfg: &RepairConfig, from: ParticipantId, to: ParticipantId) -> Header {
+fn header<C: EngineSuite>(
+    kind: Kind,
+    cfg: &RepairConfig,
+    from: ParticipantId,
+    to: ParticipantId,
+) -> Header {
     Header {
         suite: C::SUITE,
         kind,
@@ -86,9 +97,13 @@ fn header<C: EngineSuite>(kind: Kind, cfg: &RepairConfig, from: ParticipantId, t
     }
 }
 
-fn scalar_of<C: EngineSuite>(from: ParticipantId, pt: &[u8]) -> Result<frost_core::Scalar<C>, Error> {
+fn scalar_of<C: EngineSuite>(
+    from: ParticipantId,
+    pt: &[u8],
+) -> Result<frost_core::Scalar<C>, Error> {
     let mut r = Reader::new(pt);
-    let s = wire::get_scalar::<C>(&mut r, "repair value").map_err(|e| Error::decode(Some(from), e))?;
+    let s =
+        wire::get_scalar::<C>(&mut r, "repair value").map_err(|e| Error::decode(Some(from), e))?;
     r.finish().map_err(|e| Error::decode(Some(from), e))?;
     Ok(s)
 }
@@ -127,7 +142,10 @@ pub fn helper_start<C: EngineSuite, R: RngCore + CryptoRng>(
         let recipient = roster.get(*p).ok_or(Error::UnknownSender(*p))?;
         let h = header::<C>(Kind::RepairDelta, &cfg, me, *p);
         let pt = zeroize::Zeroizing::new(d.serialize());
-        out.insert(*p, identity::signed_sealed(identity, rng, &h, recipient, &pt)?);
+        out.insert(
+            *p,
+            identity::signed_sealed(identity, rng, &h, recipient, &pt)?,
+        );
     }
     let own_delta = own_delta.ok_or_else(|| Error::Frost("no delta for ourselves".into()))?;
     Ok((HelperAwaitingDeltas { cfg, me, own_delta }, out))
@@ -140,14 +158,15 @@ impl<C: EngineSuite> HelperAwaitingDeltas<C> {
         self,
         identity: &dyn Identity,
         roster: &Roster,
-        deltas: impl IntoIterator<Item = &'a [u8]>,
+        deltas: impl crate::dkg::Inbox<'a>,
         rng: &mut R,
     ) -> Result<Vec<u8>, Error> {
         let mut got = BTreeMap::new();
-        for env in deltas {
-            let (from, pt) = identity::open_sealed(
+        for (from, env) in deltas {
+            let pt = identity::open_sealed(
                 identity,
                 roster,
+                from,
                 env,
                 C::SUITE,
                 Kind::RepairDelta,
@@ -165,7 +184,13 @@ impl<C: EngineSuite> HelperAwaitingDeltas<C> {
                 });
             }
         }
-        let expected: Vec<_> = self.cfg.helpers.iter().copied().filter(|p| *p != self.me).collect();
+        let expected: Vec<_> = self
+            .cfg
+            .helpers
+            .iter()
+            .copied()
+            .filter(|p| *p != self.me)
+            .collect();
         if !got.keys().eq(expected.iter()) {
             return Err(Error::WrongParticipants {
                 round: "repair delta",
@@ -176,7 +201,9 @@ impl<C: EngineSuite> HelperAwaitingDeltas<C> {
         let mut all: Vec<Delta<C>> = got.into_values().collect();
         all.push(self.own_delta);
         let sigma = frost_core::keys::repairable::repair_share_part2(&all);
-        let recipient = roster.get(self.cfg.lost).ok_or(Error::UnknownSender(self.cfg.lost))?;
+        let recipient = roster
+            .get(self.cfg.lost)
+            .ok_or(Error::UnknownSender(self.cfg.lost))?;
         let h = header::<C>(Kind::RepairSigma, &self.cfg, self.me, self.cfg.lost);
         let pt = zeroize::Zeroizing::new(sigma.serialize());
         identity::signed_sealed(identity, rng, &h, recipient, &pt)
@@ -190,14 +217,15 @@ pub fn recover<'a, C: EngineSuite>(
     public: PublicKeySet<C>,
     identity: &dyn Identity,
     roster: &Roster,
-    sigmas: impl IntoIterator<Item = &'a [u8]>,
+    sigmas: impl crate::dkg::Inbox<'a>,
 ) -> Result<KeyShare<C>, Error> {
     cfg.validate(&public)?;
     let mut got = BTreeMap::new();
-    for env in sigmas {
-        let (from, pt) = identity::open_sealed(
+    for (from, env) in sigmas {
+        let pt = identity::open_sealed(
             identity,
             roster,
+            from,
             env,
             C::SUITE,
             Kind::RepairSigma,
@@ -232,4 +260,3 @@ pub fn recover<'a, C: EngineSuite>(
     let share: SigningShare<C> = *kp.signing_share();
     KeyShare::new(cfg.lost, share, public)
 }
-

@@ -8,6 +8,36 @@
 //!    pair twice does not compile (frost's own `round2::sign` only borrows them).
 //! 4. The coordinator calls [`aggregate`]; a bad share makes it name every signer whose
 //!    share fails (shares are only checked one by one when the final signature fails).
+//!
+//! Signing twice with the same nonces is a compile error:
+//!
+//! ```compile_fail,E0382
+//! use custody_protocol::{sign, EngineSuite, KeyShare};
+//! fn twice<C: EngineSuite>(
+//!     share: &KeyShare<C>,
+//!     a: &sign::SigningPackage<C>,
+//!     b: &sign::SigningPackage<C>,
+//!     rng: &mut rand_chacha::ChaCha20Rng,
+//! ) {
+//!     let (nonces, _commitments) = sign::commit(share, rng);
+//!     let _ = nonces.sign(share, a);
+//!     let _ = nonces.sign(share, b); // use of moved value: `nonces`
+//! }
+//! ```
+//!
+//! while using them once is fine:
+//!
+//! ```
+//! use custody_protocol::{sign, EngineSuite, KeyShare};
+//! fn once<C: EngineSuite>(
+//!     share: &KeyShare<C>,
+//!     a: &sign::SigningPackage<C>,
+//!     rng: &mut rand_chacha::ChaCha20Rng,
+//! ) {
+//!     let (nonces, _commitments) = sign::commit(share, rng);
+//!     let _ = nonces.sign(share, a);
+//! }
+//! ```
 
 use std::collections::BTreeMap;
 
@@ -71,8 +101,7 @@ pub fn commit<C: EngineSuite, R: RngCore + CryptoRng>(
     share: &KeyShare<C>,
     rng: &mut R,
 ) -> (Nonces<C>, Commitments<C>) {
-    let (inner, commitments) =
-        frost_core::round1::commit(share.key_package().signing_share(), rng);
+    let (inner, commitments) = frost_core::round1::commit(share.key_package().signing_share(), rng);
     (Nonces { inner, commitments }, Commitments(commitments))
 }
 
@@ -86,7 +115,11 @@ impl<C: EngineSuite> Nonces<C> {
     ///
     /// Refuses a package that does not carry our commitments, names signers outside the
     /// key, or has fewer than `t` signers.
-    pub fn sign(self, share: &KeyShare<C>, package: &SigningPackage<C>) -> Result<SignatureShare<C>, Error> {
+    pub fn sign(
+        self,
+        share: &KeyShare<C>,
+        package: &SigningPackage<C>,
+    ) -> Result<SignatureShare<C>, Error> {
         match package.commitments.get(&share.me) {
             Some(c) if *c == self.commitments => {}
             _ => return Err(Error::CommitmentMismatch),
@@ -148,7 +181,11 @@ impl<C: EngineSuite> SigningPackage<C> {
     /// Checks that every signer holds a share of `public` and that there are at least
     /// `t` of them.
     pub fn check_against(&self, public: &PublicKeySet<C>) -> Result<(), Error> {
-        if let Some(p) = self.commitments.keys().find(|p| !public.participants.contains(p)) {
+        if let Some(p) = self
+            .commitments
+            .keys()
+            .find(|p| !public.participants.contains(p))
+        {
             return Err(Error::UnknownSender(*p));
         }
         if self.commitments.len() < public.threshold as usize {

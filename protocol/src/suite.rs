@@ -158,7 +158,12 @@ macro_rules! with_suite {
 ///
 /// This is the engine's own verifier (via frost); tests also check every signature
 /// with independent implementations (`k256` BIP340 and `ed25519-dalek`).
-pub fn verify_signature(suite: Suite, public_key: &[u8; 32], message: &[u8], signature: &[u8]) -> bool {
+pub fn verify_signature(
+    suite: Suite,
+    public_key: &[u8; 32],
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
     match suite {
         Suite::Secp256k1Tr => {
             // x-only key: lift to the even-y point as BIP340 does.

@@ -307,7 +307,8 @@ pub(crate) fn get_element<C: EngineSuite>(
     let bytes = r.take(C::ELEMENT_LEN)?;
     let ser = <<C::Group as Group>::Serialization>::try_from(bytes)
         .map_err(|_| DecodeError::InvalidElement(what))?;
-    let e = <C::Group as Group>::deserialize(&ser).map_err(|_| DecodeError::InvalidElement(what))?;
+    let e =
+        <C::Group as Group>::deserialize(&ser).map_err(|_| DecodeError::InvalidElement(what))?;
     // Re-encode: only the canonical encoding of a point is accepted.
     match <C::Group as Group>::serialize(&e) {
         Ok(again) if again.as_ref() == bytes => Ok(e),
@@ -316,7 +317,10 @@ pub(crate) fn get_element<C: EngineSuite>(
 }
 
 /// Encodes a scalar.
-pub(crate) fn put_scalar<C: Ciphersuite>(w: &mut Writer, s: &<<C::Group as Group>::Field as Field>::Scalar) {
+pub(crate) fn put_scalar<C: Ciphersuite>(
+    w: &mut Writer,
+    s: &<<C::Group as Group>::Field as Field>::Scalar,
+) {
     w.bytes(<<C::Group as Group>::Field as Field>::serialize(s).as_ref());
 }
 
