@@ -540,7 +540,11 @@ impl<C: EngineSuite> AwaitingRound2<C> {
                 .and_then(|s| r.finish().map(|_| s))
                 .map_err(|e| Error::decode(Some(from), e))?;
             let share = SigningShare::<C>::new(scalar);
-            self.verify_share(from, &share)?;
+            if let Mode::Refresh(_) = self.mode {
+                // frost's DKG part 3 verifies and attributes each share itself; its
+                // refresh does not attribute, so we check refresh shares one by one.
+                self.verify_share(from, &share)?;
+            }
             shares.insert(from.to_frost::<C>(), round2::Package::new(share));
         }
         seen.sort();
@@ -587,21 +591,16 @@ impl<C: EngineSuite> AwaitingRound2<C> {
         Ok((share, confirm))
     }
 
-    /// Checks `share·G = Σ C_k·x^k` for the sender's commitment (with the identity
-    /// prepended for a refresh), so a bad share names its sender in both ceremonies.
+    /// Checks `share·G = Σ C_k·x^k` for the sender's refresh commitment (the identity
+    /// prepended as constant term), so a bad refresh share names its sender.
     fn verify_share(&self, from: ParticipantId, share: &SigningShare<C>) -> Result<(), Error> {
         let pkg = self
             .round1
             .get(&from.to_frost::<C>())
             .ok_or(Error::UnknownSender(from))?;
-        let commitment = match self.mode {
-            Mode::Dkg => pkg.commitment().clone(),
-            Mode::Refresh(_) => {
-                let mut coeffs = vec![CoefficientCommitment::new(C::Group::identity())];
-                coeffs.extend(pkg.commitment().coefficients().iter().copied());
-                VerifiableSecretSharingCommitment::new(coeffs)
-            }
-        };
+        let mut coeffs = vec![CoefficientCommitment::new(C::Group::identity())];
+        coeffs.extend(pkg.commitment().coefficients().iter().copied());
+        let commitment = VerifiableSecretSharingCommitment::new(coeffs);
         SecretShare::new(self.cfg.me.to_frost(), *share, commitment)
             .verify()
             .map(|_| ())
