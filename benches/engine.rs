@@ -29,7 +29,11 @@ type Ed = custody_protocol::frost_ed25519::Ed25519Sha512;
 
 const SIZES: [(u16, u16); 4] = [(2, 3), (3, 5), (7, 10), (10, 15)];
 
-fn shares<C: EngineSuite>(t: u16, n: u16, rng: &mut ChaCha20Rng) -> (Participants, BTreeMap<ParticipantId, KeyShare<C>>) {
+fn shares<C: EngineSuite>(
+    t: u16,
+    n: u16,
+    rng: &mut ChaCha20Rng,
+) -> (Participants, BTreeMap<ParticipantId, KeyShare<C>>) {
     let parts = Participants::generate(n, rng);
     let s = sim::dkg::<C, _>(&parts, t, SessionId([1; 32]), rng, &mut sim::honest)
         .shares()

@@ -66,6 +66,9 @@ impl RepairConfig {
     }
 }
 
+/// Signed, sealed messages to send, by recipient.
+pub type Outgoing = BTreeMap<ParticipantId, Vec<u8>>;
+
 /// A helper's state between step 1 and step 2.
 pub struct HelperAwaitingDeltas<C: EngineSuite> {
     cfg: RepairConfig,
@@ -115,7 +118,7 @@ pub fn helper_start<C: EngineSuite, R: RngCore + CryptoRng>(
     identity: &dyn Identity,
     roster: &Roster,
     rng: &mut R,
-) -> Result<(HelperAwaitingDeltas<C>, BTreeMap<ParticipantId, Vec<u8>>), Error> {
+) -> Result<(HelperAwaitingDeltas<C>, Outgoing), Error> {
     cfg.validate(share.public())?;
     let me = share.id();
     if !cfg.helpers.contains(&me) {

@@ -40,7 +40,11 @@ pub fn run(a: Args) -> Result<(), Error> {
         return Err(format!("--signers {}: must be between 2 and 1024", a.signers).into());
     }
     if a.threshold < 2 || a.threshold > a.signers {
-        return Err(format!("--threshold {}: must be between 2 and --signers ({})", a.threshold, a.signers).into());
+        return Err(format!(
+            "--threshold {}: must be between 2 and --signers ({})",
+            a.threshold, a.signers
+        )
+        .into());
     }
     let message = match &a.message {
         Some(h) => parse_hex("--message", h)?,
@@ -54,13 +58,28 @@ fn demo<C: EngineSuite>(a: &Args, message: &[u8], seed: u64) -> Result<(), Error
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let parts = Participants::generate(a.signers, &mut rng);
     let t0 = Instant::now();
-    let shares = sim::dkg::<C, _>(&parts, a.threshold, SessionId::random(&mut rng), &mut rng, &mut sim::honest)
-        .shares()?;
+    let shares = sim::dkg::<C, _>(
+        &parts,
+        a.threshold,
+        SessionId::random(&mut rng),
+        &mut rng,
+        &mut sim::honest,
+    )
+    .shares()?;
     let dkg_ms = t0.elapsed().as_secs_f64() * 1e3;
     let public = shares[&parts.ids()[0]].public().clone();
     let quorum: Vec<ParticipantId> = parts.ids().into_iter().take(a.threshold as usize).collect();
     let t1 = Instant::now();
-    let sig = sim::sign(&parts, &public, &shares, &quorum, message, SessionId::random(&mut rng), &mut rng, &mut sim::honest)?;
+    let sig = sim::sign(
+        &parts,
+        &public,
+        &shares,
+        &quorum,
+        message,
+        SessionId::random(&mut rng),
+        &mut rng,
+        &mut sim::honest,
+    )?;
     let sign_ms = t1.elapsed().as_secs_f64() * 1e3;
     let pk = public.public_key();
     let valid = custody_protocol::verify_signature(C::SUITE, &pk, message, &sig);
@@ -81,7 +100,10 @@ fn demo<C: EngineSuite>(a: &Args, message: &[u8], seed: u64) -> Result<(), Error
         println!("{v}");
     } else {
         println!("suite       {}", C::SUITE);
-        println!("key         {}-of-{} (DKG {:.1} ms, no dealer)", a.threshold, a.signers, dkg_ms);
+        println!(
+            "key         {}-of-{} (DKG {:.1} ms, no dealer)",
+            a.threshold, a.signers, dkg_ms
+        );
         println!("public key  {}", hex::encode(pk));
         println!("message     {}", hex::encode(message));
         println!("signers     {:?}", quorum);

@@ -34,5 +34,6 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 
 /// Parses a hex string, naming the argument in the error.
 pub fn parse_hex(what: &str, s: &str) -> Result<Vec<u8>, Error> {
-    hex::decode(s.trim_start_matches("0x")).map_err(|e| format!("{what}: not valid hex ({e})").into())
+    hex::decode(s.trim_start_matches("0x"))
+        .map_err(|e| format!("{what}: not valid hex ({e})").into())
 }
