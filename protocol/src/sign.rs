@@ -173,6 +173,11 @@ impl<C: EngineSuite> SigningPackage<C> {
         &self.message
     }
 
+    /// The commitments of one signer, if it is in the package.
+    pub fn commitments_of(&self, p: ParticipantId) -> Option<Commitments<C>> {
+        self.commitments.get(&p).copied().map(Commitments)
+    }
+
     /// The signers.
     pub fn signers(&self) -> Vec<ParticipantId> {
         self.commitments.keys().copied().collect()

@@ -1,6 +1,15 @@
 //! Subcommands.
 
+mod client;
+mod cluster;
+mod coordinator;
+mod daemon;
 mod demo;
+mod dev;
+mod key;
+mod sign;
+mod signer;
+mod status;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -15,6 +24,22 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Bring up a whole local cluster (signers and coordinator as separate processes on
+    /// 127.0.0.1) in DIR, creating it on first use. Development only.
+    Dev(dev::Args),
+    /// Run a signer daemon.
+    Signer(daemon::DaemonArgs),
+    /// Run the coordinator daemon.
+    Coordinator(daemon::DaemonArgs),
+    /// Create, list and show threshold keys.
+    #[command(subcommand)]
+    Key(key::Cmd),
+    /// Sign a message with a threshold key.
+    Sign(sign::Args),
+    /// Show a past signature by its request id.
+    Signature(sign::GetArgs),
+    /// Show the signers as the coordinator sees them.
+    Status(status::Args),
     /// Run a whole DKG and a signature in one process (in-memory simulation of the
     /// signers and the coordinator) and print the result. No daemons, no storage.
     Demo(demo::Args),
@@ -27,6 +52,13 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
+        Command::Dev(a) => dev::run(a),
+        Command::Signer(a) => signer::run(a),
+        Command::Coordinator(a) => coordinator::run(a),
+        Command::Key(c) => key::run(c),
+        Command::Sign(a) => sign::run(a),
+        Command::Signature(a) => sign::get(a),
+        Command::Status(a) => status::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Verify(a) => verify::run(a),
     }

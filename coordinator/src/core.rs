@@ -1,0 +1,175 @@
+//! The coordinator's state: identity, signers, keys (with their commitment pools) and
+//! the store.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, RwLock};
+
+use custody_protocol::sign::{Commitments, COORDINATOR};
+use custody_protocol::{
+    with_suite, EngineSuite, IdentityKey, IdentityPublic, ParticipantId, PublicKeySet, Roster,
+    Suite,
+};
+use tonic::Status;
+
+use crate::config::{Config, Timeouts};
+use crate::signers::SignerHandle;
+use crate::store::{KeyMeta, Store};
+use crate::StartError;
+
+/// Loads the coordinator's sealed identity from its data directory, creating it on
+/// first start.
+pub(crate) fn load_identity(config: &Config) -> Result<IdentityKey, StartError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StartError::Config(format!("{}: {e}", config.data_dir.display())))?;
+    let sealer = config
+        .sealer
+        .open()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    custody_pki::load_or_create_identity(
+        &config.data_dir.join("identity.sealed"),
+        sealer.as_ref(),
+        &crate::identity_aad(&config.name),
+    )
+    .map_err(|e| StartError::Config(e.to_string()))
+}
+
+/// Everything the services share.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub identity: IdentityKey,
+    pub identity_public: IdentityPublic,
+    pub ca_der: Vec<u8>,
+    pub store: Store,
+    pub signers: Vec<Arc<SignerHandle>>,
+    pub timeouts: Timeouts,
+    pub default_threshold: u16,
+    pub keys: RwLock<HashMap<String, AnyKey>>,
+    /// Request ids being signed right now: a repeated id waits for the first.
+    pub inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Rotates quorum choice across signers.
+    pub rotation: AtomicUsize,
+    pub transcripts: std::path::PathBuf,
+}
+
+/// A key loaded for signing, in its suite.
+#[derive(Debug, Clone)]
+pub(crate) enum AnyKey {
+    Secp(Arc<KeyRt<custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR>>),
+    Ed(Arc<KeyRt<custody_protocol::frost_ed25519::Ed25519Sha512>>),
+}
+
+impl AnyKey {
+    pub fn meta(&self) -> &KeyMeta {
+        match self {
+            AnyKey::Secp(k) => &k.meta,
+            AnyKey::Ed(k) => &k.meta,
+        }
+    }
+}
+
+/// Trait to build an [`AnyKey`] from a generic runtime.
+pub(crate) trait IntoAnyKey: EngineSuite + Sized {
+    fn wrap(k: Arc<KeyRt<Self>>) -> AnyKey;
+}
+impl IntoAnyKey for custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR {
+    fn wrap(k: Arc<KeyRt<Self>>) -> AnyKey {
+        AnyKey::Secp(k)
+    }
+}
+impl IntoAnyKey for custody_protocol::frost_ed25519::Ed25519Sha512 {
+    fn wrap(k: Arc<KeyRt<Self>>) -> AnyKey {
+        AnyKey::Ed(k)
+    }
+}
+
+/// A key and what signing with it needs.
+#[derive(Debug)]
+pub(crate) struct KeyRt<C: EngineSuite> {
+    pub meta: KeyMeta,
+    pub public: PublicKeySet<C>,
+    /// Participants' identities and the coordinator's own (as `COORDINATOR`).
+    pub roster: Roster,
+    /// Participant id → signer.
+    pub members: Vec<(ParticipantId, Arc<SignerHandle>)>,
+    pub pools: Mutex<HashMap<ParticipantId, Pool<C>>>,
+}
+
+/// Commitments drawn ahead from one signer for one key. Each is handed out once.
+#[derive(Debug)]
+pub(crate) struct Pool<C: EngineSuite> {
+    /// The signer's epoch when these were drawn; a newer epoch discards them.
+    pub epoch: u64,
+    pub queue: VecDeque<Commitments<C>>,
+    pub refilling: bool,
+}
+
+impl<C: EngineSuite> Default for Pool<C> {
+    fn default() -> Self {
+        Pool {
+            epoch: 0,
+            queue: VecDeque::new(),
+            refilling: false,
+        }
+    }
+}
+
+impl Core {
+    pub fn signer(&self, name: &str) -> Option<&Arc<SignerHandle>> {
+        self.signers.iter().find(|s| s.name == name)
+    }
+
+    /// Builds the signing runtime of a stored key.
+    pub fn load_key(&self, meta: KeyMeta) -> Result<AnyKey, String> {
+        let suite: Suite = meta
+            .suite
+            .parse()
+            .map_err(|e| format!("key {}: {e}", meta.key_id))?;
+        with_suite!(suite, C => self.load_key_in::<C>(meta).map(C::wrap))
+    }
+
+    fn load_key_in<C: EngineSuite + IntoAnyKey>(
+        &self,
+        meta: KeyMeta,
+    ) -> Result<Arc<KeyRt<C>>, String> {
+        let err = |e: String| format!("key {}: {e}", meta.key_id);
+        let pks = hex::decode(&meta.public_key_set).map_err(|e| err(e.to_string()))?;
+        let public = PublicKeySet::<C>::from_bytes(&pks).map_err(|e| err(e.to_string()))?;
+        if meta.signers.len() != public.participants().len()
+            || meta.identities.len() != meta.signers.len()
+        {
+            return Err(err("signer list does not match the public key set".into()));
+        }
+        let mut roster = Roster::new();
+        let mut members = Vec::new();
+        for (i, (name, id_hex)) in meta.signers.iter().zip(&meta.identities).enumerate() {
+            let p = ParticipantId::new(i as u16 + 1).ok_or_else(|| err("participant 0".into()))?;
+            let bytes = hex::decode(id_hex).map_err(|e| err(e.to_string()))?;
+            let id = IdentityPublic::from_bytes(&bytes).map_err(|e| err(e.to_string()))?;
+            roster.insert(p, id);
+            let handle = self.signer(name).ok_or_else(|| {
+                err(format!(
+                    "signer {name} is not in this coordinator's configuration"
+                ))
+            })?;
+            members.push((p, handle.clone()));
+        }
+        roster.insert(COORDINATOR, self.identity_public);
+        Ok(Arc::new(KeyRt {
+            meta,
+            public,
+            roster,
+            members,
+            pools: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn key(&self, key_id: &str) -> Result<AnyKey, Status> {
+        self.keys
+            .read()
+            .expect("lock")
+            .get(key_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("key {key_id}: no such key")))
+    }
+}

@@ -1,0 +1,436 @@
+//! The `custody.v1.Custody` gRPC service and the server around it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use custody_pki::Role;
+use custody_protocol::proto::custody_server::{Custody, CustodyServer};
+use custody_protocol::proto::*;
+use custody_protocol::{api, wire, Identity, Suite};
+use rand_core::{OsRng, RngCore};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::core::{AnyKey, Core};
+use crate::dkg::{self, KeySpec};
+use crate::signers::SignerHandle;
+use crate::store::{KeyMeta, SignRecord};
+use crate::{signing, StartError};
+
+/// Longest key name.
+const MAX_NAME: usize = 128;
+
+#[derive(Clone, Debug)]
+struct CustodyService(Arc<Core>);
+
+pub(crate) async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(std::net::SocketAddr) + Send,
+) -> Result<(), StartError> {
+    let cfg_err = StartError::Config;
+    config.check().map_err(cfg_err)?;
+    let identity = crate::core::load_identity(&config)?;
+    let sealer_desc = config.sealer.open().map_err(|e| cfg_err(e.to_string()))?;
+    if sealer_desc.is_insecure() {
+        warn!(
+            "coordinator {} seals its identity with the INSECURE software sealer: development only, NOT FOR PRODUCTION",
+            config.name
+        );
+    }
+    let files = config.tls.clone();
+    let cert_der = files.cert_der().map_err(|e| cfg_err(e.to_string()))?;
+    let ca_der = files.ca_der().map_err(|e| cfg_err(e.to_string()))?;
+    let info =
+        custody_pki::verify_issued_by(&cert_der, &ca_der).map_err(|e| cfg_err(e.to_string()))?;
+    if info.role != Role::Coordinator
+        || info.name != config.name
+        || info.identity != Some(identity.public())
+    {
+        return Err(cfg_err(format!(
+            "certificate {} does not certify coordinator {} with this identity (role {}, name {})",
+            config.tls.cert.display(),
+            config.name,
+            info.role,
+            info.name
+        )));
+    }
+    let client_tls = files.client().map_err(|e| cfg_err(e.to_string()))?;
+    let signers: Vec<Arc<SignerHandle>> = config
+        .signers
+        .iter()
+        .map(|s| {
+            Arc::new(SignerHandle::new(
+                s.clone(),
+                client_tls.clone(),
+                config.timeouts,
+            ))
+        })
+        .collect();
+    let store = crate::store::Store::open(&config.data_dir.join("db"))
+        .map_err(|e| cfg_err(e.to_string()))?;
+    let transcripts = config.data_dir.join("transcripts");
+    std::fs::create_dir_all(&transcripts)
+        .map_err(|e| cfg_err(format!("{}: {e}", transcripts.display())))?;
+    let core = Arc::new(Core {
+        identity_public: identity.public(),
+        identity,
+        ca_der,
+        store,
+        signers,
+        timeouts: config.timeouts,
+        default_threshold: config.default_threshold,
+        keys: RwLock::new(HashMap::new()),
+        inflight: Mutex::new(HashMap::new()),
+        rotation: AtomicUsize::new(0),
+        transcripts,
+    });
+    let metas = core.store.keys().map_err(|e| cfg_err(e.to_string()))?;
+    let n_keys = metas.len();
+    for meta in metas {
+        let id = meta.key_id.clone();
+        let k = core.load_key(meta).map_err(cfg_err)?;
+        core.keys.write().expect("lock").insert(id, k);
+    }
+
+    let tls = files.server().map_err(|e| cfg_err(e.to_string()))?;
+    let listener = custody_pki::bind_reusing(config.listen, &crate::addr_file(&config.data_dir))
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let pid_file = config.data_dir.join("pid");
+    std::fs::write(&pid_file, std::process::id().to_string())
+        .map_err(|e| cfg_err(format!("{}: {e}", pid_file.display())))?;
+    info!(coordinator = %config.name, %addr, keys = n_keys, signers = core.signers.len(), "coordinator listening");
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<CustodyServer<CustodyService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(custody_protocol::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    on_ready(addr);
+    tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| StartError::Serve(e.to_string()))?
+        .timeout(Duration::from_secs(300))
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(
+            CustodyServer::new(CustodyService(core))
+                .max_decoding_message_size(2 << 20)
+                .max_encoding_message_size(4 << 20),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    info!(coordinator = %config.name, "coordinator stopped");
+    Ok(())
+}
+
+fn key_proto(m: &KeyMeta) -> Key {
+    Key {
+        key_id: m.key_id.clone(),
+        name: m.name.clone(),
+        suite: m.suite.clone(),
+        threshold: m.threshold as u32,
+        signers: m.signers.clone(),
+        public_key: hex::decode(&m.public_key).unwrap_or_default(),
+        tier: m.tier.clone(),
+        state: m.state.clone(),
+        created_at: m.created_at,
+        public_key_set: hex::decode(&m.public_key_set).unwrap_or_default(),
+    }
+}
+
+fn sign_proto(r: &SignRecord, replayed: bool) -> SignResponse {
+    SignResponse {
+        request_id: r.request_id.clone(),
+        key_id: r.key_id.clone(),
+        signature: hex::decode(&r.signature).unwrap_or_default(),
+        signers: r.signers.iter().map(|p| *p as u32).collect(),
+        replayed,
+        message: hex::decode(&r.message).unwrap_or_default(),
+    }
+}
+
+fn store_err(e: crate::store::StoreError) -> Status {
+    warn!("store: {e}");
+    Status::internal(format!("coordinator storage: {e}"))
+}
+
+impl CustodyService {
+    fn spec(&self, r: CreateKeyRequest) -> Result<KeySpec, Status> {
+        let core = &self.0;
+        let suite: Suite = api::suite("suite", &r.suite)?;
+        let tier = match r.tier.as_str() {
+            "" | "hot" => "hot".to_string(),
+            "warm" | "cold" => {
+                return Err(Status::unimplemented(format!(
+                    "tier: {} keys need approvals and policy, which this version does not enforce yet; use hot",
+                    r.tier
+                )))
+            }
+            other => return Err(Status::invalid_argument(format!("tier: unknown tier {other:?} (hot, warm or cold)"))),
+        };
+        if r.name.len() > MAX_NAME || r.name.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "name: at most {MAX_NAME} bytes, no control characters"
+            )));
+        }
+        let signers: Vec<Arc<SignerHandle>> = if !r.signers.is_empty() {
+            let mut out: Vec<Arc<SignerHandle>> = Vec::new();
+            for name in &r.signers {
+                let h = core.signer(name).ok_or_else(|| {
+                    Status::invalid_argument(format!("signers: unknown signer {name:?}"))
+                })?;
+                if out.iter().any(|o| o.name == *name) {
+                    return Err(Status::invalid_argument(format!(
+                        "signers: {name} listed twice"
+                    )));
+                }
+                out.push(h.clone());
+            }
+            out
+        } else if r.signer_count > 0 {
+            let n = r.signer_count as usize;
+            if n > core.signers.len() {
+                return Err(Status::invalid_argument(format!(
+                    "signer_count: {n} signers asked, the cluster has {}",
+                    core.signers.len()
+                )));
+            }
+            // Prefer signers not failing right now.
+            let mut all: Vec<_> = core.signers.clone();
+            all.sort_by_key(|h| h.backing_off());
+            all.truncate(n);
+            all.sort_by_key(|h| core.signers.iter().position(|s| s.name == h.name));
+            all
+        } else {
+            core.signers.clone()
+        };
+        let n = signers.len();
+        let threshold = if r.threshold == 0 {
+            core.default_threshold.min(n as u16)
+        } else {
+            u16::try_from(r.threshold)
+                .map_err(|_| Status::invalid_argument("threshold: too large"))?
+        };
+        if threshold < 2 || threshold as usize > n {
+            return Err(Status::invalid_argument(format!(
+                "threshold: {threshold} with {n} signers; need 2 <= t <= n"
+            )));
+        }
+        Ok(KeySpec {
+            suite,
+            threshold,
+            signers,
+            name: r.name,
+            tier,
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl Custody for CustodyService {
+    async fn create_key(&self, req: Request<CreateKeyRequest>) -> Result<Response<Key>, Status> {
+        let caller = custody_pki::authorize(&req, &[Role::Operator])?;
+        let spec = self.spec(req.into_inner())?;
+        info!(caller = %caller.name, suite = %spec.suite, "create key");
+        let meta = dkg::create_key(&self.0, spec).await.inspect_err(|st| {
+            warn!("create key failed: {:?}: {}", st.code(), st.message());
+        })?;
+        Ok(Response::new(key_proto(&meta)))
+    }
+
+    async fn get_key(&self, req: Request<GetKeyRequest>) -> Result<Response<Key>, Status> {
+        custody_pki::authorize(&req, &[Role::Operator, Role::Auditor, Role::PaymentBackend])?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        let k = self.0.key(&r.key_id)?;
+        Ok(Response::new(key_proto(k.meta())))
+    }
+
+    async fn list_keys(
+        &self,
+        req: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::Operator, Role::Auditor, Role::PaymentBackend])?;
+        let mut keys: Vec<KeyMeta> = self
+            .0
+            .keys
+            .read()
+            .expect("lock")
+            .values()
+            .map(|k| k.meta().clone())
+            .collect();
+        keys.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
+        Ok(Response::new(ListKeysResponse {
+            keys: keys.iter().map(key_proto).collect(),
+        }))
+    }
+
+    async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::Operator, Role::PaymentBackend])?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        if r.message.len() > wire::MAX_SIGNING_MESSAGE {
+            return Err(Status::invalid_argument(format!(
+                "message: {} bytes, at most {} allowed",
+                r.message.len(),
+                wire::MAX_SIGNING_MESSAGE
+            )));
+        }
+        let request_id = if r.request_id.is_empty() {
+            let mut b = [0u8; 16];
+            OsRng.fill_bytes(&mut b);
+            format!("r-{}", hex::encode(b))
+        } else {
+            api::check_id("request_id", &r.request_id)?;
+            r.request_id
+        };
+        let core = &self.0;
+        let lock = core
+            .inflight
+            .lock()
+            .expect("lock")
+            .entry(request_id.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _guard = lock.lock().await;
+            self.sign_once(&request_id, &r.key_id, r.message).await
+        };
+        core.inflight.lock().expect("lock").remove(&request_id);
+        result.map(Response::new)
+    }
+
+    async fn get_signature(
+        &self,
+        req: Request<GetSignatureRequest>,
+    ) -> Result<Response<SignResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::Operator, Role::PaymentBackend, Role::Auditor])?;
+        let r = req.into_inner();
+        api::check_id("request_id", &r.request_id)?;
+        let rec = self
+            .0
+            .store
+            .request(&r.request_id)
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                Status::not_found(format!("request {}: no such signing request", r.request_id))
+            })?;
+        Ok(Response::new(sign_proto(&rec, true)))
+    }
+
+    async fn cluster_status(
+        &self,
+        req: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::Operator, Role::Auditor])?;
+        let core = &self.0;
+        // Probe every signer now (bounded by the connect timeout).
+        let mut tasks = Vec::new();
+        for h in &core.signers {
+            let h = h.clone();
+            let timeout = core.timeouts.connect() * 2;
+            tasks.push(tokio::spawn(async move {
+                let r = match h.client() {
+                    Ok(mut c) => {
+                        match tokio::time::timeout(timeout, c.identity(IdentityRequest {})).await {
+                            Ok(r) => r.map(|_| ()),
+                            Err(_) => Err(Status::deadline_exceeded("no answer")),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                h.observe(&r);
+                let health = h.health();
+                SignerStatus {
+                    name: h.name.clone(),
+                    endpoint: h.endpoint().unwrap_or_default(),
+                    reachable: health.reachable,
+                    last_seen_ms: health.last_seen_ms,
+                    last_error: health.last_error,
+                }
+            }));
+        }
+        let mut signers = Vec::new();
+        for t in tasks {
+            signers.push(
+                t.await
+                    .map_err(|e| Status::internal(format!("task: {e}")))?,
+            );
+        }
+        Ok(Response::new(ClusterStatusResponse { signers }))
+    }
+}
+
+impl CustodyService {
+    async fn sign_once(
+        &self,
+        request_id: &str,
+        key_id: &str,
+        message: Vec<u8>,
+    ) -> Result<SignResponse, Status> {
+        let core = &self.0;
+        let message_hex = hex::encode(&message);
+        if let Some(rec) = core.store.request(request_id).map_err(store_err)? {
+            if rec.key_id == key_id && rec.message == message_hex {
+                return Ok(sign_proto(&rec, true));
+            }
+            return Err(Status::failed_precondition(format!(
+                "request_id {request_id} was already used for another key or message"
+            )));
+        }
+        let key = core.key(key_id)?;
+        if key.meta().state != "active" {
+            return Err(Status::failed_precondition(format!(
+                "key {key_id} is {}, not active",
+                key.meta().state
+            )));
+        }
+        let signed = match &key {
+            AnyKey::Secp(k) => signing::sign(core, k, message).await?,
+            AnyKey::Ed(k) => signing::sign(core, k, message).await?,
+        };
+        let rec = SignRecord {
+            request_id: request_id.to_string(),
+            key_id: key_id.to_string(),
+            message: message_hex,
+            signature: hex::encode(signed.signature),
+            signers: signed.signers.iter().map(|p| p.get()).collect(),
+            session: signed.session.to_string(),
+            created_at_ms: now_ms(),
+        };
+        let store = core.store.clone();
+        let rec2 = rec.clone();
+        tokio::task::spawn_blocking(move || store.put_request(&rec2))
+            .await
+            .map_err(|e| Status::internal(format!("task: {e}")))?
+            .map_err(store_err)?;
+        Ok(sign_proto(&rec, false))
+    }
+}

@@ -1,0 +1,159 @@
+//! Connections to the signers and what the coordinator knows of their health.
+
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use custody_protocol::proto::signer_client::SignerClient;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+
+use crate::config::{SignerEndpoint, Timeouts};
+
+/// One signer as the coordinator sees it.
+#[derive(Debug)]
+pub struct SignerHandle {
+    /// Name, as in its certificate.
+    pub name: String,
+    source: SignerEndpoint,
+    tls: ClientTlsConfig,
+    timeouts: Timeouts,
+    channel: Mutex<Option<SignerClient<Channel>>>,
+    health: Mutex<Health>,
+    /// The signer's CA-verified certificate (DER), fetched on first contact.
+    pub(crate) certificate: Mutex<Option<Vec<u8>>>,
+}
+
+/// Health as last observed.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    /// The last call reached the signer.
+    pub reachable: bool,
+    /// Unix milliseconds of the last successful call.
+    pub last_seen_ms: u64,
+    /// The last transport error, if the last call failed.
+    pub last_error: String,
+    /// When the signer last failed (for the back-off in quorum choice).
+    pub failed_at: Option<Instant>,
+    /// Incremented each time the signer is found unreachable: its in-memory nonces may
+    /// be gone, so commitments drawn in an older epoch are discarded.
+    pub epoch: u64,
+}
+
+/// Whether a status means the signer could not be reached (as opposed to an answer).
+pub fn is_transport(st: &Status) -> bool {
+    matches!(
+        st.code(),
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
+    )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl SignerHandle {
+    pub(crate) fn new(source: SignerEndpoint, tls: ClientTlsConfig, timeouts: Timeouts) -> Self {
+        SignerHandle {
+            name: source.name.clone(),
+            source,
+            tls,
+            timeouts,
+            channel: Mutex::new(None),
+            health: Mutex::new(Health::default()),
+            certificate: Mutex::new(None),
+        }
+    }
+
+    /// Where the signer listens now (re-reading its address file).
+    pub fn endpoint(&self) -> Result<String, Status> {
+        match (&self.source.endpoint, &self.source.addr_file) {
+            (Some(e), _) => Ok(e.clone()),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "signer {}: address file {}: {e}",
+                        self.name,
+                        f.display()
+                    ))
+                }),
+            (None, None) => Err(Status::internal("signer without address")),
+        }
+    }
+
+    /// A client, connecting lazily; reused until the signer fails.
+    pub fn client(&self) -> Result<SignerClient<Channel>, Status> {
+        let mut ch = self.channel.lock().expect("lock");
+        if let Some(c) = ch.as_ref() {
+            return Ok(c.clone());
+        }
+        let addr = self.endpoint()?;
+        let ep = Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| Status::internal(format!("signer {} endpoint {addr}: {e}", self.name)))?
+            .tls_config(self.tls.clone())
+            .map_err(|e| Status::internal(format!("signer {} tls: {e}", self.name)))?
+            .connect_timeout(self.timeouts.connect())
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let client = SignerClient::new(ep.connect_lazy())
+            .max_decoding_message_size(8 << 20)
+            .max_encoding_message_size(8 << 20);
+        *ch = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Records the outcome of a call.
+    pub fn observe<T>(&self, r: &Result<T, Status>) {
+        let mut h = self.health.lock().expect("lock");
+        match r {
+            Ok(_) => {
+                h.reachable = true;
+                h.last_seen_ms = now_ms();
+                h.last_error.clear();
+                h.failed_at = None;
+            }
+            Err(st) if is_transport(st) => {
+                h.epoch += 1;
+                h.reachable = false;
+                h.last_error = format!("{:?}: {}", st.code(), st.message());
+                h.failed_at = Some(Instant::now());
+                // Reconnect from scratch next time (the address may have changed).
+                *self.channel.lock().expect("lock") = None;
+            }
+            Err(_) => {
+                // The signer answered: it is reachable, the request was refused.
+                h.reachable = true;
+                h.last_seen_ms = now_ms();
+            }
+        }
+    }
+
+    /// Health snapshot.
+    pub fn health(&self) -> Health {
+        self.health.lock().expect("lock").clone()
+    }
+
+    /// Whether the signer failed within the back-off window.
+    pub fn backing_off(&self) -> bool {
+        self.health
+            .lock()
+            .expect("lock")
+            .failed_at
+            .is_some_and(|t| t.elapsed() < self.timeouts.backoff())
+    }
+
+    /// The current epoch (see [`Health::epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.health.lock().expect("lock").epoch
+    }
+
+    /// Marks the signer's nonces as lost (it answered "unknown commitment", so it
+    /// restarted): commitments of older epochs are discarded.
+    pub fn bump_epoch(&self) {
+        self.health.lock().expect("lock").epoch += 1;
+    }
+}

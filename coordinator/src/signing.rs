@@ -1,0 +1,382 @@
+//! Threshold signing across the signers: quorum choice, commitments drawn ahead,
+//! parallel share requests, aggregation with culprit detection, retries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custody_protocol::proto::{CommitRequest, SignShareRequest};
+use custody_protocol::sign::{self, Commitments, SignatureShare, SigningPackage, COORDINATOR};
+use custody_protocol::wire::{self, Header, Kind};
+use custody_protocol::{identity, EngineSuite, Error as EngineError, ParticipantId, SessionId};
+use rand_core::OsRng;
+use tonic::{Code, Status};
+use tracing::{debug, warn};
+
+use crate::core::{Core, KeyRt};
+use crate::signers::SignerHandle;
+
+/// Commitments fetched per `Commit` call.
+const BATCH: u32 = 64;
+/// Below this many pooled commitments a background refill starts.
+const LOW_WATER: usize = 16;
+
+/// A finished signature.
+#[derive(Debug)]
+pub(crate) struct Signed {
+    pub signature: [u8; 64],
+    pub signers: Vec<ParticipantId>,
+    pub session: SessionId,
+}
+
+/// Why one signer dropped out of an attempt.
+enum Dropout {
+    /// Unreachable, timed out or refused: try others.
+    Failed(String),
+    /// Its commitments were unknown to it (it restarted): retry it with fresh ones.
+    Stale,
+    /// It sent something provably wrong.
+    Culprit(String),
+}
+
+async fn call<T>(
+    timeout: Duration,
+    handle: &SignerHandle,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    let r = match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "signer {} did not answer within {} ms",
+            handle.name,
+            timeout.as_millis()
+        ))),
+    };
+    handle.observe(&r);
+    r
+}
+
+/// Fetches `count` fresh commitments from participant `p` and checks each one's
+/// envelope and encoding.
+async fn fetch<C: EngineSuite>(
+    core: &Core,
+    key: &KeyRt<C>,
+    p: ParticipantId,
+    handle: &SignerHandle,
+    count: u32,
+) -> Result<Vec<Commitments<C>>, Dropout> {
+    let mut client = handle
+        .client()
+        .map_err(|e| Dropout::Failed(e.message().to_string()))?;
+    let req = CommitRequest {
+        key_id: key.meta.key_id.clone(),
+        count,
+    };
+    let resp = call(core.timeouts.sign(), handle, client.commit(req))
+        .await
+        .map_err(|e| Dropout::Failed(format!("{}: {}", handle.name, e.message())))?;
+    let zero = SessionId([0; 32]);
+    let mut out = Vec::with_capacity(resp.commitments.len());
+    for env in &resp.commitments {
+        let opened = identity::open_from(&key.roster, p, env)
+            .map_err(|e| Dropout::Culprit(format!("commitment: {e}")))?;
+        let (_, c) = wire::decode_with(
+            opened.body,
+            C::SUITE,
+            Kind::SigningCommitments,
+            &zero,
+            |_, r| Commitments::<C>::decode_body(r),
+        )
+        .map_err(|e| Dropout::Culprit(format!("commitment: {e}")))?;
+        out.push(c);
+    }
+    if out.is_empty() {
+        return Err(Dropout::Culprit("returned no commitments".into()));
+    }
+    Ok(out)
+}
+
+/// One commitment of `p` for `key`: from the pool, or fetched now if the pool is empty.
+/// Starts a background refill when the pool runs low.
+async fn take_commitment<C: EngineSuite>(
+    core: &Arc<Core>,
+    key: &Arc<KeyRt<C>>,
+    p: ParticipantId,
+    handle: &Arc<SignerHandle>,
+) -> Result<Commitments<C>, Dropout> {
+    let epoch = handle.epoch();
+    {
+        let mut pools = key.pools.lock().expect("lock");
+        let pool = pools.entry(p).or_default();
+        if pool.epoch != epoch {
+            pool.queue.clear();
+            pool.epoch = epoch;
+        }
+        if let Some(c) = pool.queue.pop_front() {
+            if pool.queue.len() < LOW_WATER && !pool.refilling {
+                pool.refilling = true;
+                let (core, key, handle) = (core.clone(), key.clone(), handle.clone());
+                tokio::spawn(async move {
+                    let got = fetch(&core, &key, p, &handle, BATCH).await;
+                    let mut pools = key.pools.lock().expect("lock");
+                    let pool = pools.entry(p).or_default();
+                    pool.refilling = false;
+                    if let Ok(fresh) = got {
+                        if pool.epoch == epoch {
+                            pool.queue.extend(fresh);
+                        }
+                    }
+                });
+            }
+            return Ok(c);
+        }
+    }
+    let mut fresh = fetch(core, key, p, handle, BATCH).await?.into_iter();
+    let first = fresh
+        .next()
+        .ok_or_else(|| Dropout::Culprit("returned no commitments".into()))?;
+    let mut pools = key.pools.lock().expect("lock");
+    let pool = pools.entry(p).or_default();
+    if pool.epoch == epoch {
+        pool.queue.extend(fresh);
+    }
+    Ok(first)
+}
+
+/// Asks `p` for its share of `package_env` and checks the answer.
+async fn request_share<C: EngineSuite>(
+    core: &Core,
+    key: &KeyRt<C>,
+    p: ParticipantId,
+    handle: &SignerHandle,
+    package_env: Vec<u8>,
+    session: SessionId,
+) -> Result<SignatureShare<C>, Dropout> {
+    let mut client = handle
+        .client()
+        .map_err(|e| Dropout::Failed(e.message().to_string()))?;
+    let req = SignShareRequest {
+        key_id: key.meta.key_id.clone(),
+        package: package_env,
+    };
+    let resp = match call(core.timeouts.sign(), handle, client.sign_share(req)).await {
+        Ok(r) => r,
+        Err(st) if st.code() == Code::FailedPrecondition && st.message().contains("commitment") => {
+            handle.bump_epoch();
+            return Err(Dropout::Stale);
+        }
+        Err(st) => {
+            return Err(Dropout::Failed(format!(
+                "{}: {}",
+                handle.name,
+                st.message()
+            )))
+        }
+    };
+    let opened = identity::open_from(&key.roster, p, &resp.share)
+        .map_err(|e| Dropout::Culprit(format!("signature share: {e}")))?;
+    let (_, share) = wire::decode_with(
+        opened.body,
+        C::SUITE,
+        Kind::SignatureShare,
+        &session,
+        |_, r| SignatureShare::<C>::decode_body(r),
+    )
+    .map_err(|e| Dropout::Culprit(format!("signature share: {e}")))?;
+    Ok(share)
+}
+
+/// Signs `message` with `key`: picks `t` signers, retries with others on failure, and
+/// names every signer whose share was bad. `UNAVAILABLE` when fewer than `t` signers
+/// can sign.
+pub(crate) async fn sign<C: EngineSuite>(
+    core: &Arc<Core>,
+    key: &Arc<KeyRt<C>>,
+    message: Vec<u8>,
+) -> Result<Signed, Status> {
+    let t = key.public.threshold() as usize;
+    let n = key.members.len();
+    let mut excluded: BTreeSet<ParticipantId> = BTreeSet::new();
+    let mut stale_retries = 0usize;
+    let mut reasons: Vec<String> = Vec::new();
+    let message = Arc::new(message);
+    loop {
+        // Quorum: healthy signers first, then those with commitments ready, rotating
+        // the start so load spreads over the signers.
+        let start = core.rotation.fetch_add(1, Ordering::Relaxed);
+        let mut candidates: Vec<(usize, &(ParticipantId, Arc<SignerHandle>))> = key
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, (p, _))| !excluded.contains(p))
+            .collect();
+        if candidates.len() < t {
+            let mut msg = format!(
+                "key {} needs {t} of its {n} signers and only {} can sign now",
+                key.meta.key_id,
+                candidates.len()
+            );
+            if !reasons.is_empty() {
+                msg.push_str(&format!(" ({})", reasons.join("; ")));
+            }
+            return Err(Status::unavailable(msg));
+        }
+        {
+            let pools = key.pools.lock().expect("lock");
+            candidates.sort_by_key(|(i, (p, h))| {
+                let empty = pools.get(p).is_none_or(|pl| pl.queue.is_empty());
+                (h.backing_off(), empty, (i + n - start % n) % n)
+            });
+        }
+        let quorum: Vec<(ParticipantId, Arc<SignerHandle>)> = candidates
+            .iter()
+            .take(t)
+            .map(|(_, m)| (*m).clone())
+            .collect();
+
+        // Round 1: commitments (usually from the pool).
+        let mut tasks = Vec::with_capacity(t);
+        for (p, h) in &quorum {
+            let (core, key, p, h) = (core.clone(), key.clone(), *p, h.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = take_commitment(&core, &key, p, &h).await;
+                (p, r)
+            }));
+        }
+        let mut commitments = BTreeMap::new();
+        let mut dropped = false;
+        for task in tasks {
+            let (p, r) = task
+                .await
+                .map_err(|e| Status::internal(format!("task: {e}")))?;
+            match r {
+                Ok(c) => {
+                    commitments.insert(p, c);
+                }
+                Err(d) => {
+                    dropped = true;
+                    note(&mut excluded, &mut reasons, &mut stale_retries, key, p, d);
+                }
+            }
+        }
+        if dropped {
+            check_stale(stale_retries, n)?;
+            continue;
+        }
+
+        // Round 2: the package, signed by us, to every member of the quorum at once.
+        let session = SessionId::random(&mut OsRng);
+        let package = SigningPackage::new(commitments, message.to_vec())
+            .map_err(|e| Status::internal(format!("signing package: {e}")))?;
+        let header = Header {
+            suite: C::SUITE,
+            kind: Kind::SigningPackage,
+            session,
+            from: COORDINATOR,
+            to: None,
+        };
+        let package_env = identity::signed(&core.identity, &header, &package)
+            .map_err(|e| Status::internal(format!("signing package: {e}")))?;
+        let mut tasks = Vec::with_capacity(t);
+        for (p, h) in &quorum {
+            let (core, key, p, h, env) = (
+                core.clone(),
+                key.clone(),
+                *p,
+                h.clone(),
+                package_env.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let r = request_share(&core, &key, p, &h, env, session).await;
+                (p, r)
+            }));
+        }
+        let mut shares = BTreeMap::new();
+        for task in tasks {
+            let (p, r) = task
+                .await
+                .map_err(|e| Status::internal(format!("task: {e}")))?;
+            match r {
+                Ok(s) => {
+                    shares.insert(p, s);
+                }
+                Err(d) => {
+                    dropped = true;
+                    note(&mut excluded, &mut reasons, &mut stale_retries, key, p, d);
+                }
+            }
+        }
+        if dropped {
+            check_stale(stale_retries, n)?;
+            continue;
+        }
+
+        match sign::aggregate(&key.public, &package, &shares) {
+            Ok(signature) => {
+                return Ok(Signed {
+                    signature,
+                    signers: shares.keys().copied().collect(),
+                    session,
+                })
+            }
+            Err(EngineError::InvalidSignatureShare { culprits }) if !culprits.is_empty() => {
+                for p in culprits {
+                    note(
+                        &mut excluded,
+                        &mut reasons,
+                        &mut stale_retries,
+                        key,
+                        p,
+                        Dropout::Culprit("invalid signature share".into()),
+                    );
+                }
+            }
+            Err(e) => return Err(Status::internal(format!("aggregation: {e}"))),
+        }
+    }
+}
+
+fn note<C: EngineSuite>(
+    excluded: &mut BTreeSet<ParticipantId>,
+    reasons: &mut Vec<String>,
+    stale_retries: &mut usize,
+    key: &KeyRt<C>,
+    p: ParticipantId,
+    d: Dropout,
+) {
+    let name = key
+        .members
+        .iter()
+        .find(|(q, _)| *q == p)
+        .map(|(_, h)| h.name.clone())
+        .unwrap_or_default();
+    match d {
+        Dropout::Stale => {
+            *stale_retries += 1;
+            debug!(key_id = %key.meta.key_id, participant = %p, signer = %name, "stale commitments discarded");
+        }
+        Dropout::Failed(why) => {
+            warn!(key_id = %key.meta.key_id, participant = %p, signer = %name, "signer dropped from quorum: {why}");
+            excluded.insert(p);
+            reasons.push(why);
+        }
+        Dropout::Culprit(why) => {
+            warn!(
+                key_id = %key.meta.key_id, culprit = %p, signer = %name,
+                "CULPRIT: participant {p} ({name}) misbehaved: {why}; excluded, retrying with another quorum"
+            );
+            excluded.insert(p);
+            reasons.push(format!("participant {p} ({name}) misbehaved: {why}"));
+        }
+    }
+}
+
+fn check_stale(stale_retries: usize, n: usize) -> Result<(), Status> {
+    if stale_retries > 2 * n {
+        return Err(Status::unavailable(
+            "signers keep refusing fresh commitments; giving up".to_string(),
+        ));
+    }
+    Ok(())
+}

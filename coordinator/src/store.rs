@@ -1,0 +1,123 @@
+//! The coordinator's durable state in `sled`: key metadata and signing results. Every
+//! write is flushed before the client hears about it.
+
+use serde::{Deserialize, Serialize};
+
+/// One key as the coordinator records it. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMeta {
+    /// Key id.
+    pub key_id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Suite name.
+    pub suite: String,
+    /// Threshold t.
+    pub threshold: u16,
+    /// Signer names; participant `i + 1` is `signers[i]`.
+    pub signers: Vec<String>,
+    /// Each participant's identity (hex of 64 bytes), in the same order.
+    pub identities: Vec<String>,
+    /// External public key, hex.
+    pub public_key: String,
+    /// Canonical public key set, hex.
+    pub public_key_set: String,
+    /// Tier.
+    pub tier: String,
+    /// Lifecycle state.
+    pub state: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// DKG session id, hex.
+    pub dkg_session: String,
+}
+
+/// A completed signature, kept for idempotency and for `GetSignature`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignRecord {
+    /// Request id (client's idempotency key, or one the coordinator chose).
+    pub request_id: String,
+    /// Key.
+    pub key_id: String,
+    /// Message, hex.
+    pub message: String,
+    /// Signature, hex.
+    pub signature: String,
+    /// Participant ids of the signers.
+    pub signers: Vec<u16>,
+    /// Signing session id, hex.
+    pub session: String,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("database: {0}")]
+    Db(#[from] sled::Error),
+    /// A record could not be (de)serialized.
+    #[error("database record: {0}")]
+    Record(#[from] serde_json::Error),
+}
+
+/// The coordinator's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    keys: sled::Tree,
+    requests: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
+        let db = sled::open(path)?;
+        Ok(Store {
+            keys: db.open_tree("keys")?,
+            requests: db.open_tree("requests")?,
+            db,
+        })
+    }
+
+    /// Stores a key durably.
+    pub fn put_key(&self, k: &KeyMeta) -> Result<(), StoreError> {
+        self.keys
+            .insert(k.key_id.as_bytes(), serde_json::to_vec(k)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// One key.
+    pub fn key(&self, key_id: &str) -> Result<Option<KeyMeta>, StoreError> {
+        match self.keys.get(key_id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every key, by key id.
+    pub fn keys(&self) -> Result<Vec<KeyMeta>, StoreError> {
+        self.keys
+            .iter()
+            .map(|r| Ok(serde_json::from_slice(&r?.1)?))
+            .collect()
+    }
+
+    /// Stores a signing result durably.
+    pub fn put_request(&self, r: &SignRecord) -> Result<(), StoreError> {
+        self.requests
+            .insert(r.request_id.as_bytes(), serde_json::to_vec(r)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A signing result by request id.
+    pub fn request(&self, request_id: &str) -> Result<Option<SignRecord>, StoreError> {
+        match self.requests.get(request_id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,732 @@
+//! The `custody.v1.Signer` gRPC service.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use custody_hsm::Sealer;
+use custody_pki::Role;
+use custody_protocol::dkg::{self, DkgConfig, DKG_KINDS};
+use custody_protocol::proto::signer_server::{Signer, SignerServer};
+use custody_protocol::proto::*;
+use custody_protocol::sign::{self, SigningPackage, COORDINATOR};
+use custody_protocol::wire::{self, Header, Kind};
+use custody_protocol::{
+    api, identity, with_suite, EngineSuite, Identity, IdentityKey, KeyShare, ParticipantId, Roster,
+    SessionId, Suite,
+};
+use rand_core::OsRng;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::config::{Config, Fault};
+use crate::store::{self, KeyRecord, KeyState};
+use crate::StartError;
+
+/// How long an unfinished DKG session is kept.
+const DKG_TTL: Duration = Duration::from_secs(300);
+/// Most unused nonces kept per key.
+const MAX_NONCES_PER_KEY: usize = 4096;
+/// Most commitments drawn per call.
+const MAX_COMMIT_BATCH: u32 = 256;
+
+type Erased = Box<dyn Any + Send>;
+type SharedShare = Arc<dyn Any + Send + Sync>;
+
+enum Stage {
+    Round1(Erased),
+    Round2(Erased),
+    Confirmed {
+        share: SharedShare,
+        digest: [u8; 32],
+    },
+}
+
+struct DkgSession {
+    key_id: String,
+    suite: Suite,
+    participants: Vec<ParticipantId>,
+    roster: Roster,
+    stage: Option<Stage>,
+    started: Instant,
+}
+
+struct Loaded {
+    suite: Suite,
+    share: SharedShare,
+}
+
+struct Inner {
+    name: String,
+    identity: IdentityKey,
+    cert_der: Vec<u8>,
+    ca_der: Vec<u8>,
+    sealer: Arc<dyn Sealer>,
+    db: sled::Db,
+    keys: Mutex<HashMap<String, Loaded>>,
+    dkg: Mutex<HashMap<SessionId, DkgSession>>,
+    nonces: Mutex<HashMap<String, NoncePool>>,
+    fault: Option<Fault>,
+}
+
+/// The unused nonces of one key, by their encoded commitments, oldest first.
+///
+/// Bounded: when more than [`MAX_NONCES_PER_KEY`] are outstanding (a coordinator that
+/// restarted forgets the commitments it held), the oldest are dropped. Dropping a nonce
+/// is always safe; the coordinator then gets "unknown commitment" and draws new ones.
+#[derive(Default)]
+struct NoncePool {
+    by_commitment: HashMap<Vec<u8>, Erased>,
+    order: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl NoncePool {
+    fn extend(&mut self, fresh: Vec<(Vec<u8>, Erased)>) {
+        for (tag, nonces) in fresh {
+            self.order.push_back(tag.clone());
+            self.by_commitment.insert(tag, nonces);
+        }
+        while self.by_commitment.len() > MAX_NONCES_PER_KEY {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.by_commitment.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if self.order.len() > 2 * MAX_NONCES_PER_KEY {
+            let live = &self.by_commitment;
+            self.order.retain(|t| live.contains_key(t));
+        }
+    }
+
+    /// Removes and returns the nonces behind `tag`: whatever happens next, they are gone.
+    fn take(&mut self, tag: &[u8]) -> Option<Erased> {
+        self.by_commitment.remove(tag)
+    }
+}
+
+#[derive(Clone)]
+struct SignerService(Arc<Inner>);
+
+pub(crate) async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(std::net::SocketAddr) + Send,
+) -> Result<(), StartError> {
+    let cfg_err = |e: String| StartError::Config(e);
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| cfg_err(format!("{}: {e}", config.data_dir.display())))?;
+    let sealer = config.sealer.open().map_err(|e| cfg_err(e.to_string()))?;
+    if sealer.is_insecure() {
+        warn!(
+            "signer {} seals secrets with the INSECURE software sealer: development only, NOT FOR PRODUCTION",
+            config.name
+        );
+    }
+    let identity = custody_pki::load_or_create_identity(
+        &config.data_dir.join("identity.sealed"),
+        sealer.as_ref(),
+        &store::identity_aad(&config.name),
+    )
+    .map_err(|e| cfg_err(e.to_string()))?;
+    let files = config.tls.clone();
+    let cert_der = files.cert_der().map_err(|e| cfg_err(e.to_string()))?;
+    let ca_der = files.ca_der().map_err(|e| cfg_err(e.to_string()))?;
+    let info =
+        custody_pki::verify_issued_by(&cert_der, &ca_der).map_err(|e| cfg_err(e.to_string()))?;
+    if info.role != Role::Signer
+        || info.name != config.name
+        || info.identity != Some(identity.public())
+    {
+        return Err(cfg_err(format!(
+            "certificate {} does not certify signer {} with this identity (role {}, name {})",
+            config.tls.cert.display(),
+            config.name,
+            info.role,
+            info.name
+        )));
+    }
+    if let Some(fault) = config.fault_injection {
+        warn!(
+            "signer {} runs with FAULT INJECTION {fault:?}: it misbehaves on purpose, for tests only",
+            config.name
+        );
+    }
+    let db =
+        sled::open(config.data_dir.join("db")).map_err(|e| cfg_err(format!("database: {e}")))?;
+    let inner = Inner {
+        name: config.name.clone(),
+        identity,
+        cert_der,
+        ca_der,
+        sealer,
+        db,
+        keys: Mutex::new(HashMap::new()),
+        dkg: Mutex::new(HashMap::new()),
+        nonces: Mutex::new(HashMap::new()),
+        fault: config.fault_injection,
+    };
+    let loaded = inner.load_keys().map_err(cfg_err)?;
+    let svc = SignerService(Arc::new(inner));
+
+    let tls = files.server().map_err(|e| cfg_err(e.to_string()))?;
+    let listener = custody_pki::bind_reusing(config.listen, &crate::addr_file(&config.data_dir))
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let pid_file = config.data_dir.join("pid");
+    std::fs::write(&pid_file, std::process::id().to_string())
+        .map_err(|e| cfg_err(format!("{}: {e}", pid_file.display())))?;
+    info!(signer = %config.name, %addr, keys = loaded, sealer = %svc.0.sealer.describe(), "signer listening");
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<SignerServer<SignerService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(custody_protocol::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    on_ready(addr);
+    tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| StartError::Serve(e.to_string()))?
+        .timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(SignerServer::new(svc).max_decoding_message_size(8 << 20))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    info!(signer = %config.name, "signer stopped");
+    Ok(())
+}
+
+fn engine_status(context: &str, e: custody_protocol::Error) -> Status {
+    api::engine_status(context, e)
+}
+
+fn internal(context: &str, e: impl std::fmt::Display) -> Status {
+    warn!("{context}: {e}");
+    Status::internal(format!("{context}: {e}"))
+}
+
+fn relayed(list: &[Relayed], field: &str) -> Result<Vec<(ParticipantId, Vec<u8>)>, Status> {
+    list.iter()
+        .map(|r| Ok((api::participant(field, r.from)?, r.envelope.clone())))
+        .collect()
+}
+
+impl Inner {
+    fn load_keys(&self) -> Result<usize, String> {
+        let mut n = 0;
+        for item in self.db.iter() {
+            let (_, v) = item.map_err(|e| format!("database: {e}"))?;
+            let rec: KeyRecord =
+                serde_json::from_slice(&v).map_err(|e| format!("database record: {e}"))?;
+            if rec.state != KeyState::Active {
+                continue;
+            }
+            let loaded = self.unseal(&rec)?;
+            self.keys
+                .lock()
+                .expect("lock")
+                .insert(rec.key_id.clone(), loaded);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn unseal(&self, rec: &KeyRecord) -> Result<Loaded, String> {
+        let suite = rec.suite()?;
+        let blob = hex::decode(&rec.sealed_share).map_err(|e| e.to_string())?;
+        let secret = self
+            .sealer
+            .unseal(&store::share_aad(&self.name, &rec.key_id), &blob)
+            .map_err(|e| format!("key {}: {e}", rec.key_id))?;
+        let share: SharedShare = with_suite!(suite, C => {
+            Arc::new(KeyShare::<C>::from_secret_bytes(&secret).map_err(|e| format!("key {}: {e}", rec.key_id))?)
+        });
+        Ok(Loaded { suite, share })
+    }
+
+    fn put(&self, rec: &KeyRecord) -> Result<(), Status> {
+        let v = serde_json::to_vec(rec).map_err(|e| internal("encode record", e))?;
+        self.db
+            .insert(rec.key_id.as_bytes(), v)
+            .map_err(|e| internal("database write", e))?;
+        self.db.flush().map_err(|e| internal("database flush", e))?;
+        Ok(())
+    }
+
+    fn get(&self, key_id: &str) -> Result<Option<KeyRecord>, Status> {
+        match self
+            .db
+            .get(key_id.as_bytes())
+            .map_err(|e| internal("database read", e))?
+        {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).map_err(|e| internal("database record", e))?,
+            )),
+        }
+    }
+
+    fn take_stage(
+        &self,
+        session: &SessionId,
+    ) -> Result<(Stage, String, Suite, Vec<ParticipantId>, Roster), Status> {
+        let mut dkg = self.dkg.lock().expect("lock");
+        dkg.retain(|_, s| s.started.elapsed() < DKG_TTL);
+        let s = dkg.get_mut(session).ok_or_else(|| {
+            Status::not_found("no DKG session with this id (expired or never started)")
+        })?;
+        let stage = s
+            .stage
+            .take()
+            .ok_or_else(|| Status::failed_precondition("DKG session is busy or failed"))?;
+        Ok((
+            stage,
+            s.key_id.clone(),
+            s.suite,
+            s.participants.clone(),
+            s.roster.clone(),
+        ))
+    }
+
+    fn put_stage(&self, session: &SessionId, stage: Stage) {
+        if let Some(s) = self.dkg.lock().expect("lock").get_mut(session) {
+            s.stage = Some(stage);
+        }
+    }
+}
+
+fn wrong_stage() -> Status {
+    Status::failed_precondition("DKG session is at another step")
+}
+
+#[tonic::async_trait]
+impl Signer for SignerService {
+    async fn identity(
+        &self,
+        req: Request<IdentityRequest>,
+    ) -> Result<Response<IdentityResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::Coordinator, Role::Operator, Role::Auditor])?;
+        let i = &self.0;
+        Ok(Response::new(IdentityResponse {
+            name: i.name.clone(),
+            identity: i.identity.public().to_bytes().to_vec(),
+            certificate: i.cert_der.clone(),
+            sealer: i.sealer.describe(),
+        }))
+    }
+
+    async fn dkg_start(
+        &self,
+        req: Request<DkgStartRequest>,
+    ) -> Result<Response<DkgStartResponse>, Status> {
+        let caller = custody_pki::authorize(&req, &[Role::Coordinator])?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        let session = api::session("session", &r.session)?;
+        let suite: Suite = api::suite("suite", &r.suite)?;
+        let threshold = u16::try_from(r.threshold)
+            .map_err(|_| Status::invalid_argument("threshold: too large"))?;
+        let me = api::participant("me", r.me)?;
+        let i = self.0.clone();
+        if i.get(&r.key_id)?.is_some() {
+            return Err(Status::already_exists(format!(
+                "key {} already exists on this signer",
+                r.key_id
+            )));
+        }
+        // Identities come from CA-signed certificates only.
+        let mut roster = Roster::new();
+        let mut participants = Vec::new();
+        for p in &r.participants {
+            let id = api::participant("participants.id", p.id)?;
+            let info = custody_pki::verify_issued_by(&p.certificate, &i.ca_der).map_err(|e| {
+                Status::invalid_argument(format!("participant {id} certificate: {e}"))
+            })?;
+            if info.role != Role::Signer {
+                return Err(Status::invalid_argument(format!(
+                    "participant {id} certificate is not a signer's"
+                )));
+            }
+            let identity = info.identity.ok_or_else(|| {
+                Status::invalid_argument(format!("participant {id} certificate has no identity"))
+            })?;
+            if roster.get(id).is_some() {
+                return Err(Status::invalid_argument(format!(
+                    "participant {id} listed twice"
+                )));
+            }
+            roster.insert(id, identity);
+            participants.push(id);
+        }
+        participants.sort();
+        if roster.get(me) != Some(&i.identity.public()) {
+            return Err(Status::invalid_argument(format!(
+                "participant {me} is not this signer"
+            )));
+        }
+        let coord = caller.identity.ok_or_else(|| {
+            Status::permission_denied("coordinator certificate carries no identity")
+        })?;
+        roster.insert(COORDINATOR, coord);
+        let cfg = DkgConfig {
+            session,
+            threshold,
+            participants: participants.clone(),
+            me,
+        };
+        let (stage, round1) = with_suite!(suite, C => {
+            let (s, m) = dkg::start::<C, _>(cfg, &i.identity, &mut OsRng).map_err(|e| engine_status("dkg start", e))?;
+            (Box::new(s) as Erased, m)
+        });
+        let mut dkg = i.dkg.lock().expect("lock");
+        if dkg.contains_key(&session) {
+            return Err(Status::already_exists("DKG session already started"));
+        }
+        dkg.insert(
+            session,
+            DkgSession {
+                key_id: r.key_id.clone(),
+                suite,
+                participants,
+                roster,
+                stage: Some(Stage::Round1(stage)),
+                started: Instant::now(),
+            },
+        );
+        info!(key_id = %r.key_id, %suite, %me, "DKG started");
+        Ok(Response::new(DkgStartResponse { round1 }))
+    }
+
+    async fn dkg_round1(
+        &self,
+        req: Request<DkgRound1Request>,
+    ) -> Result<Response<DkgRound1Response>, Status> {
+        custody_pki::authorize(&req, &[Role::Coordinator])?;
+        let r = req.into_inner();
+        let session = api::session("session", &r.session)?;
+        let msgs = relayed(&r.round1, "round1.from")?;
+        let i = self.0.clone();
+        let (stage, key_id, suite, _, roster) = i.take_stage(&session)?;
+        let Stage::Round1(state) = stage else {
+            i.put_stage(&session, stage);
+            return Err(wrong_stage());
+        };
+        let i2 = i.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            with_suite!(suite, C => {
+                let state = state.downcast::<dkg::AwaitingRound1<C>>().map_err(|_| Status::internal("state type"))?;
+                let (next, out) = state
+                    .receive(&i2.identity, &roster, custody_protocol::sim::labelled(&msgs), &mut OsRng)
+                    .map_err(|e| engine_status("dkg round 1", e))?;
+                Ok::<_, Status>((Box::new(next) as Erased, out))
+            })
+        })
+        .await
+        .map_err(|e| internal("dkg task", e))?;
+        let (next, out) = match res {
+            Ok(v) => v,
+            Err(st) => {
+                warn!(%key_id, "DKG round 1 failed: {}", st.message());
+                return Err(st);
+            }
+        };
+        i.put_stage(&session, Stage::Round2(next));
+        Ok(Response::new(DkgRound1Response {
+            echo: out.echo,
+            shares: out
+                .shares
+                .into_iter()
+                .map(|(to, envelope)| Relayed {
+                    from: 0,
+                    to: to.get() as u32,
+                    envelope,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn dkg_round2(
+        &self,
+        req: Request<DkgRound2Request>,
+    ) -> Result<Response<DkgRound2Response>, Status> {
+        custody_pki::authorize(&req, &[Role::Coordinator])?;
+        let r = req.into_inner();
+        let session = api::session("session", &r.session)?;
+        let echoes = relayed(&r.echoes, "echoes.from")?;
+        let shares = relayed(&r.shares, "shares.from")?;
+        let i = self.0.clone();
+        let (stage, key_id, suite, _, roster) = i.take_stage(&session)?;
+        let Stage::Round2(state) = stage else {
+            i.put_stage(&session, stage);
+            return Err(wrong_stage());
+        };
+        let i2 = i.clone();
+        let roster2 = roster.clone();
+        let key_id2 = key_id.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let key_id = key_id2;
+            with_suite!(suite, C => {
+                let state = state.downcast::<dkg::AwaitingRound2<C>>().map_err(|_| Status::internal("state type"))?;
+                let (share, confirm) = state
+                    .finish(
+                        &i2.identity,
+                        &roster2,
+                        custody_protocol::sim::labelled(&echoes),
+                        custody_protocol::sim::labelled(&shares),
+                    )
+                    .map_err(|e| engine_status("dkg round 2", e))?;
+                let secret = share.to_secret_bytes();
+                let sealed = i2
+                    .sealer
+                    .seal(&store::share_aad(&i2.name, &key_id), &secret)
+                    .map_err(|e| internal("seal share", e))?;
+                let pks = share.public().to_bytes();
+                let digest = share.public().digest();
+                let me = share.id();
+                Ok::<_, Status>((Arc::new(share) as SharedShare, confirm, sealed, pks, digest, me))
+            })
+        })
+        .await
+        .map_err(|e| internal("dkg task", e))?;
+        let (share, confirmation, sealed, pks, digest, me) = match res {
+            Ok(v) => v,
+            Err(st) => {
+                warn!(%key_id, "DKG round 2 failed: {}", st.message());
+                return Err(st);
+            }
+        };
+        // Durable before we confirm.
+        let rec = KeyRecord {
+            key_id: key_id.clone(),
+            suite: suite.name().to_string(),
+            me: me.get(),
+            state: KeyState::Pending,
+            session: session.to_string(),
+            roster: roster
+                .iter()
+                .filter(|(p, _)| **p != COORDINATOR)
+                .map(|(p, id)| (p.get(), hex::encode(id.to_bytes())))
+                .collect(),
+            sealed_share: hex::encode(sealed),
+            public_key_set: hex::encode(&pks),
+        };
+        i.put(&rec)?;
+        i.put_stage(&session, Stage::Confirmed { share, digest });
+        info!(%key_id, "DKG share stored (pending confirmation)");
+        Ok(Response::new(DkgRound2Response {
+            confirmation,
+            public_key_set: pks,
+        }))
+    }
+
+    async fn dkg_finalize(
+        &self,
+        req: Request<DkgFinalizeRequest>,
+    ) -> Result<Response<DkgFinalizeResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::Coordinator])?;
+        let r = req.into_inner();
+        let session = api::session("session", &r.session)?;
+        let confirmations = relayed(&r.confirmations, "confirmations.from")?;
+        let i = self.0.clone();
+        let (stage, key_id, suite, participants, roster) = i.take_stage(&session)?;
+        let Stage::Confirmed { share, digest } = stage else {
+            i.put_stage(&session, stage);
+            return Err(wrong_stage());
+        };
+        if let Err(e) = dkg::check_confirmations(
+            &roster,
+            suite,
+            DKG_KINDS,
+            &session,
+            &participants,
+            &digest,
+            custody_protocol::sim::labelled(&confirmations),
+        ) {
+            i.put_stage(&session, Stage::Confirmed { share, digest });
+            return Err(engine_status("dkg confirmations", e));
+        }
+        let mut rec = i
+            .get(&key_id)?
+            .ok_or_else(|| Status::internal("pending key record missing"))?;
+        rec.state = KeyState::Active;
+        i.put(&rec)?;
+        i.keys
+            .lock()
+            .expect("lock")
+            .insert(key_id.clone(), Loaded { suite, share });
+        i.dkg.lock().expect("lock").remove(&session);
+        info!(%key_id, %suite, "key active");
+        Ok(Response::new(DkgFinalizeResponse {}))
+    }
+
+    async fn commit(
+        &self,
+        req: Request<CommitRequest>,
+    ) -> Result<Response<CommitResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::Coordinator])?;
+        let r = req.into_inner();
+        if r.count == 0 || r.count > MAX_COMMIT_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "count: must be 1..={MAX_COMMIT_BATCH}"
+            )));
+        }
+        let i = &self.0;
+        let (suite, share) = {
+            let keys = i.keys.lock().expect("lock");
+            let k = keys
+                .get(&r.key_id)
+                .ok_or_else(|| Status::not_found(format!("no active key {}", r.key_id)))?;
+            (k.suite, k.share.clone())
+        };
+        let count = r.count as usize;
+        let i2 = i.clone();
+        let (out, fresh) =
+            tokio::task::spawn_blocking(move || draw_commitments(&i2, suite, share, count))
+                .await
+                .map_err(|e| internal("commit task", e))??;
+        i.nonces
+            .lock()
+            .expect("lock")
+            .entry(r.key_id.clone())
+            .or_default()
+            .extend(fresh);
+        Ok(Response::new(CommitResponse { commitments: out }))
+    }
+
+    async fn sign_share(
+        &self,
+        req: Request<SignShareRequest>,
+    ) -> Result<Response<SignShareResponse>, Status> {
+        let caller = custody_pki::authorize(&req, &[Role::Coordinator])?;
+        let r = req.into_inner();
+        let i = &self.0;
+        let coord = caller.identity.ok_or_else(|| {
+            Status::permission_denied("coordinator certificate carries no identity")
+        })?;
+        let (suite, share) = {
+            let keys = i.keys.lock().expect("lock");
+            let k = keys
+                .get(&r.key_id)
+                .ok_or_else(|| Status::not_found(format!("no active key {}", r.key_id)))?;
+            (k.suite, k.share.clone())
+        };
+        let mut roster = Roster::new();
+        roster.insert(COORDINATOR, coord);
+        let opened = identity::open_from(&roster, COORDINATOR, &r.package)
+            .map_err(|e| engine_status("signing package", e))?;
+        let session = opened.header.session;
+        with_suite!(suite, C => sign_with::<C>(i, &r.key_id, share, opened.body, session).map(Response::new))
+    }
+}
+
+fn sign_with<C: EngineSuite>(
+    i: &Inner,
+    key_id: &str,
+    share: SharedShare,
+    body: &[u8],
+    session: SessionId,
+) -> Result<SignShareResponse, Status> {
+    let share = share
+        .downcast_ref::<KeyShare<C>>()
+        .ok_or_else(|| Status::internal("share type"))?;
+    let (_, package) = wire::decode_with(body, C::SUITE, Kind::SigningPackage, &session, |_, r| {
+        SigningPackage::<C>::decode_body(r)
+    })
+    .map_err(|e| engine_status("signing package", e))?;
+    let mine = package
+        .commitments_of(share.id())
+        .ok_or_else(|| Status::invalid_argument("signing package does not include this signer"))?;
+    let mut w = wire::Writer::default();
+    wire::Body::encode_body(&mine, &mut w).map_err(|e| internal("encode", e))?;
+    let tag = w.into_vec();
+    // Remove the nonces before using them: whatever happens next, they are gone.
+    let nonces = {
+        let mut pools = i.nonces.lock().expect("lock");
+        pools.get_mut(key_id).and_then(|p| p.take(&tag))
+    };
+    let nonces = nonces
+        .ok_or_else(|| {
+            Status::failed_precondition("unknown or already used commitment for this signer")
+        })?
+        .downcast::<sign::Nonces<C>>()
+        .map_err(|_| Status::internal("nonce type"))?;
+    let mut sig_share = nonces
+        .sign(share, &package)
+        .map_err(|e| engine_status("sign", e))?;
+    if i.fault == Some(Fault::CorruptSignatureShares) {
+        sig_share = corrupt::<C>(&sig_share);
+    }
+    let header = Header {
+        suite: C::SUITE,
+        kind: Kind::SignatureShare,
+        session,
+        from: share.id(),
+        to: Some(COORDINATOR),
+    };
+    let env =
+        identity::signed(&i.identity, &header, &sig_share).map_err(|e| internal("encode", e))?;
+    Ok(SignShareResponse { share: env })
+}
+
+type Drawn = (Vec<Vec<u8>>, Vec<(Vec<u8>, Erased)>);
+
+/// Draws `count` nonce pairs for `share`; returns the signed commitments (session all
+/// zero: bound to a session only by the signing package) and the nonces keyed by the
+/// encoded commitment.
+fn draw_commitments(
+    i: &Inner,
+    suite: Suite,
+    share: SharedShare,
+    count: usize,
+) -> Result<Drawn, Status> {
+    let mut out = Vec::with_capacity(count);
+    let mut fresh: Vec<(Vec<u8>, Erased)> = Vec::with_capacity(count);
+    with_suite!(suite, C => {
+        let share = share.downcast_ref::<KeyShare<C>>().ok_or_else(|| Status::internal("share type"))?;
+        for _ in 0..count {
+            let (nonces, commitments) = sign::commit(share, &mut OsRng);
+            let header = Header {
+                suite,
+                kind: Kind::SigningCommitments,
+                session: SessionId([0; 32]),
+                from: share.id(),
+                to: Some(COORDINATOR),
+            };
+            let body = wire::encode(&header, &commitments).map_err(|e| internal("encode", e))?;
+            fresh.push((body[wire::HEADER_LEN..].to_vec(), Box::new(nonces) as Erased));
+            out.push(identity::seal_envelope(&i.identity, &body));
+        }
+    });
+    Ok((out, fresh))
+}
+
+/// A wrong but well-formed share (fault injection): one bit in the middle of the
+/// scalar flipped, re-decoded so it stays a canonical scalar.
+fn corrupt<C: EngineSuite>(share: &sign::SignatureShare<C>) -> sign::SignatureShare<C> {
+    let mut w = wire::Writer::default();
+    if wire::Body::encode_body(share, &mut w).is_err() {
+        return *share;
+    }
+    let mut bytes = w.into_vec();
+    bytes[C::SCALAR_LEN / 2] ^= 1;
+    let mut r = wire::Reader::new(&bytes);
+    sign::SignatureShare::<C>::decode_body(&mut r).unwrap_or(*share)
+}

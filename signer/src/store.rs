@@ -1,0 +1,67 @@
+//! The signer's durable state: one record per key in `sled`, the share sealed.
+
+use serde::{Deserialize, Serialize};
+
+use custody_protocol::{IdentityPublic, ParticipantId, Suite};
+
+/// Lifecycle of a key as this signer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// DKG finished for us, waiting for everyone's confirmation.
+    Pending,
+    /// Every participant confirmed the same key: we sign with it.
+    Active,
+}
+
+/// A stored key share.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Key id (chosen by the coordinator).
+    pub key_id: String,
+    /// Suite name.
+    pub suite: String,
+    /// Our participant id in this key.
+    pub me: u16,
+    /// State.
+    pub state: KeyState,
+    /// DKG session id, hex.
+    pub session: String,
+    /// Every participant's identity (hex of 64 bytes), by participant id.
+    pub roster: Vec<(u16, String)>,
+    /// The share, sealed (hex).
+    pub sealed_share: String,
+    /// Canonical public key set (hex).
+    pub public_key_set: String,
+}
+
+impl KeyRecord {
+    /// The suite.
+    pub fn suite(&self) -> Result<Suite, String> {
+        self.suite.parse().map_err(|e| format!("{e}"))
+    }
+
+    /// The roster as the engine wants it.
+    pub fn roster(&self) -> Result<custody_protocol::Roster, String> {
+        self.roster
+            .iter()
+            .map(|(p, h)| {
+                let id = ParticipantId::new(*p).ok_or("participant 0")?;
+                let bytes = hex::decode(h).map_err(|e| e.to_string())?;
+                let public = IdentityPublic::from_bytes(&bytes).map_err(|e| e.to_string())?;
+                Ok((id, public))
+            })
+            .collect()
+    }
+}
+
+/// Associated data binding a sealed share to its signer, key and format version, so a
+/// blob cannot be moved to another key or signer.
+pub fn share_aad(signer: &str, key_id: &str) -> Vec<u8> {
+    format!("custody/v1/key-share\0{signer}\0{key_id}\0v1").into_bytes()
+}
+
+/// Associated data of the sealed identity.
+pub fn identity_aad(signer: &str) -> Vec<u8> {
+    format!("custody/v1/identity\0signer\0{signer}").into_bytes()
+}

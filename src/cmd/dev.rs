@@ -1,0 +1,256 @@
+//! `custody dev`: a whole local cluster in one command, like `vault server -dev`.
+//!
+//! Creates the cluster directory on first use (CA, identities, certificates, configs;
+//! see [`super::cluster`]), starts every signer and the coordinator as separate OS
+//! processes on 127.0.0.1 ports chosen by the OS, prints one line when the cluster is
+//! ready, and runs until interrupted, stopping its children. Running it again on the
+//! same directory restarts the same cluster with its keys.
+//!
+//! Development only: secrets are sealed by a software key kept in the directory, and
+//! the CA key sits next to the certificates.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use super::cluster::{self, Layout};
+use super::Error;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Cluster directory (created on first use; reused afterwards).
+    #[arg(long, default_value = "custody-dev")]
+    dir: PathBuf,
+    /// Number of signers n (first use only; default 5).
+    #[arg(long)]
+    signers: Option<u16>,
+    /// Default threshold t of new keys (first use only; default 3).
+    #[arg(long)]
+    threshold: Option<u16>,
+}
+
+/// How long a daemon may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a daemon may take to stop before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+pub fn run(a: Args) -> Result<(), Error> {
+    super::daemon::runtime()?.block_on(run_async(a))
+}
+
+async fn run_async(a: Args) -> Result<(), Error> {
+    std::fs::create_dir_all(&a.dir).map_err(|e| format!("--dir {}: {e}", a.dir.display()))?;
+    let dir = a
+        .dir
+        .canonicalize()
+        .map_err(|e| format!("--dir {}: {e}", a.dir.display()))?;
+    let layout = Layout::new(&dir);
+    let file = match layout.load()? {
+        Some(f) => {
+            if a.signers.is_some_and(|n| n != f.signers)
+                || a.threshold.is_some_and(|t| t != f.threshold)
+            {
+                return Err(format!(
+                    "{} already holds a cluster of {} signers with threshold {}; omit --signers/--threshold or use another --dir",
+                    dir.display(),
+                    f.signers,
+                    f.threshold
+                )
+                .into());
+            }
+            f
+        }
+        None => {
+            let n = a.signers.unwrap_or(5);
+            let t = a.threshold.unwrap_or(3);
+            if !(2..=64).contains(&n) {
+                return Err(format!("--signers {n}: must be between 2 and 64").into());
+            }
+            if t < 2 || t > n {
+                return Err(
+                    format!("--threshold {t}: must be between 2 and --signers ({n})").into(),
+                );
+            }
+            if std::fs::read_dir(&dir)?.next().is_some() {
+                return Err(format!(
+                    "{}: not empty and holds no cluster (no cluster.toml)",
+                    dir.display()
+                )
+                .into());
+            }
+            eprintln!(
+                "custody dev: creating a development cluster in {} (INSECURE: software sealing, CA key on disk)",
+                dir.display()
+            );
+            cluster::init(&layout, n, t)?
+        }
+    };
+
+    let mut procs: Vec<Proc> = Vec::new();
+    let started = start_all(&layout, &file, &mut procs).await;
+    let addr = match started {
+        Ok(addr) => addr,
+        Err(e) => {
+            stop_all(&mut procs).await;
+            return Err(e);
+        }
+    };
+    println!(
+        "custody dev: cluster ready: coordinator {addr}, {} signers, threshold {}, dir {} (logs in {}; try: custody key create --cluster {} --suite secp256k1-tr)",
+        file.signers,
+        file.threshold,
+        dir.display(),
+        layout.logs().display(),
+        dir.display()
+    );
+
+    // Run until interrupted; report children that die (the cluster tolerates n - t).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut reported = vec![false; procs.len()];
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for (i, p) in procs.iter_mut().enumerate() {
+                    if !reported[i] {
+                        if let Ok(Some(status)) = p.child.try_wait() {
+                            eprintln!("custody dev: {} exited ({status}); see {}", p.name, log_path(&layout, &p.name).display());
+                            reported[i] = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("custody dev: stopping");
+    stop_all(&mut procs).await;
+    Ok(())
+}
+
+fn log_path(layout: &Layout, name: &str) -> PathBuf {
+    layout.logs().join(format!("{name}.log"))
+}
+
+async fn start_all(
+    layout: &Layout,
+    file: &cluster::ClusterFile,
+    procs: &mut Vec<Proc>,
+) -> Result<String, Error> {
+    let mut ready = Vec::new();
+    for i in 1..=file.signers {
+        let name = Layout::signer_name(i);
+        let r = layout.signer_dir(i).join("ready");
+        procs.push(spawn(
+            layout,
+            "signer",
+            &name,
+            &layout.signer_config(i),
+            &r,
+        )?);
+        ready.push(r);
+    }
+    for (i, r) in ready.iter().enumerate() {
+        wait_ready(layout, &mut procs[i], r).await?;
+    }
+    let r = layout.coordinator_dir().join("ready");
+    procs.push(spawn(
+        layout,
+        "coordinator",
+        "coordinator",
+        &layout.coordinator_config(),
+        &r,
+    )?);
+    let last = procs.len() - 1;
+    wait_ready(layout, &mut procs[last], &r).await
+}
+
+fn spawn(
+    layout: &Layout,
+    cmd: &str,
+    name: &str,
+    config: &Path,
+    ready: &Path,
+) -> Result<Proc, Error> {
+    let _ = std::fs::remove_file(ready);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(layout, name))?;
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .arg(cmd)
+        .arg("--config")
+        .arg(config)
+        .arg("--ready-file")
+        .arg(ready)
+        .arg("--stop-on-stdin-eof")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {name}: {e}"))?;
+    Ok(Proc {
+        name: name.to_string(),
+        child,
+    })
+}
+
+async fn wait_ready(layout: &Layout, p: &mut Proc, ready: &Path) -> Result<String, Error> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(ready) {
+            return Ok(addr.trim().to_string());
+        }
+        if let Ok(Some(status)) = p.child.try_wait() {
+            let log = log_path(layout, &p.name);
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let last = tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_string();
+            return Err(format!(
+                "{} exited during start ({status}): {last} (log: {})",
+                p.name,
+                log.display()
+            )
+            .into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} did not start within {} s",
+                p.name,
+                START_TIMEOUT.as_secs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Closes every child's standard input (they shut down gracefully), then waits; kills
+/// what is still running after the timeout. The coordinator goes first.
+async fn stop_all(procs: &mut [Proc]) {
+    for p in procs.iter_mut().rev() {
+        drop(p.child.stdin.take());
+    }
+    for p in procs.iter_mut().rev() {
+        match tokio::time::timeout(STOP_TIMEOUT, p.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("custody dev: {} did not stop in time; killing it", p.name);
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `custody key create|list|show`.
+
+use custody_protocol::proto::{CreateKeyRequest, GetKeyRequest, Key, ListKeysRequest};
+use serde_json::json;
+
+use super::client::{status, Conn};
+use super::Error;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Cmd {
+    /// Create a threshold key by DKG among the signers.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// secp256k1-tr (BIP340, Taproot) or ed25519.
+        #[arg(long)]
+        suite: custody_protocol::Suite,
+        /// Threshold t (default: the cluster's).
+        #[arg(long)]
+        threshold: Option<u32>,
+        /// Number of signers n (default: all).
+        #[arg(long)]
+        signers: Option<u32>,
+        /// A name for the key.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Tier: hot (default).
+        #[arg(long, default_value = "hot")]
+        tier: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every key.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON (an array of keys).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        /// The key id.
+        key_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn key_json(k: &Key) -> serde_json::Value {
+    json!({
+        "key_id": k.key_id,
+        "name": k.name,
+        "suite": k.suite,
+        "threshold": k.threshold,
+        "signers": k.signers,
+        "public_key": hex::encode(&k.public_key),
+        "tier": k.tier,
+        "state": k.state,
+        "created_at": k.created_at,
+    })
+}
+
+fn key_text(k: &Key) -> String {
+    format!(
+        "{}  {}  {}-of-{}  {}  {}  public key {}{}",
+        k.key_id,
+        k.suite,
+        k.threshold,
+        k.signers.len(),
+        k.tier,
+        k.state,
+        hex::encode(&k.public_key),
+        if k.name.is_empty() {
+            String::new()
+        } else {
+            format!("  name {:?}", k.name)
+        }
+    )
+}
+
+pub fn run(cmd: Cmd) -> Result<(), Error> {
+    super::daemon::runtime()?.block_on(async move {
+        match cmd {
+            Cmd::Create {
+                conn,
+                suite,
+                threshold,
+                signers,
+                name,
+                tier,
+                json,
+            } => {
+                let mut c = conn.connect().await?;
+                let k = c
+                    .create_key(CreateKeyRequest {
+                        suite: suite.name().into(),
+                        threshold: threshold.unwrap_or(0),
+                        signers: vec![],
+                        signer_count: signers.unwrap_or(0),
+                        name,
+                        tier,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                print(&k, json);
+            }
+            Cmd::List { conn, json } => {
+                let mut c = conn.connect().await?;
+                let keys = c
+                    .list_keys(ListKeysRequest {})
+                    .await
+                    .map_err(status)?
+                    .into_inner()
+                    .keys;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::Value::Array(keys.iter().map(key_json).collect())
+                    );
+                } else if keys.is_empty() {
+                    println!("no keys");
+                } else {
+                    for k in &keys {
+                        println!("{}", key_text(k));
+                    }
+                }
+            }
+            Cmd::Show { conn, key_id, json } => {
+                let mut c = conn.connect().await?;
+                let k = c
+                    .get_key(GetKeyRequest { key_id })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                print(&k, json);
+            }
+        }
+        Ok(())
+    })
+}
+
+fn print(k: &Key, json: bool) {
+    if json {
+        println!("{}", key_json(k));
+    } else {
+        println!("{}", key_text(k));
+    }
+}
