@@ -146,6 +146,14 @@ impl SignerHandle {
             .is_some_and(|t| t.elapsed() < self.timeouts.backoff())
     }
 
+    /// Marks the signer as misbehaving: it is passed over in quorum choice for the
+    /// back-off window, like a signer that failed.
+    pub fn mark_suspect(&self, why: &str) {
+        let mut h = self.health.lock().expect("lock");
+        h.last_error = format!("misbehaved: {why}");
+        h.failed_at = Some(Instant::now());
+    }
+
     /// The current epoch (see [`Health::epoch`]).
     pub fn epoch(&self) -> u64 {
         self.health.lock().expect("lock").epoch

@@ -345,12 +345,8 @@ fn note<C: EngineSuite>(
     p: ParticipantId,
     d: Dropout,
 ) {
-    let name = key
-        .members
-        .iter()
-        .find(|(q, _)| *q == p)
-        .map(|(_, h)| h.name.clone())
-        .unwrap_or_default();
+    let handle = key.members.iter().find(|(q, _)| *q == p).map(|(_, h)| h);
+    let name = handle.map(|h| h.name.clone()).unwrap_or_default();
     match d {
         Dropout::Stale => {
             *stale_retries += 1;
@@ -366,6 +362,9 @@ fn note<C: EngineSuite>(
                 key_id = %key.meta.key_id, culprit = %p, signer = %name,
                 "CULPRIT: participant {p} ({name}) misbehaved: {why}; excluded, retrying with another quorum"
             );
+            if let Some(h) = handle {
+                h.mark_suspect(&why);
+            }
             excluded.insert(p);
             reasons.push(format!("participant {p} ({name}) misbehaved: {why}"));
         }

@@ -351,55 +351,6 @@ pub fn authorize<T>(req: &tonic::Request<T>, allowed: &[Role]) -> Result<PeerInf
     Ok(info)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn issue_parse_and_verify() {
-        let dir = std::env::temp_dir().join(format!("custody-pki-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = Ca::create(&dir, "test").unwrap();
-        let id = IdentityPublic {
-            verify: custody_protocol::IdentityKey::from_secret_bytes(&[1; 64])
-                .public()
-                .verify,
-            encrypt: [2; 32],
-        };
-        ca.issue(&dir, "signer-1", Role::Signer, Some(&id)).unwrap();
-        let files = TlsFiles::in_dir(&dir, "signer-1");
-        let der = files.cert_der().unwrap();
-        let info = verify_issued_by(&der, &files.ca_der().unwrap()).unwrap();
-        assert_eq!(info.role, Role::Signer);
-        assert_eq!(info.name, "signer-1");
-        assert_eq!(info.identity, Some(id));
-
-        // A certificate from another CA is refused.
-        let other = dir.join("other");
-        std::fs::create_dir_all(&other).unwrap();
-        let ca2 = Ca::create(&other, "other").unwrap();
-        ca2.issue(&other, "signer-1", Role::Signer, Some(&id))
-            .unwrap();
-        let der2 = TlsFiles::in_dir(&other, "signer-1").cert_der().unwrap();
-        assert!(matches!(
-            verify_issued_by(&der2, &files.ca_der().unwrap()),
-            Err(Error::NotIssuedByCa)
-        ));
-        // Reloading the CA issues certificates the old CA cert verifies.
-        let again = Ca::load(&dir).unwrap();
-        again.issue(&dir, "op", Role::Operator, None).unwrap();
-        let op = TlsFiles::in_dir(&dir, "op").cert_der().unwrap();
-        assert_eq!(
-            verify_issued_by(&op, &files.ca_der().unwrap())
-                .unwrap()
-                .role,
-            Role::Operator
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 /// Loads a process's protocol identity from `path` (sealed by `sealer` under `aad`), or
 /// creates and stores a fresh one. The file holds only the sealed blob.
 pub fn load_or_create_identity(
@@ -449,4 +400,54 @@ pub async fn bind_reusing(
     };
     std::fs::write(addr_file, listener.local_addr()?.to_string())?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custody_protocol::Identity;
+
+    #[test]
+    fn issue_parse_and_verify() {
+        let dir = std::env::temp_dir().join(format!("custody-pki-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = Ca::create(&dir, "test").unwrap();
+        let id = IdentityPublic {
+            verify: custody_protocol::IdentityKey::from_secret_bytes(&[1; 64])
+                .public()
+                .verify,
+            encrypt: [2; 32],
+        };
+        ca.issue(&dir, "signer-1", Role::Signer, Some(&id)).unwrap();
+        let files = TlsFiles::in_dir(&dir, "signer-1");
+        let der = files.cert_der().unwrap();
+        let info = verify_issued_by(&der, &files.ca_der().unwrap()).unwrap();
+        assert_eq!(info.role, Role::Signer);
+        assert_eq!(info.name, "signer-1");
+        assert_eq!(info.identity, Some(id));
+
+        // A certificate from another CA is refused.
+        let other = dir.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let ca2 = Ca::create(&other, "other").unwrap();
+        ca2.issue(&other, "signer-1", Role::Signer, Some(&id))
+            .unwrap();
+        let der2 = TlsFiles::in_dir(&other, "signer-1").cert_der().unwrap();
+        assert!(matches!(
+            verify_issued_by(&der2, &files.ca_der().unwrap()),
+            Err(Error::NotIssuedByCa)
+        ));
+        // Reloading the CA issues certificates the old CA cert verifies.
+        let again = Ca::load(&dir).unwrap();
+        again.issue(&dir, "op", Role::Operator, None).unwrap();
+        let op = TlsFiles::in_dir(&dir, "op").cert_der().unwrap();
+        assert_eq!(
+            verify_issued_by(&op, &files.ca_der().unwrap())
+                .unwrap()
+                .role,
+            Role::Operator
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

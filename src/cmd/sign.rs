@@ -14,8 +14,16 @@ pub struct Args {
     #[arg(long)]
     key: String,
     /// The exact bytes to sign, hex.
+    #[arg(
+        long,
+        required_unless_present = "message_file",
+        conflicts_with = "message_file"
+    )]
+    message: Option<String>,
+    /// Or: a file whose exact bytes are signed (for messages too long for a command
+    /// line).
     #[arg(long)]
-    message: String,
+    message_file: Option<std::path::PathBuf>,
     /// Idempotency key: the same id with the same key and message returns the stored
     /// signature instead of signing again.
     #[arg(long)]
@@ -66,7 +74,13 @@ fn print(r: &SignResponse, json: bool) {
 }
 
 pub fn run(a: Args) -> Result<(), Error> {
-    let message = parse_hex("--message", &a.message)?;
+    let message = match (&a.message, &a.message_file) {
+        (Some(h), _) => parse_hex("--message", h)?,
+        (None, Some(f)) => {
+            std::fs::read(f).map_err(|e| format!("--message-file {}: {e}", f.display()))?
+        }
+        (None, None) => return Err("give --message HEX or --message-file PATH".into()),
+    };
     super::daemon::runtime()?.block_on(async move {
         let mut c = a.conn.connect().await?;
         let r = c

@@ -1,0 +1,562 @@
+//! Black-box tests of the distributed core: real `custody` processes (signers,
+//! coordinator, `custody dev`, the CLI) talking mTLS gRPC over 127.0.0.1.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use custody_protocol::proto::custody_client::CustodyClient;
+use custody_protocol::proto::signer_client::SignerClient;
+use custody_protocol::proto::*;
+use serde_json::Value;
+use support::{hexs, verify_independently, Cluster};
+use tonic::Code;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn create(c: &Cluster, suite: &str) -> (String, Vec<u8>) {
+    let k = c.json(&["key", "create", "--suite", suite, "--json"]);
+    let pk = hexs(&k["public_key"]);
+    assert_eq!(pk.len(), 32, "{k}");
+    (k["key_id"].as_str().expect("key_id").to_string(), pk)
+}
+
+fn sign(c: &Cluster, key: &str, msg_hex: &str, request_id: Option<&str>) -> Value {
+    let mut args = vec!["sign", "--key", key, "--message", msg_hex, "--json"];
+    if let Some(r) = request_id {
+        args.extend(["--request-id", r]);
+    }
+    c.json(&args)
+}
+
+fn sign_and_verify(c: &Cluster, suite: &str, key: &str, pk: &[u8], msg: &[u8]) -> Value {
+    let s = sign(c, key, &hex::encode(msg), None);
+    let sig = hexs(&s["signature"]);
+    assert_eq!(sig.len(), 64);
+    assert!(
+        verify_independently(suite, pk, msg, &sig),
+        "signature does not verify: {s}"
+    );
+    s
+}
+
+#[test]
+fn contract_in_both_suites() {
+    let c = Cluster::start("contract", 5, 3);
+    for suite in ["secp256k1-tr", "ed25519"] {
+        let (key, pk) = create(&c, suite);
+        let list = c.json(&["key", "list", "--json"]);
+        let listed = list
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|k| k["key_id"] == key.as_str())
+            .expect("listed");
+        assert_eq!(listed["suite"], suite);
+        assert_eq!(listed["threshold"], 3);
+        assert_eq!(listed["signers"].as_array().map(Vec::len), Some(5));
+        assert_eq!(hexs(&listed["public_key"]), pk);
+
+        let msg = format!("pay 1 BTC to bob ({suite})").into_bytes();
+        let req = format!("req-{suite}");
+        let first = sign(&c, &key, &hex::encode(&msg), Some(&req));
+        let sig = hexs(&first["signature"]);
+        assert!(verify_independently(suite, &pk, &msg, &sig));
+        assert_eq!(first["signers"].as_array().map(Vec::len), Some(3));
+        // A flipped message bit must not verify: the verifier is not a rubber stamp.
+        let mut other = msg.clone();
+        other[0] ^= 1;
+        assert!(!verify_independently(suite, &pk, &other, &sig));
+
+        // Idempotency: the same request id returns the stored signature.
+        let again = sign(&c, &key, &hex::encode(&msg), Some(&req));
+        assert_eq!(again["signature"], first["signature"]);
+        assert_eq!(again["replayed"], true);
+        let err = c.fails(&[
+            "sign",
+            "--key",
+            &key,
+            "--message",
+            "00",
+            "--request-id",
+            &req,
+            "--json",
+        ]);
+        assert!(err.contains("FAILED_PRECONDITION"), "{err}");
+
+        // An empty message and a 256 KiB message (from a file) sign too.
+        sign_and_verify(&c, suite, &key, &pk, b"");
+        let big = vec![0xab; 256 << 10];
+        let file = c.dir.join("big-message");
+        std::fs::write(&file, &big).expect("write");
+        let s = c.json(&[
+            "sign",
+            "--key",
+            &key,
+            "--message-file",
+            file.to_str().expect("path"),
+            "--json",
+        ]);
+        assert!(verify_independently(
+            suite,
+            &pk,
+            &big,
+            &hexs(&s["signature"])
+        ));
+    }
+    let err = c.fails(&["sign", "--key", "k-nope", "--message", "00", "--json"]);
+    assert!(err.contains("NOT_FOUND") && err.contains("k-nope"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    let err = c.fails(&["sign", "--key", "k-nope", "--message", "zz", "--json"]);
+    assert!(err.contains("--message"), "{err}");
+}
+
+#[test]
+fn survives_losing_n_minus_t_signers_then_refuses_quickly() {
+    let mut c = Cluster::start("quorum", 5, 3);
+    let (secp, secp_pk) = create(&c, "secp256k1-tr");
+    let (ed, ed_pk) = create(&c, "ed25519");
+    sign_and_verify(&c, "secp256k1-tr", &secp, &secp_pk, b"warm up");
+
+    c.kill("signer-1");
+    c.kill("signer-4");
+    for i in 0..3u8 {
+        sign_and_verify(&c, "secp256k1-tr", &secp, &secp_pk, &[i; 40]);
+        sign_and_verify(&c, "ed25519", &ed, &ed_pk, &[i; 40]);
+    }
+
+    c.kill("signer-5");
+    let started = Instant::now();
+    let err = c.fails(&["sign", "--key", &secp, "--message", "01", "--json"]);
+    let took = started.elapsed();
+    assert!(err.contains("UNAVAILABLE"), "{err}");
+    assert!(err.contains("needs 3"), "{err}");
+    assert!(took < Duration::from_secs(15), "UNAVAILABLE took {took:?}");
+
+    for s in ["signer-1", "signer-4", "signer-5"] {
+        c.restart(s);
+    }
+    // Same keys, same public keys, and every signer serves again.
+    for i in 0..5u8 {
+        sign_and_verify(&c, "secp256k1-tr", &secp, &secp_pk, &[i; 10]);
+        sign_and_verify(&c, "ed25519", &ed, &ed_pk, &[i; 10]);
+    }
+    let status = c.json(&["status", "--json"]);
+    for s in status["signers"].as_array().expect("signers") {
+        assert_eq!(s["reachable"], true, "{status}");
+    }
+}
+
+#[test]
+fn restarts_keep_every_key() {
+    let mut c = Cluster::start("restart", 3, 2);
+    let (secp, secp_pk) = create(&c, "secp256k1-tr");
+    let (ed, ed_pk) = create(&c, "ed25519");
+    let first = sign(&c, &secp, "aa", Some("before-restart"));
+    let before = c.json(&["key", "list", "--json"]);
+
+    c.kill("coordinator");
+    let err = c.fails(&["key", "list", "--json"]);
+    assert!(err.contains("coordinator"), "{err}");
+    c.restart("coordinator");
+    assert_eq!(c.json(&["key", "list", "--json"]), before);
+    sign_and_verify(
+        &c,
+        "secp256k1-tr",
+        &secp,
+        &secp_pk,
+        b"after coordinator restart",
+    );
+    sign_and_verify(&c, "ed25519", &ed, &ed_pk, b"after coordinator restart");
+    // Stored results survive too.
+    let again = sign(&c, &secp, "aa", Some("before-restart"));
+    assert_eq!(again["signature"], first["signature"]);
+    assert_eq!(again["replayed"], true);
+    let got = c.json(&["signature", "before-restart", "--json"]);
+    assert_eq!(got["signature"], first["signature"]);
+
+    // `custody dev` again on the same directory: the same cluster with its keys.
+    c.restart_all();
+    assert_eq!(c.json(&["key", "list", "--json"]), before);
+    sign_and_verify(&c, "secp256k1-tr", &secp, &secp_pk, b"after full restart");
+    sign_and_verify(&c, "ed25519", &ed, &ed_pk, b"after full restart");
+}
+
+#[test]
+fn corrupted_share_is_named_and_another_quorum_signs() {
+    let mut c = Cluster::start("culprit", 3, 2);
+    // Make signer-1 misbehave: valid envelopes around wrong signature shares.
+    c.kill("signer-1");
+    let cfg = c.dir.join("signer-1/signer.toml");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(
+        &cfg,
+        format!("fault_injection = \"corrupt-signature-shares\"\n{text}"),
+    )
+    .expect("config");
+    c.restart("signer-1");
+    assert!(c.log("signer-1").contains("FAULT INJECTION"));
+
+    for suite in ["secp256k1-tr", "ed25519"] {
+        let (key, pk) = create(&c, suite);
+        for i in 0..4u8 {
+            let s = sign_and_verify(&c, suite, &key, &pk, &[i; 16]);
+            assert!(
+                !s["signers"]
+                    .as_array()
+                    .expect("signers")
+                    .contains(&Value::from(1)),
+                "{s}"
+            );
+        }
+    }
+    let log = c.log("coordinator");
+    assert!(
+        log.contains("CULPRIT: participant 1 (signer-1)")
+            && log.contains("invalid signature share"),
+        "the coordinator log names the culprit:\n{log}"
+    );
+}
+
+#[test]
+fn coordinator_relays_round2_shares_it_cannot_read() {
+    use custody_protocol::identity::open_sealed;
+    use custody_protocol::wire::Kind;
+    use custody_protocol::{ParticipantId, Roster, SessionId, Suite};
+
+    let c = Cluster::start("sealed", 3, 2);
+    let (key, _) = create(&c, "secp256k1-tr");
+    let path = c
+        .dir
+        .join(format!("coordinator/transcripts/dkg-{key}.json"));
+    let text = std::fs::read_to_string(&path).expect("transcript");
+    let t: Value = serde_json::from_str(&text).expect("json");
+
+    let mut roster = Roster::new();
+    let mut names = std::collections::BTreeMap::new();
+    for p in t["participants"].as_array().expect("participants") {
+        let id = ParticipantId::new(p["id"].as_u64().expect("id") as u16).expect("id");
+        let info = custody_pki::peer_info(&hexs(&p["certificate"])).expect("certificate");
+        roster.insert(id, info.identity.expect("identity"));
+        names.insert(id, p["name"].as_str().expect("name").to_string());
+    }
+    let load = |dir: &str, aad: Vec<u8>| {
+        let d = c.dir.join(dir);
+        let sealer =
+            custody_hsm::InsecureSoftwareSealer::open_or_create(&d.join("INSECURE-sealing.key"))
+                .expect("sealer");
+        custody_pki::load_or_create_identity(&d.join("identity.sealed"), &sealer, &aad)
+            .expect("identity")
+    };
+    let coordinator = load(
+        "coordinator",
+        custody_coordinator::identity_aad("coordinator"),
+    );
+    let session = SessionId(hexs(&t["session"]).try_into().expect("session"));
+    let round2 = t["round2"].as_array().expect("round2");
+    assert_eq!(
+        round2.len(),
+        3 * 2,
+        "every participant sends a share to every other"
+    );
+    for m in round2 {
+        let from = ParticipantId::new(m["from"].as_u64().expect("from") as u16).expect("from");
+        let to = ParticipantId::new(m["to"].as_u64().expect("to") as u16).expect("to");
+        let env = hexs(&m["envelope"]);
+        // The coordinator, holding everything it relayed and its own identity, cannot
+        // open the share...
+        let err = open_sealed(
+            &coordinator,
+            &roster,
+            from,
+            &env,
+            Suite::Secp256k1Tr,
+            Kind::DkgRound2,
+            &session,
+            to,
+        )
+        .expect_err("the coordinator must not decrypt a round-2 share");
+        assert!(
+            matches!(err, custody_protocol::Error::DecryptionFailed { .. }),
+            "{err:?}"
+        );
+        // ...while the recipient can, and the plaintext never appears in the record.
+        let name = &names[&to];
+        let recipient = load(name, custody_signer::store::identity_aad(name));
+        let plain = open_sealed(
+            &recipient,
+            &roster,
+            from,
+            &env,
+            Suite::Secp256k1Tr,
+            Kind::DkgRound2,
+            &session,
+            to,
+        )
+        .expect("the recipient decrypts its share");
+        assert_eq!(plain.len(), 32);
+        assert!(!text.contains(&hex::encode(&plain[..])));
+    }
+}
+
+#[test]
+fn mtls_and_roles_are_enforced() {
+    let c = Cluster::start("auth", 3, 2);
+    let (key, _) = create(&c, "ed25519");
+    let coord = c.coordinator_addr();
+    let signer = c.addr("signer-1");
+    rt().block_on(async {
+        // No client certificate: refused at the handshake (or the first call).
+        match c.channel(&coord, None).await {
+            Err(_) => {}
+            Ok(ch) => {
+                let r = CustodyClient::new(ch).list_keys(ListKeysRequest {}).await;
+                assert!(r.is_err(), "a client without a certificate was served");
+            }
+        }
+        // A certificate from another CA: refused too.
+        let other = c.dir.join("other-ca");
+        std::fs::create_dir_all(&other).expect("dir");
+        let ca = custody_pki::Ca::create(&other, "rogue").expect("ca");
+        ca.issue(&other, "operator", custody_pki::Role::Operator, None)
+            .expect("issue");
+        let rogue = {
+            let ca_pem = std::fs::read_to_string(c.dir.join("pki/ca.pem")).expect("ca");
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+                .domain_name("localhost")
+                .identity(tonic::transport::Identity::from_pem(
+                    std::fs::read_to_string(other.join("operator.pem")).expect("pem"),
+                    std::fs::read_to_string(other.join("operator.key")).expect("key"),
+                ));
+            tonic::transport::Endpoint::from_shared(format!("https://{coord}"))
+                .expect("endpoint")
+                .tls_config(tls)
+                .expect("tls")
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+        };
+        if let Ok(ch) = rogue {
+            let r = CustodyClient::new(ch).list_keys(ListKeysRequest {}).await;
+            assert!(r.is_err(), "a certificate from another CA was accepted");
+        }
+
+        // Wrong roles get PERMISSION_DENIED.
+        let mut auditor =
+            CustodyClient::new(c.channel(&coord, Some("auditor")).await.expect("auditor"));
+        let st = auditor
+            .create_key(CreateKeyRequest {
+                suite: "ed25519".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("auditor may not create keys");
+        assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+        assert!(
+            auditor.list_keys(ListKeysRequest {}).await.is_ok(),
+            "auditors may list keys"
+        );
+        let mut as_signer = CustodyClient::new(
+            c.channel(&coord, Some("signer-2"))
+                .await
+                .expect("signer cert"),
+        );
+        let st = as_signer
+            .sign(SignRequest {
+                key_id: key.clone(),
+                message: vec![1],
+                request_id: String::new(),
+            })
+            .await
+            .expect_err("a signer certificate may not ask for signatures");
+        assert_eq!(st.code(), Code::PermissionDenied);
+
+        // Signers accept only the coordinator.
+        for who in ["operator", "payment-backend", "signer-2"] {
+            let mut s = SignerClient::new(c.channel(&signer, Some(who)).await.expect("channel"));
+            let st = s
+                .commit(CommitRequest {
+                    key_id: key.clone(),
+                    count: 1,
+                })
+                .await
+                .expect_err("refused");
+            assert_eq!(st.code(), Code::PermissionDenied, "{who}: {st:?}");
+            let st = s
+                .sign_share(SignShareRequest {
+                    key_id: key.clone(),
+                    package: vec![1, 2, 3],
+                })
+                .await
+                .expect_err("refused");
+            assert_eq!(st.code(), Code::PermissionDenied, "{who}: {st:?}");
+        }
+    });
+}
+
+#[test]
+fn malformed_requests_get_invalid_argument_and_daemons_keep_serving() {
+    let c = Cluster::start("malformed", 3, 2);
+    let (key, pk) = create(&c, "secp256k1-tr");
+    let coord = c.coordinator_addr();
+    let signer = c.addr("signer-2");
+    rt().block_on(async {
+        let mut op =
+            CustodyClient::new(c.channel(&coord, Some("operator")).await.expect("operator"))
+                .max_encoding_message_size(8 << 20);
+        let bad_keys = [
+            CreateKeyRequest {
+                suite: "rsa".into(),
+                ..Default::default()
+            },
+            CreateKeyRequest {
+                suite: "ed25519".into(),
+                threshold: 1,
+                ..Default::default()
+            },
+            CreateKeyRequest {
+                suite: "ed25519".into(),
+                threshold: 4,
+                ..Default::default()
+            },
+            CreateKeyRequest {
+                suite: "ed25519".into(),
+                signers: vec!["signer-9".into()],
+                ..Default::default()
+            },
+            CreateKeyRequest {
+                suite: "ed25519".into(),
+                signer_count: 7,
+                ..Default::default()
+            },
+            CreateKeyRequest {
+                suite: "ed25519".into(),
+                tier: "lukewarm".into(),
+                ..Default::default()
+            },
+            CreateKeyRequest {
+                suite: "ed25519".into(),
+                name: "x".repeat(500),
+                ..Default::default()
+            },
+        ];
+        for req in bad_keys {
+            let st = op.create_key(req.clone()).await.expect_err("refused");
+            assert_eq!(st.code(), Code::InvalidArgument, "{req:?}: {st:?}");
+        }
+        let bad_signs = [
+            SignRequest {
+                key_id: String::new(),
+                message: vec![1],
+                request_id: String::new(),
+            },
+            SignRequest {
+                key_id: "../etc".into(),
+                message: vec![1],
+                request_id: String::new(),
+            },
+            SignRequest {
+                key_id: key.clone(),
+                message: vec![0; (1 << 20) + 1],
+                request_id: String::new(),
+            },
+            SignRequest {
+                key_id: key.clone(),
+                message: vec![1],
+                request_id: "r".repeat(129),
+            },
+            SignRequest {
+                key_id: key.clone(),
+                message: vec![1],
+                request_id: "white space".into(),
+            },
+        ];
+        for req in bad_signs {
+            let st = op.sign(req).await.expect_err("refused");
+            assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+        }
+        let st = op
+            .get_key(GetKeyRequest {
+                key_id: "k-unknown".into(),
+            })
+            .await
+            .expect_err("unknown");
+        assert_eq!(st.code(), Code::NotFound);
+        let st = op
+            .get_signature(GetSignatureRequest {
+                request_id: "nope".into(),
+            })
+            .await
+            .expect_err("unknown");
+        assert_eq!(st.code(), Code::NotFound);
+
+        // The signer's own API, called with the coordinator's certificate but garbage.
+        let mut s = SignerClient::new(
+            c.channel(&signer, Some("coordinator"))
+                .await
+                .expect("channel"),
+        );
+        let st = s
+            .dkg_start(DkgStartRequest {
+                key_id: "k-x".into(),
+                session: vec![1; 5],
+                suite: "ed25519".into(),
+                threshold: 2,
+                participants: vec![],
+                me: 1,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+        let st = s
+            .sign_share(SignShareRequest {
+                key_id: key.clone(),
+                package: vec![0xff; 300],
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+        let st = s
+            .commit(CommitRequest {
+                key_id: key.clone(),
+                count: 100_000,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+        let st = s
+            .dkg_round1(DkgRound1Request {
+                session: vec![9; 32],
+                round1: vec![],
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(st.code(), Code::NotFound, "{st:?}");
+
+        // Health service answers on both daemons.
+        for (addr, who) in [(&coord, "operator"), (&signer, "coordinator")] {
+            let mut h = tonic_health::pb::health_client::HealthClient::new(
+                c.channel(addr, Some(who)).await.expect("channel"),
+            );
+            let r = h
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .expect("health");
+            assert_eq!(
+                r.into_inner().status,
+                tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            );
+        }
+    });
+    // Everyone still serves.
+    sign_and_verify(&c, "secp256k1-tr", &key, &pk, b"still here");
+}

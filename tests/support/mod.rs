@@ -1,0 +1,330 @@
+//! A real cluster for black-box tests: `custody dev` and the daemons run as separate
+//! processes of the real binary on 127.0.0.1 ports chosen by the OS. Every wait is
+//! bounded; dropping a [`Cluster`] kills what it started and removes its directory.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_custody");
+
+/// How long a cluster may take to come up.
+const START: Duration = Duration::from_secs(120);
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: PathBuf,
+    dev: Child,
+    extra: Vec<Child>,
+}
+
+impl Cluster {
+    /// Starts `custody dev` with `n` signers and threshold `t` in a fresh directory.
+    pub fn start(name: &str, n: u16, t: u16) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("custody-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dev = Self::spawn_dev(
+            &dir,
+            &["--signers", &n.to_string(), "--threshold", &t.to_string()],
+        );
+        Cluster {
+            dir,
+            dev,
+            extra: Vec::new(),
+        }
+    }
+
+    fn spawn_dev(dir: &Path, extra: &[&str]) -> Child {
+        std::fs::create_dir_all(dir).expect("test dir");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("dev-stderr.log"))
+            .expect("stderr log");
+        let mut dev = Command::new(BIN)
+            .arg("dev")
+            .arg("--dir")
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("start custody dev");
+        let stdout = dev.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(START)
+            .expect("custody dev printed its ready line in time");
+        let err = std::fs::read_to_string(dir.with_extension("dev-stderr.log")).unwrap_or_default();
+        assert!(
+            line.contains("cluster ready"),
+            "custody dev: {line:?} {err}"
+        );
+        dev
+    }
+
+    /// Stops `custody dev` (and so every daemon it started) and starts it again on the
+    /// same directory.
+    pub fn restart_all(&mut self) {
+        for mut c in self.extra.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.dev.kill();
+        let _ = self.dev.wait();
+        for name in self.daemon_names() {
+            self.wait_gone(&name);
+        }
+        self.dev = Self::spawn_dev(&self.dir, &[]);
+    }
+
+    fn daemon_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.starts_with("signer-") || n == "coordinator")
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Runs the CLI with `args` (plus `--cluster DIR` after the subcommand words).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let split = args
+            .iter()
+            .position(|a| a.starts_with("--"))
+            .unwrap_or(args.len());
+        Command::new(BIN)
+            .args(&args[..split])
+            .arg("--cluster")
+            .arg(&self.dir)
+            .args(&args[split..])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run custody")
+    }
+
+    /// Runs the CLI, expects success and one JSON value on stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "custody {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "custody {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Runs the CLI, expects failure, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "custody {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    }
+
+    pub fn pid(&self, daemon: &str) -> u32 {
+        std::fs::read_to_string(self.dir.join(daemon).join("pid"))
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+
+    /// `kill -9` a daemon (`signer-3`, `coordinator`) and waits until it is gone.
+    pub fn kill(&self, daemon: &str) {
+        let pid = self.pid(daemon);
+        let st = Command::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill -9 {daemon} ({pid})");
+        self.wait_gone(daemon);
+    }
+
+    fn wait_gone(&self, daemon: &str) {
+        let Ok(pid) = std::fs::read_to_string(self.dir.join(daemon).join("pid")) else {
+            return;
+        };
+        let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while proc_dir.exists() && Instant::now() < deadline {
+            // A zombie (exited, not yet reaped by its parent) no longer serves.
+            if let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) {
+                if stat.split_whitespace().nth(2) == Some("Z") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a daemon again (after [`Cluster::kill`]) as a child of the test.
+    pub fn restart(&mut self, daemon: &str) {
+        let (cmd, config) = if daemon == "coordinator" {
+            ("coordinator", self.dir.join("coordinator/coordinator.toml"))
+        } else {
+            ("signer", self.dir.join(daemon).join("signer.toml"))
+        };
+        let ready = self.dir.join(daemon).join("ready");
+        let _ = std::fs::remove_file(&ready);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("logs").join(format!("{daemon}.log")))
+            .expect("log");
+        let child = Command::new(BIN)
+            .arg(cmd)
+            .arg("--config")
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--stop-on-stdin-eof")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("restart daemon");
+        self.extra.push(child);
+        let deadline = Instant::now() + START;
+        while !ready.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{daemon} did not restart in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A daemon's log so far.
+    pub fn log(&self, daemon: &str) -> String {
+        std::fs::read_to_string(self.dir.join("logs").join(format!("{daemon}.log")))
+            .unwrap_or_default()
+    }
+
+    /// The coordinator's address.
+    pub fn coordinator_addr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("coordinator/listen-addr"))
+            .expect("coordinator address")
+            .trim()
+            .to_string()
+    }
+
+    /// A daemon's listening address.
+    pub fn addr(&self, daemon: &str) -> String {
+        std::fs::read_to_string(self.dir.join(daemon).join("listen-addr"))
+            .expect("address")
+            .trim()
+            .to_string()
+    }
+
+    /// TLS client config presenting the cluster certificate `name` (None: no
+    /// certificate at all).
+    pub fn tls(&self, name: Option<&str>) -> tonic::transport::ClientTlsConfig {
+        let pki = self.dir.join("pki");
+        let ca = std::fs::read_to_string(pki.join("ca.pem")).expect("ca");
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("localhost");
+        if let Some(name) = name {
+            let cert = std::fs::read_to_string(pki.join(format!("{name}.pem"))).expect("cert");
+            let key = std::fs::read_to_string(pki.join(format!("{name}.key"))).expect("key");
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        tls
+    }
+
+    /// A gRPC channel to `addr` presenting certificate `name`.
+    pub async fn channel(
+        &self,
+        addr: &str,
+        name: Option<&str>,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(self.tls(name))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .connect()
+            .await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.extra {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.dev.kill();
+        let _ = self.dev.wait();
+        // Daemons started by `custody dev` stop when its pipe closes; make sure.
+        for name in self.daemon_names() {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join(&name).join("pid")) {
+                let stat = std::fs::read_to_string(format!("/proc/{}/cmdline", pid.trim()))
+                    .unwrap_or_default();
+                if stat.contains("custody") {
+                    let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+                }
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = std::fs::remove_file(self.dir.with_extension("dev-stderr.log"));
+        }
+    }
+}
+
+/// Checks a signature with an implementation independent of ours: `k256` BIP340 for
+/// secp256k1-tr, `ed25519-dalek` strict verification for ed25519.
+pub fn verify_independently(
+    suite: &str,
+    public_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    match suite {
+        "secp256k1-tr" => {
+            let Ok(vk) = k256::schnorr::VerifyingKey::from_bytes(public_key) else {
+                return false;
+            };
+            let Ok(sig) = k256::schnorr::Signature::try_from(signature) else {
+                return false;
+            };
+            vk.verify_raw(message, &sig).is_ok()
+        }
+        "ed25519" => {
+            let Ok(pk) = <[u8; 32]>::try_from(public_key) else {
+                return false;
+            };
+            let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&pk) else {
+                return false;
+            };
+            let Ok(sig) = ed25519_dalek::Signature::from_slice(signature) else {
+                return false;
+            };
+            vk.verify_strict(message, &sig).is_ok()
+        }
+        other => panic!("unknown suite {other}"),
+    }
+}
+
+pub fn hexs(v: &serde_json::Value) -> Vec<u8> {
+    hex::decode(v.as_str().expect("hex string")).expect("hex")
+}
