@@ -1,0 +1,221 @@
+//! Distributed signing benchmark: hot signing over mTLS gRPC on loopback, against the
+//! in-process engine baseline measured in the same run.
+//!
+//! ```sh
+//! cargo bench --bench cluster            # CUSTODY_BENCH_SECS=5 CUSTODY_BENCH_SAMPLES=1000
+//! ```
+//!
+//! It starts `custody dev` (5 signers, threshold 3, release build) in a temporary
+//! directory, creates one key per suite, then measures:
+//! - **baseline**: one signature in one process, serially: 3 commits + 3 shares +
+//!   aggregate (with verification), median of many runs;
+//! - **latency**: p50 and p99 of sequential `Sign` calls from one client (the client's
+//!   TLS, the coordinator, three signers in parallel, aggregation, the durable result);
+//! - **throughput**: signatures per second with 1, 16 and 64 concurrent clients.
+//!
+//! "Crypto alone on 2 cores" is `2 / baseline`: what the machine could sign if every
+//! core did nothing but the serial signature's arithmetic.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use custody_protocol::proto::custody_client::CustodyClient;
+use custody_protocol::proto::{CreateKeyRequest, SignRequest};
+use custody_protocol::sign::{self, SigningPackage};
+use custody_protocol::sim::{self, Participants};
+use custody_protocol::{EngineSuite, ParticipantId, SessionId};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+type Secp = custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR;
+type Ed = custody_protocol::frost_ed25519::Ed25519Sha512;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Median time of one serial in-process signature, 3-of-5.
+fn baseline<C: EngineSuite>(samples: usize) -> Duration {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let parts = Participants::generate(5, &mut rng);
+    let shares = sim::dkg::<C, _>(&parts, 3, SessionId([1; 32]), &mut rng, &mut sim::honest)
+        .shares()
+        .expect("dkg");
+    let public = shares.values().next().expect("share").public().clone();
+    let quorum: Vec<ParticipantId> = ParticipantId::range(3);
+    let msg = [0x42u8; 32];
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t0 = Instant::now();
+        let mut nonces = BTreeMap::new();
+        let mut comms = BTreeMap::new();
+        for p in &quorum {
+            let (n, c) = sign::commit(&shares[p], &mut rng);
+            nonces.insert(*p, n);
+            comms.insert(*p, c);
+        }
+        let pkg = SigningPackage::new(comms, msg.to_vec()).expect("package");
+        let s: BTreeMap<_, _> = nonces
+            .into_iter()
+            .map(|(p, n)| (p, n.sign(&shares[&p], &pkg).expect("share")))
+            .collect();
+        std::hint::black_box(sign::aggregate(&public, &pkg, &s).expect("aggregate"));
+        times.push(t0.elapsed());
+    }
+    times.sort();
+    percentile(&times, 0.5)
+}
+
+async fn latency(
+    client: &CustodyClient<tonic::transport::Channel>,
+    key: &str,
+    samples: usize,
+) -> (Duration, Duration) {
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let mut c = client.clone();
+        let t0 = Instant::now();
+        c.sign(SignRequest {
+            key_id: key.to_string(),
+            message: format!("latency {i}").into_bytes(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("sign");
+        times.push(t0.elapsed());
+    }
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+async fn throughput(
+    client: &CustodyClient<tonic::transport::Channel>,
+    key: &str,
+    clients: usize,
+    secs: u64,
+) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..clients {
+        let (mut c, key, done) = (client.clone(), key.to_string(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                c.sign(SignRequest {
+                    key_id: key.clone(),
+                    message: format!("throughput {w} {i}").into_bytes(),
+                    request_id: String::new(),
+                })
+                .await
+                .expect("sign");
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects nothing here.
+    let secs = env("CUSTODY_BENCH_SECS", 5);
+    let samples = env("CUSTODY_BENCH_SAMPLES", 1000) as usize;
+
+    let cluster = support::Cluster::start("bench", 5, 3);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut rows = Vec::new();
+    for suite in ["secp256k1-tr", "ed25519"] {
+        let base = match suite {
+            "secp256k1-tr" => baseline::<Secp>(300),
+            _ => baseline::<Ed>(300),
+        };
+        let row = rt.block_on(async {
+            let ch = cluster
+                .channel(&cluster.coordinator_addr(), Some("operator"))
+                .await
+                .expect("connect");
+            let mut client = CustodyClient::new(ch);
+            let key = client
+                .create_key(CreateKeyRequest {
+                    suite: suite.into(),
+                    threshold: 3,
+                    ..Default::default()
+                })
+                .await
+                .expect("create key")
+                .into_inner()
+                .key_id;
+            // Warm up: connections, commitment pools.
+            for i in 0..200 {
+                client
+                    .sign(SignRequest {
+                        key_id: key.clone(),
+                        message: vec![i as u8],
+                        request_id: String::new(),
+                    })
+                    .await
+                    .expect("warm-up sign");
+            }
+            let (p50, p99) = latency(&client, &key, samples).await;
+            let mut tput = Vec::new();
+            for c in [1usize, 16, 64] {
+                tput.push((c, throughput(&client, &key, c, secs).await));
+            }
+            (p50, p99, tput)
+        });
+        rows.push((suite, base, row));
+    }
+    drop(cluster);
+
+    println!(
+        "\nDistributed hot signing, 3-of-5, mTLS gRPC on loopback (custody dev, release build)"
+    );
+    println!(
+        "samples: {samples} sequential signatures for latency; {secs} s per throughput level\n"
+    );
+    println!("| suite | in-process serial signature | p50 | p99 | p50 / serial | 1 client | 16 clients | 64 clients | crypto alone on 2 cores (2 / serial) | 64 clients / crypto alone |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (suite, base, (p50, p99, tput)) in rows {
+        let crypto = 2.0 / base.as_secs_f64();
+        let best = tput.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+        let _ = best;
+        println!(
+            "| {suite} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}× | {:.0}/s | {:.0}/s | {:.0}/s | {:.0}/s | {:.0}% |",
+            ms(base),
+            ms(p50),
+            ms(p99),
+            p50.as_secs_f64() / base.as_secs_f64(),
+            tput[0].1,
+            tput[1].1,
+            tput[2].1,
+            crypto,
+            100.0 * tput[2].1 / crypto
+        );
+    }
+}
