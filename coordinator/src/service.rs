@@ -427,10 +427,15 @@ impl CustodyService {
         };
         let store = core.store.clone();
         let rec2 = rec.clone();
+        let t0 = std::time::Instant::now();
         tokio::task::spawn_blocking(move || store.put_request(&rec2))
             .await
             .map_err(|e| Status::internal(format!("task: {e}")))?
             .map_err(store_err)?;
+        tracing::debug!(
+            store_us = t0.elapsed().as_micros() as u64,
+            "signing result stored"
+        );
         Ok(sign_proto(&rec, false))
     }
 }

@@ -204,6 +204,7 @@ pub(crate) async fn sign<C: EngineSuite>(
     loop {
         // Quorum: healthy signers first, then those with commitments ready, rotating
         // the start so load spreads over the signers.
+        let t0 = std::time::Instant::now();
         let start = core.rotation.fetch_add(1, Ordering::Relaxed);
         let mut candidates: Vec<(usize, &(ParticipantId, Arc<SignerHandle>))> = key
             .members
@@ -265,6 +266,7 @@ pub(crate) async fn sign<C: EngineSuite>(
             continue;
         }
 
+        let t1 = t0.elapsed();
         // Round 2: the package, signed by us, to every member of the quorum at once.
         let session = SessionId::random(&mut OsRng);
         let package = SigningPackage::new(commitments, message.to_vec())
@@ -312,7 +314,16 @@ pub(crate) async fn sign<C: EngineSuite>(
             continue;
         }
 
-        match sign::aggregate(&key.public, &package, &shares) {
+        let t2 = t0.elapsed();
+        let aggregated = sign::aggregate(&key.public, &package, &shares);
+        debug!(
+            key_id = %key.meta.key_id,
+            commitments_us = t1.as_micros() as u64,
+            shares_us = (t2 - t1).as_micros() as u64,
+            aggregate_us = (t0.elapsed() - t2).as_micros() as u64,
+            "signing phases"
+        );
+        match aggregated {
             Ok(signature) => {
                 return Ok(Signed {
                     signature,

@@ -615,7 +615,9 @@ impl Signer for SignerService {
         &self,
         req: Request<SignShareRequest>,
     ) -> Result<Response<SignShareResponse>, Status> {
+        let t0 = Instant::now();
         let caller = custody_pki::authorize(&req, &[Role::Coordinator])?;
+        let t_auth = t0.elapsed();
         let r = req.into_inner();
         let i = &self.0;
         let coord = caller.identity.ok_or_else(|| {
@@ -633,7 +635,15 @@ impl Signer for SignerService {
         let opened = identity::open_from(&roster, COORDINATOR, &r.package)
             .map_err(|e| engine_status("signing package", e))?;
         let session = opened.header.session;
-        with_suite!(suite, C => sign_with::<C>(i, &r.key_id, share, opened.body, session).map(Response::new))
+        let t_open = t0.elapsed();
+        let r = with_suite!(suite, C => sign_with::<C>(i, &r.key_id, share, opened.body, session).map(Response::new));
+        tracing::debug!(
+            auth_us = t_auth.as_micros() as u64,
+            open_us = (t_open - t_auth).as_micros() as u64,
+            sign_us = (t0.elapsed() - t_open).as_micros() as u64,
+            "signature share"
+        );
+        r
     }
 }
 
