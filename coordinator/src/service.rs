@@ -134,7 +134,7 @@ pub(crate) async fn serve(
                 .max_encoding_message_size(4 << 20),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await
@@ -425,12 +425,10 @@ impl CustodyService {
             session: signed.session.to_string(),
             created_at_ms: now_ms(),
         };
-        let store = core.store.clone();
-        let rec2 = rec.clone();
         let t0 = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || store.put_request(&rec2))
+        core.store
+            .put_request(rec.clone())
             .await
-            .map_err(|e| Status::internal(format!("task: {e}")))?
             .map_err(store_err)?;
         tracing::debug!(
             store_us = t0.elapsed().as_micros() as u64,

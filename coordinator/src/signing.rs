@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use custody_protocol::proto::{CommitRequest, SignShareRequest};
-use custody_protocol::sign::{self, Commitments, SignatureShare, SigningPackage, COORDINATOR};
+use custody_protocol::sign::{
+    self, CommitmentBatch, Commitments, SignatureShare, SigningPackage, COORDINATOR,
+};
 use custody_protocol::wire::{self, Header, Kind};
 use custody_protocol::{identity, EngineSuite, Error as EngineError, ParticipantId, SessionId};
 use rand_core::OsRng;
@@ -76,25 +78,24 @@ async fn fetch<C: EngineSuite>(
     let resp = call(core.timeouts.sign(), handle, client.commit(req))
         .await
         .map_err(|e| Dropout::Failed(format!("{}: {}", handle.name, e.message())))?;
-    let zero = SessionId([0; 32]);
-    let mut out = Vec::with_capacity(resp.commitments.len());
-    for env in &resp.commitments {
-        let opened = identity::open_from(&key.roster, p, env)
-            .map_err(|e| Dropout::Culprit(format!("commitment: {e}")))?;
-        let (_, c) = wire::decode_with(
+    // Checking the envelope and decoding 2 × count points is CPU work: off the runtime.
+    let (roster, batch) = (key.roster.clone(), resp.batch);
+    tokio::task::spawn_blocking(move || {
+        let zero = SessionId([0; 32]);
+        let opened = identity::open_from(&roster, p, &batch)
+            .map_err(|e| Dropout::Culprit(format!("commitments: {e}")))?;
+        let (_, b) = wire::decode_with(
             opened.body,
             C::SUITE,
-            Kind::SigningCommitments,
+            Kind::CommitmentBatch,
             &zero,
-            |_, r| Commitments::<C>::decode_body(r),
+            |_, r| CommitmentBatch::<C>::decode_body(r, count as usize),
         )
-        .map_err(|e| Dropout::Culprit(format!("commitment: {e}")))?;
-        out.push(c);
-    }
-    if out.is_empty() {
-        return Err(Dropout::Culprit("returned no commitments".into()));
-    }
-    Ok(out)
+        .map_err(|e| Dropout::Culprit(format!("commitments: {e}")))?;
+        Ok(b.0)
+    })
+    .await
+    .map_err(|e| Dropout::Failed(format!("task: {e}")))?
 }
 
 /// One commitment of `p` for `key`: from the pool, or fetched now if the pool is empty.

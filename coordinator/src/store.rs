@@ -1,5 +1,7 @@
 //! The coordinator's durable state in `sled`: key metadata and signing results. Every
-//! write is flushed before the client hears about it.
+//! write is flushed before the client hears about it. Signing results go through one
+//! committer thread that writes whatever is waiting and flushes once for all of it
+//! (group commit), so concurrent requests share a flush.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +62,15 @@ pub enum StoreError {
     /// A record could not be (de)serialized.
     #[error("database record: {0}")]
     Record(#[from] serde_json::Error),
+    /// A grouped write failed.
+    #[error("database write: {0}")]
+    Write(String),
+    /// The committer thread is gone.
+    #[error("database committer stopped")]
+    Committer,
 }
+
+type Pending = (SignRecord, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 /// The coordinator's database.
 #[derive(Debug, Clone)]
@@ -68,16 +78,25 @@ pub struct Store {
     db: sled::Db,
     keys: sled::Tree,
     requests: sled::Tree,
+    committer: std::sync::mpsc::Sender<Pending>,
 }
 
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
         let db = sled::open(path)?;
+        let requests = db.open_tree("requests")?;
+        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
+        let (cdb, ctree) = (db.clone(), requests.clone());
+        std::thread::Builder::new()
+            .name("store-committer".into())
+            .spawn(move || commit_loop(&cdb, &ctree, &rx))
+            .map_err(sled::Error::Io)?;
         Ok(Store {
             keys: db.open_tree("keys")?,
-            requests: db.open_tree("requests")?,
+            requests,
             db,
+            committer: tx,
         })
     }
 
@@ -105,12 +124,17 @@ impl Store {
             .collect()
     }
 
-    /// Stores a signing result durably.
-    pub fn put_request(&self, r: &SignRecord) -> Result<(), StoreError> {
-        self.requests
-            .insert(r.request_id.as_bytes(), serde_json::to_vec(r)?)?;
-        self.db.flush()?;
-        Ok(())
+    /// Stores a signing result durably: returns once it is flushed.
+    pub async fn put_request(&self, r: SignRecord) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.committer
+            .send((r, tx))
+            .map_err(|_| StoreError::Committer)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Write(e)),
+            Err(_) => Err(StoreError::Committer),
+        }
     }
 
     /// A signing result by request id.
@@ -118,6 +142,38 @@ impl Store {
         match self.requests.get(request_id.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
+        }
+    }
+}
+
+/// Writes every waiting record, flushes once, answers everyone; until the channel closes.
+fn commit_loop(db: &sled::Db, tree: &sled::Tree, rx: &std::sync::mpsc::Receiver<Pending>) {
+    const MAX_BATCH: usize = 1024;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut written = sled::Batch::default();
+        let mut results: Vec<Result<(), String>> = Vec::with_capacity(batch.len());
+        for (r, _) in &batch {
+            match serde_json::to_vec(r) {
+                Ok(v) => {
+                    written.insert(r.request_id.as_bytes(), v);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e.to_string())),
+            }
+        }
+        let outcome = tree
+            .apply_batch(written)
+            .and_then(|_| db.flush().map(|_| ()))
+            .map_err(|e| e.to_string());
+        for ((_, reply), r) in batch.into_iter().zip(results) {
+            let _ = reply.send(r.and(outcome.clone()));
         }
     }
 }

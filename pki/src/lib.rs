@@ -340,7 +340,7 @@ pub fn authorize<T>(req: &tonic::Request<T>, allowed: &[Role]) -> Result<PeerInf
     let der = certs
         .first()
         .ok_or_else(|| tonic::Status::unauthenticated("a client certificate is required"))?;
-    let info = peer_info(der.as_ref())
+    let info = cached_peer_info(der.as_ref())
         .map_err(|e| tonic::Status::permission_denied(format!("client certificate: {e}")))?;
     if !allowed.contains(&info.role) {
         return Err(tonic::Status::permission_denied(format!(
@@ -348,6 +348,26 @@ pub fn authorize<T>(req: &tonic::Request<T>, allowed: &[Role]) -> Result<PeerInf
             info.role
         )));
     }
+    Ok(info)
+}
+
+/// [`peer_info`], remembered by the exact certificate bytes. The TLS handshake has
+/// already checked the certificate against the CA; this only saves re-parsing it on
+/// every call. Bounded: the cache is cleared when it reaches 1024 entries.
+fn cached_peer_info(der: &[u8]) -> Result<PeerInfo, Error> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, PeerInfo>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(info) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(der) {
+        return Ok(info.clone());
+    }
+    let info = peer_info(der)?;
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() >= 1024 {
+        c.clear();
+    }
+    c.insert(der.to_vec(), info.clone());
     Ok(info)
 }
 

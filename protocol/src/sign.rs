@@ -78,6 +78,59 @@ impl<C: EngineSuite> Commitments<C> {
     }
 }
 
+/// Largest number of commitments in one [`CommitmentBatch`].
+pub const MAX_COMMITMENT_BATCH: usize = 1024;
+
+/// Commitments drawn ahead by one signer, sent in one signed envelope.
+///
+/// Body: `u16 count ‖ count × (hiding ‖ binding)`, count in `1..=1024`, no two equal.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CommitmentBatch<C: EngineSuite>(pub Vec<Commitments<C>>);
+
+impl<C: EngineSuite> Body for CommitmentBatch<C> {
+    fn encode_body(&self, w: &mut Writer) -> Result<(), Error> {
+        if self.0.is_empty() || self.0.len() > MAX_COMMITMENT_BATCH {
+            return Err(Error::InvalidParameters(format!(
+                "{} commitments in a batch",
+                self.0.len()
+            )));
+        }
+        w.u16(self.0.len() as u16);
+        for c in &self.0 {
+            c.encode_body(w)?;
+        }
+        Ok(())
+    }
+}
+
+impl<C: EngineSuite> CommitmentBatch<C> {
+    /// Decodes a body of at most `max` commitments.
+    pub fn decode_body(r: &mut Reader<'_>, max: usize) -> Result<Self, DecodeError> {
+        let n = r.u16()? as usize;
+        let max = max.min(MAX_COMMITMENT_BATCH);
+        if n == 0 || n > max {
+            return Err(DecodeError::TooLong {
+                what: "commitment batch",
+                len: n,
+                max,
+            });
+        }
+        let mut out: Vec<Commitments<C>> = Vec::with_capacity(n);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..n {
+            let raw = r.take(2 * C::ELEMENT_LEN)?;
+            if !seen.insert(raw) {
+                return Err(DecodeError::NotCanonical(
+                    "commitment batch (repeated commitment)",
+                ));
+            }
+            let mut one = Reader::new(raw);
+            out.push(Commitments::<C>::decode_body(&mut one)?);
+        }
+        Ok(CommitmentBatch(out))
+    }
+}
+
 /// A signer's secret nonces for one signature.
 ///
 /// # Security

@@ -64,6 +64,10 @@ pub enum Kind {
     RepairDelta = 12,
     /// Repair step 2: a helper's sigma for the participant being repaired, always sealed.
     RepairSigma = 13,
+    /// A batch of one signer's nonce commitments, drawn ahead of any signing session
+    /// (session id all zero); each commitment is bound to a session only by the signing
+    /// package that uses it, once.
+    CommitmentBatch = 14,
 }
 
 impl Kind {
@@ -84,6 +88,7 @@ impl Kind {
             11 => SignatureShare,
             12 => RepairDelta,
             13 => RepairSigma,
+            14 => CommitmentBatch,
             _ => return None,
         })
     }

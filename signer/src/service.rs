@@ -205,7 +205,7 @@ pub(crate) async fn serve(
         .add_service(reflection)
         .add_service(SignerServer::new(svc).max_decoding_message_size(8 << 20))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await
@@ -598,7 +598,7 @@ impl Signer for SignerService {
         };
         let count = r.count as usize;
         let i2 = i.clone();
-        let (out, fresh) =
+        let (batch, fresh) =
             tokio::task::spawn_blocking(move || draw_commitments(&i2, suite, share, count))
                 .await
                 .map_err(|e| internal("commit task", e))??;
@@ -608,7 +608,7 @@ impl Signer for SignerService {
             .entry(r.key_id.clone())
             .or_default()
             .extend(fresh);
-        Ok(Response::new(CommitResponse { commitments: out }))
+        Ok(Response::new(CommitResponse { batch }))
     }
 
     async fn sign_share(
@@ -696,36 +696,39 @@ fn sign_with<C: EngineSuite>(
     Ok(SignShareResponse { share: env })
 }
 
-type Drawn = (Vec<Vec<u8>>, Vec<(Vec<u8>, Erased)>);
+type Drawn = (Vec<u8>, Vec<(Vec<u8>, Erased)>);
 
-/// Draws `count` nonce pairs for `share`; returns the signed commitments (session all
-/// zero: bound to a session only by the signing package) and the nonces keyed by the
-/// encoded commitment.
+/// Draws `count` nonce pairs for `share`; returns the signed batch of commitments
+/// (session all zero: bound to a session only by the signing package) and the nonces
+/// keyed by each encoded commitment.
 fn draw_commitments(
     i: &Inner,
     suite: Suite,
     share: SharedShare,
     count: usize,
 ) -> Result<Drawn, Status> {
-    let mut out = Vec::with_capacity(count);
-    let mut fresh: Vec<(Vec<u8>, Erased)> = Vec::with_capacity(count);
     with_suite!(suite, C => {
         let share = share.downcast_ref::<KeyShare<C>>().ok_or_else(|| Status::internal("share type"))?;
+        let mut batch = Vec::with_capacity(count);
+        let mut fresh: Vec<(Vec<u8>, Erased)> = Vec::with_capacity(count);
         for _ in 0..count {
             let (nonces, commitments) = sign::commit(share, &mut OsRng);
-            let header = Header {
-                suite,
-                kind: Kind::SigningCommitments,
-                session: SessionId([0; 32]),
-                from: share.id(),
-                to: Some(COORDINATOR),
-            };
-            let body = wire::encode(&header, &commitments).map_err(|e| internal("encode", e))?;
-            fresh.push((body[wire::HEADER_LEN..].to_vec(), Box::new(nonces) as Erased));
-            out.push(identity::seal_envelope(&i.identity, &body));
+            let mut w = wire::Writer::default();
+            wire::Body::encode_body(&commitments, &mut w).map_err(|e| internal("encode", e))?;
+            fresh.push((w.into_vec(), Box::new(nonces) as Erased));
+            batch.push(commitments);
         }
-    });
-    Ok((out, fresh))
+        let header = Header {
+            suite,
+            kind: Kind::CommitmentBatch,
+            session: SessionId([0; 32]),
+            from: share.id(),
+            to: Some(COORDINATOR),
+        };
+        let env = identity::signed(&i.identity, &header, &sign::CommitmentBatch(batch))
+            .map_err(|e| internal("encode", e))?;
+        Ok((env, fresh))
+    })
 }
 
 /// A wrong but well-formed share (fault injection): one bit in the middle of the

@@ -55,6 +55,7 @@ impl Conn {
         let channel = Endpoint::from_shared(format!("https://{addr}"))?
             .tls_config(tls.client()?)?
             .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
             .timeout(Duration::from_secs(self.timeout))
             .connect()
             .await

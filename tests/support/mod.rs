@@ -260,6 +260,7 @@ impl Cluster {
         tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
             .tls_config(self.tls(name))?
             .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
             .timeout(Duration::from_secs(60))
             .connect()
             .await
