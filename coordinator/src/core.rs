@@ -20,18 +20,14 @@ use crate::StartError;
 /// Loads the coordinator's sealed identity from its data directory, creating it on
 /// first start.
 pub(crate) fn load_identity(config: &Config) -> Result<IdentityKey, StartError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| StartError::Config(format!("{}: {e}", config.data_dir.display())))?;
-    let sealer = config
-        .sealer
-        .open()
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    custody_pki::load_or_create_identity(
-        &config.data_dir.join("identity.sealed"),
-        sealer.as_ref(),
+    let what = format!("coordinator {}", config.name);
+    custody_pki::server::open_identity(
+        &what,
+        &config.data_dir,
+        &config.sealer,
         &crate::identity_aad(&config.name),
     )
-    .map_err(|e| StartError::Config(e.to_string()))
+    .map(|(key, _)| key)
 }
 
 /// Everything the services share.

@@ -30,28 +30,11 @@ use std::path::{Path, PathBuf};
 
 pub use config::Config;
 
-/// Errors that stop the coordinator from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Bad configuration or files.
-    #[error("{0}")]
-    Config(String),
-    /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The server failed.
-    #[error("server: {0}")]
-    Serve(String),
-}
+pub use custody_pki::StartError;
 
 /// The file where a running coordinator writes the address it listens on.
 pub fn addr_file(data_dir: &Path) -> PathBuf {
-    data_dir.join("listen-addr")
+    custody_pki::server::addr_file(data_dir)
 }
 
 /// Associated data of the coordinator's sealed identity.

@@ -35,13 +35,6 @@ pub(crate) async fn serve(
     let cfg_err = StartError::Config;
     config.check().map_err(cfg_err)?;
     let identity = crate::core::load_identity(&config)?;
-    let sealer_desc = config.sealer.open().map_err(|e| cfg_err(e.to_string()))?;
-    if sealer_desc.is_insecure() {
-        warn!(
-            "coordinator {} seals its identity with the INSECURE software sealer: development only, NOT FOR PRODUCTION",
-            config.name
-        );
-    }
     let files = config.tls.clone();
     let cert_der = files.cert_der().map_err(|e| cfg_err(e.to_string()))?;
     let ca_der = files.ca_der().map_err(|e| cfg_err(e.to_string()))?;
@@ -98,47 +91,21 @@ pub(crate) async fn serve(
     }
 
     let tls = files.server().map_err(|e| cfg_err(e.to_string()))?;
-    let listener = custody_pki::bind_reusing(config.listen, &crate::addr_file(&config.data_dir))
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Serve(e.to_string()))?;
-    let pid_file = config.data_dir.join("pid");
-    std::fs::write(&pid_file, std::process::id().to_string())
-        .map_err(|e| cfg_err(format!("{}: {e}", pid_file.display())))?;
+    let (listener, addr) = custody_pki::server::listen(config.listen, &config.data_dir).await?;
     info!(coordinator = %config.name, %addr, keys = n_keys, signers = core.signers.len(), "coordinator listening");
-
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<CustodyServer<CustodyService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(custody_protocol::proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Serve(e.to_string()))?;
     on_ready(addr);
-    tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map_err(|e| StartError::Serve(e.to_string()))?
-        .timeout(Duration::from_secs(300))
-        .tcp_nodelay(true)
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(
-            CustodyServer::new(CustodyService(core))
-                .max_decoding_message_size(2 << 20)
-                .max_encoding_message_size(4 << 20),
-        )
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let svc = CustodyServer::new(CustodyService(core))
+        .max_decoding_message_size(2 << 20)
+        .max_encoding_message_size(4 << 20);
+    custody_pki::server::serve(
+        tls,
+        listener,
+        Duration::from_secs(300),
+        <CustodyServer<CustodyService> as tonic::server::NamedService>::NAME,
+        |r| r.add_service(svc),
+        shutdown,
+    )
+    .await?;
     info!(coordinator = %config.name, "coordinator stopped");
     Ok(())
 }

@@ -198,9 +198,7 @@ pub(crate) async fn sign<C: EngineSuite>(
 ) -> Result<Signed, Status> {
     let t = key.public.threshold() as usize;
     let n = key.members.len();
-    let mut excluded: BTreeSet<ParticipantId> = BTreeSet::new();
-    let mut stale_retries = 0usize;
-    let mut reasons: Vec<String> = Vec::new();
+    let mut tracker = Tracker::default();
     let message = Arc::new(message);
     loop {
         // Quorum: healthy signers first, then those with commitments ready, rotating
@@ -211,7 +209,7 @@ pub(crate) async fn sign<C: EngineSuite>(
             .members
             .iter()
             .enumerate()
-            .filter(|(_, (p, _))| !excluded.contains(p))
+            .filter(|(_, (p, _))| !tracker.excluded.contains(p))
             .collect();
         if candidates.len() < t {
             let mut msg = format!(
@@ -219,8 +217,8 @@ pub(crate) async fn sign<C: EngineSuite>(
                 key.meta.key_id,
                 candidates.len()
             );
-            if !reasons.is_empty() {
-                msg.push_str(&format!(" ({})", reasons.join("; ")));
+            if !tracker.reasons.is_empty() {
+                msg.push_str(&format!(" ({})", tracker.reasons.join("; ")));
             }
             return Err(Status::unavailable(msg));
         }
@@ -238,34 +236,15 @@ pub(crate) async fn sign<C: EngineSuite>(
             .collect();
 
         // Round 1: commitments (usually from the pool).
-        let mut tasks = Vec::with_capacity(t);
-        for (p, h) in &quorum {
-            let (core, key, p, h) = (core.clone(), key.clone(), *p, h.clone());
-            tasks.push(tokio::spawn(async move {
-                let r = take_commitment(&core, &key, p, &h).await;
-                (p, r)
-            }));
-        }
-        let mut commitments = BTreeMap::new();
-        let mut dropped = false;
-        for task in tasks {
-            let (p, r) = task
-                .await
-                .map_err(|e| Status::internal(format!("task: {e}")))?;
-            match r {
-                Ok(c) => {
-                    commitments.insert(p, c);
-                }
-                Err(d) => {
-                    dropped = true;
-                    note(&mut excluded, &mut reasons, &mut stale_retries, key, p, d);
-                }
-            }
-        }
-        if dropped {
-            check_stale(stale_retries, n)?;
+        let Some(commitments) = on_quorum(&quorum, &mut tracker, key, |p, h| {
+            let (core, key) = (core.clone(), key.clone());
+            async move { take_commitment(&core, &key, p, &h).await }
+        })
+        .await?
+        else {
+            tracker.check_stale(n)?;
             continue;
-        }
+        };
 
         let t1 = t0.elapsed();
         // Round 2: the package, signed by us, to every member of the quorum at once.
@@ -281,39 +260,15 @@ pub(crate) async fn sign<C: EngineSuite>(
         };
         let package_env = identity::signed(&core.identity, &header, &package)
             .map_err(|e| Status::internal(format!("signing package: {e}")))?;
-        let mut tasks = Vec::with_capacity(t);
-        for (p, h) in &quorum {
-            let (core, key, p, h, env) = (
-                core.clone(),
-                key.clone(),
-                *p,
-                h.clone(),
-                package_env.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                let r = request_share(&core, &key, p, &h, env, session).await;
-                (p, r)
-            }));
-        }
-        let mut shares = BTreeMap::new();
-        for task in tasks {
-            let (p, r) = task
-                .await
-                .map_err(|e| Status::internal(format!("task: {e}")))?;
-            match r {
-                Ok(s) => {
-                    shares.insert(p, s);
-                }
-                Err(d) => {
-                    dropped = true;
-                    note(&mut excluded, &mut reasons, &mut stale_retries, key, p, d);
-                }
-            }
-        }
-        if dropped {
-            check_stale(stale_retries, n)?;
+        let Some(shares) = on_quorum(&quorum, &mut tracker, key, |p, h| {
+            let (core, key, env) = (core.clone(), key.clone(), package_env.clone());
+            async move { request_share(&core, &key, p, &h, env, session).await }
+        })
+        .await?
+        else {
+            tracker.check_stale(n)?;
             continue;
-        }
+        };
 
         let t2 = t0.elapsed();
         let aggregated = sign::aggregate(&key.public, &package, &shares);
@@ -334,14 +289,7 @@ pub(crate) async fn sign<C: EngineSuite>(
             }
             Err(EngineError::InvalidSignatureShare { culprits }) if !culprits.is_empty() => {
                 for p in culprits {
-                    note(
-                        &mut excluded,
-                        &mut reasons,
-                        &mut stale_retries,
-                        key,
-                        p,
-                        Dropout::Culprit("invalid signature share".into()),
-                    );
+                    tracker.note(key, p, Dropout::Culprit("invalid signature share".into()));
                 }
             }
             Err(e) => return Err(Status::internal(format!("aggregation: {e}"))),
@@ -349,45 +297,89 @@ pub(crate) async fn sign<C: EngineSuite>(
     }
 }
 
-fn note<C: EngineSuite>(
-    excluded: &mut BTreeSet<ParticipantId>,
-    reasons: &mut Vec<String>,
-    stale_retries: &mut usize,
-    key: &KeyRt<C>,
-    p: ParticipantId,
-    d: Dropout,
-) {
-    let handle = key.members.iter().find(|(q, _)| *q == p).map(|(_, h)| h);
-    let name = handle.map(|h| h.name.clone()).unwrap_or_default();
-    match d {
-        Dropout::Stale => {
-            *stale_retries += 1;
-            debug!(key_id = %key.meta.key_id, participant = %p, signer = %name, "stale commitments discarded");
-        }
-        Dropout::Failed(why) => {
-            warn!(key_id = %key.meta.key_id, participant = %p, signer = %name, "signer dropped from quorum: {why}");
-            excluded.insert(p);
-            reasons.push(why);
-        }
-        Dropout::Culprit(why) => {
-            warn!(
-                key_id = %key.meta.key_id, culprit = %p, signer = %name,
-                "CULPRIT: participant {p} ({name}) misbehaved: {why}; excluded, retrying with another quorum"
-            );
-            if let Some(h) = handle {
-                h.mark_suspect(&why);
+/// Who dropped out of a request so far, and why.
+#[derive(Default)]
+struct Tracker {
+    excluded: BTreeSet<ParticipantId>,
+    reasons: Vec<String>,
+    stale_retries: usize,
+}
+
+impl Tracker {
+    fn note<C: EngineSuite>(&mut self, key: &KeyRt<C>, p: ParticipantId, d: Dropout) {
+        let handle = key.members.iter().find(|(q, _)| *q == p).map(|(_, h)| h);
+        let name = handle.map(|h| h.name.clone()).unwrap_or_default();
+        match d {
+            Dropout::Stale => {
+                self.stale_retries += 1;
+                debug!(key_id = %key.meta.key_id, participant = %p, signer = %name, "stale commitments discarded");
             }
-            excluded.insert(p);
-            reasons.push(format!("participant {p} ({name}) misbehaved: {why}"));
+            Dropout::Failed(why) => {
+                warn!(key_id = %key.meta.key_id, participant = %p, signer = %name, "signer dropped from quorum: {why}");
+                self.excluded.insert(p);
+                self.reasons.push(why);
+            }
+            Dropout::Culprit(why) => {
+                warn!(
+                    key_id = %key.meta.key_id, culprit = %p, signer = %name,
+                    "CULPRIT: participant {p} ({name}) misbehaved: {why}; excluded, retrying with another quorum"
+                );
+                if let Some(h) = handle {
+                    h.mark_suspect(&why);
+                }
+                self.excluded.insert(p);
+                self.reasons
+                    .push(format!("participant {p} ({name}) misbehaved: {why}"));
+            }
         }
+    }
+
+    /// Gives up when signers keep answering that fresh commitments are unknown.
+    fn check_stale(&self, n: usize) -> Result<(), Status> {
+        if self.stale_retries > 2 * n {
+            return Err(Status::unavailable(
+                "signers keep refusing fresh commitments; giving up",
+            ));
+        }
+        Ok(())
     }
 }
 
-fn check_stale(stale_retries: usize, n: usize) -> Result<(), Status> {
-    if stale_retries > 2 * n {
-        return Err(Status::unavailable(
-            "signers keep refusing fresh commitments; giving up".to_string(),
-        ));
+/// Runs `f` for every member of the quorum at once. Returns every answer, or `None`
+/// (after noting who dropped out) when any member failed.
+async fn on_quorum<C, T, Fut>(
+    quorum: &[(ParticipantId, Arc<SignerHandle>)],
+    tracker: &mut Tracker,
+    key: &KeyRt<C>,
+    f: impl Fn(ParticipantId, Arc<SignerHandle>) -> Fut,
+) -> Result<Option<BTreeMap<ParticipantId, T>>, Status>
+where
+    C: EngineSuite,
+    T: Send + 'static,
+    Fut: std::future::Future<Output = Result<T, Dropout>> + Send + 'static,
+{
+    let tasks: Vec<_> = quorum
+        .iter()
+        .map(|(p, h)| {
+            let (p, fut) = (*p, f(*p, h.clone()));
+            tokio::spawn(async move { (p, fut.await) })
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    let mut complete = true;
+    for task in tasks {
+        let (p, r) = task
+            .await
+            .map_err(|e| Status::internal(format!("task: {e}")))?;
+        match r {
+            Ok(v) => {
+                out.insert(p, v);
+            }
+            Err(d) => {
+                complete = false;
+                tracker.note(key, p, d);
+            }
+        }
     }
-    Ok(())
+    Ok(complete.then_some(out))
 }

@@ -12,7 +12,11 @@
 //! The CA key signs certificates only; in production it stays offline (`custody dev`
 //! keeps it in the cluster directory, which is fine for a development cluster only).
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
+
+pub use server::StartError;
 
 use custody_protocol::IdentityPublic;
 use rcgen::{

@@ -22,47 +22,18 @@ use std::path::Path;
 
 pub use config::Config;
 
-/// Errors that stop a signer from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Bad configuration or files.
-    #[error("{0}")]
-    Config(String),
-    /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The server failed.
-    #[error("server: {0}")]
-    Serve(String),
-}
+pub use custody_pki::StartError;
 
 /// Loads (or creates) the signer's identity and returns its public half, so an operator
 /// tool can have the CA certify it.
 pub fn init_identity(config: &Config) -> Result<custody_protocol::IdentityPublic, StartError> {
     use custody_protocol::Identity;
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| StartError::Config(format!("{}: {e}", config.data_dir.display())))?;
-    let sealer = config
-        .sealer
-        .open()
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    let key = custody_pki::load_or_create_identity(
-        &config.data_dir.join("identity.sealed"),
-        sealer.as_ref(),
-        &store::identity_aad(&config.name),
-    )
-    .map_err(|e| StartError::Config(e.to_string()))?;
-    Ok(key.public())
+    Ok(service::open_identity(config)?.0.public())
 }
 
 /// The file where a running signer writes the address it listens on.
 pub fn addr_file(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("listen-addr")
+    custody_pki::server::addr_file(data_dir)
 }
 
 /// Runs the signer until `shutdown` resolves. `on_ready` is called with the bound

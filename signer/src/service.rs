@@ -111,27 +111,24 @@ impl NoncePool {
 #[derive(Clone)]
 struct SignerService(Arc<Inner>);
 
+/// Opens the sealer and the signer's sealed identity (created on first start).
+pub(crate) fn open_identity(config: &Config) -> Result<(IdentityKey, Arc<dyn Sealer>), StartError> {
+    let what = format!("signer {}", config.name);
+    custody_pki::server::open_identity(
+        &what,
+        &config.data_dir,
+        &config.sealer,
+        &store::identity_aad(&config.name),
+    )
+}
+
 pub(crate) async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(std::net::SocketAddr) + Send,
 ) -> Result<(), StartError> {
     let cfg_err = |e: String| StartError::Config(e);
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| cfg_err(format!("{}: {e}", config.data_dir.display())))?;
-    let sealer = config.sealer.open().map_err(|e| cfg_err(e.to_string()))?;
-    if sealer.is_insecure() {
-        warn!(
-            "signer {} seals secrets with the INSECURE software sealer: development only, NOT FOR PRODUCTION",
-            config.name
-        );
-    }
-    let identity = custody_pki::load_or_create_identity(
-        &config.data_dir.join("identity.sealed"),
-        sealer.as_ref(),
-        &store::identity_aad(&config.name),
-    )
-    .map_err(|e| cfg_err(e.to_string()))?;
+    let (identity, sealer) = open_identity(&config)?;
     let files = config.tls.clone();
     let cert_der = files.cert_der().map_err(|e| cfg_err(e.to_string()))?;
     let ca_der = files.ca_der().map_err(|e| cfg_err(e.to_string()))?;
@@ -173,43 +170,18 @@ pub(crate) async fn serve(
     let svc = SignerService(Arc::new(inner));
 
     let tls = files.server().map_err(|e| cfg_err(e.to_string()))?;
-    let listener = custody_pki::bind_reusing(config.listen, &crate::addr_file(&config.data_dir))
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Serve(e.to_string()))?;
-    let pid_file = config.data_dir.join("pid");
-    std::fs::write(&pid_file, std::process::id().to_string())
-        .map_err(|e| cfg_err(format!("{}: {e}", pid_file.display())))?;
+    let (listener, addr) = custody_pki::server::listen(config.listen, &config.data_dir).await?;
     info!(signer = %config.name, %addr, keys = loaded, sealer = %svc.0.sealer.describe(), "signer listening");
-
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<SignerServer<SignerService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(custody_protocol::proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Serve(e.to_string()))?;
     on_ready(addr);
-    tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map_err(|e| StartError::Serve(e.to_string()))?
-        .timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(SignerServer::new(svc).max_decoding_message_size(8 << 20))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .map_err(|e| StartError::Serve(e.to_string()))?;
+    custody_pki::server::serve(
+        tls,
+        listener,
+        Duration::from_secs(60),
+        <SignerServer<SignerService> as tonic::server::NamedService>::NAME,
+        |r| r.add_service(SignerServer::new(svc).max_decoding_message_size(8 << 20)),
+        shutdown,
+    )
+    .await?;
     info!(signer = %config.name, "signer stopped");
     Ok(())
 }

@@ -1,0 +1,121 @@
+//! What every daemon's gRPC server shares: binding (keeping the previous address),
+//! pid and address files, mTLS, health and reflection services, `TCP_NODELAY`, and a
+//! graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::{Server, ServerTlsConfig};
+
+/// Errors that stop a daemon from starting or serving.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration or files.
+    #[error("{0}")]
+    Config(String),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed.
+    #[error("server: {0}")]
+    Serve(String),
+}
+
+/// The file where a running daemon writes the address it listens on.
+pub fn addr_file(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("listen-addr")
+}
+
+/// Creates `data_dir` if needed, opens the sealing backend (warning loudly when it is
+/// insecure) and loads the daemon's sealed identity from `data_dir/identity.sealed`,
+/// creating it on first start.
+pub fn open_identity(
+    what: &str,
+    data_dir: &Path,
+    sealer: &custody_hsm::SealerConfig,
+    aad: &[u8],
+) -> Result<
+    (
+        custody_protocol::IdentityKey,
+        std::sync::Arc<dyn custody_hsm::Sealer>,
+    ),
+    StartError,
+> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| StartError::Config(format!("{}: {e}", data_dir.display())))?;
+    let sealer = sealer
+        .open()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    if sealer.is_insecure() {
+        tracing::warn!("{what} seals its secrets with the INSECURE software sealer: development only, NOT FOR PRODUCTION");
+    }
+    let key =
+        crate::load_or_create_identity(&data_dir.join("identity.sealed"), sealer.as_ref(), aad)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+    Ok((key, sealer))
+}
+
+/// Binds `listen` (see [`crate::bind_reusing`]; the address goes to [`addr_file`]) and
+/// writes the process id to `data_dir/pid`.
+pub async fn listen(
+    listen: SocketAddr,
+    data_dir: &Path,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let listener = crate::bind_reusing(listen, &addr_file(data_dir))
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let pid_file = data_dir.join("pid");
+    std::fs::write(&pid_file, std::process::id().to_string())
+        .map_err(|e| StartError::Config(format!("{}: {e}", pid_file.display())))?;
+    Ok((listener, addr))
+}
+
+/// Serves over mTLS on `listener` until `shutdown` resolves: gRPC health (reporting
+/// `service` as serving) and reflection, plus what `add` adds to the router.
+pub async fn serve(
+    tls: ServerTlsConfig,
+    listener: tokio::net::TcpListener,
+    request_timeout: Duration,
+    service: &str,
+    add: impl FnOnce(Router) -> Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status(service, tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(custody_protocol::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let router = Server::builder()
+        .tls_config(tls)
+        .map_err(|e| StartError::Serve(e.to_string()))?
+        .timeout(request_timeout)
+        .add_service(health)
+        .add_service(reflection);
+    // A custom listener does not get the builder's `tcp_nodelay`: set it here, or small
+    // answers wait for delayed ACKs (40 ms).
+    add(router)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .map_err(|e| StartError::Serve(e.to_string()))
+}
