@@ -8,10 +8,14 @@
 //! - [`InsecureSoftwareSealer`]: XChaCha20-Poly1305 under a key kept in a file next to
 //!   the data. **For development only**: anyone who copies the data directory copies
 //!   the key too. It says so in its name, its description and at start.
-//! - PKCS#11 (a non-extractable AES-256 key inside an HSM) comes with the HSM issue and
-//!   implements the same trait.
+//! - [`Pkcs11Sealer`]: AES-256-GCM inside a PKCS#11 token (any HSM with a PKCS#11
+//!   module; SoftHSM2 in tests), under a sensitive, non-extractable key.
 
-use std::path::Path;
+mod pkcs11;
+
+use std::path::{Path, PathBuf};
+
+pub use pkcs11::{Pkcs11Options, Pkcs11Sealer};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -37,6 +41,12 @@ pub enum Error {
     /// Encryption failed.
     #[error("sealing failed")]
     Seal,
+    /// The HSM (PKCS#11 module, token, session, PIN or key) failed or is unavailable.
+    #[error("HSM: {0}")]
+    Hsm(String),
+    /// The configuration is incomplete or contradictory.
+    #[error("sealer configuration: {0}")]
+    Config(String),
 }
 
 /// Seals and unseals secrets at rest.
@@ -165,8 +175,29 @@ pub enum SealerConfig {
     /// Development only: a key file next to the data (see [`InsecureSoftwareSealer`]).
     InsecureSoftware {
         /// The key file (created, mode 0600, if absent).
-        key_file: std::path::PathBuf,
+        key_file: PathBuf,
     },
+    /// An AES-256 key inside a PKCS#11 token (see [`Pkcs11Sealer`]). The PIN comes
+    /// from a file or an environment variable, never from the config or a command line.
+    Pkcs11 {
+        /// Path of the PKCS#11 module, e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+        module: PathBuf,
+        /// Label of the token.
+        token_label: String,
+        /// Label of the sealing key (created in the token on first use).
+        #[serde(default = "default_key_label")]
+        key_label: String,
+        /// A file holding the user PIN (trailing newline ignored; keep it 0600).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin_file: Option<PathBuf>,
+        /// Or: the environment variable holding the user PIN.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin_env: Option<String>,
+    },
+}
+
+fn default_key_label() -> String {
+    "custody-sealing-key".into()
 }
 
 impl SealerConfig {
@@ -176,6 +207,36 @@ impl SealerConfig {
             SealerConfig::InsecureSoftware { key_file } => Ok(std::sync::Arc::new(
                 InsecureSoftwareSealer::open_or_create(key_file)?,
             )),
+            SealerConfig::Pkcs11 {
+                module,
+                token_label,
+                key_label,
+                pin_file,
+                pin_env,
+            } => {
+                let pin = match (pin_file, pin_env) {
+                    (Some(f), None) => {
+                        let text = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+                            Error::Config(format!("pin_file {}: {e}", f.display()))
+                        })?);
+                        text.trim_end_matches(['\n', '\r']).to_string()
+                    }
+                    (None, Some(v)) => std::env::var(v).map_err(|_| {
+                        Error::Config(format!("pin_env: environment variable {v} is not set"))
+                    })?,
+                    _ => {
+                        return Err(Error::Config(
+                            "pkcs11: give exactly one of pin_file and pin_env".into(),
+                        ))
+                    }
+                };
+                Ok(std::sync::Arc::new(Pkcs11Sealer::open(Pkcs11Options {
+                    module: module.clone(),
+                    token_label: token_label.clone(),
+                    key_label: key_label.clone(),
+                    pin: pin.into(),
+                })?))
+            }
         }
     }
 }

@@ -1,0 +1,363 @@
+//! Sealing inside a PKCS#11 token (an HSM, or SoftHSM2 for tests), through `cryptoki`.
+//!
+//! A non-extractable, sensitive AES-256 key lives in the token under a label; every
+//! seal and unseal is `CKM_AES_GCM` inside the token, with the caller's associated data
+//! (key id, signer, share version) authenticated, so a sealed blob cannot be moved to
+//! another key or signer. The key never leaves the token: a copy of the data directory
+//! without the token reveals nothing.
+//!
+//! Blob layout: `0x02 ‖ 12-byte IV ‖ ciphertext ‖ 16-byte tag`.
+//!
+//! Sessions come from a small pool, so concurrent callers do not share a session (the
+//! PKCS#11 rule). A call that fails because the session, the login or the token went
+//! away drops the pool and retries once on a fresh session (finding the slot by token
+//! label again: slot ids can change); if the token is still gone the error says so.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use rand_core::{OsRng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::{Error, Sealer};
+
+const BLOB_VERSION: u8 = 2;
+const IV_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// Most idle sessions kept open.
+const MAX_IDLE: usize = 8;
+
+/// Where the token is and how to log in.
+#[derive(Clone)]
+pub struct Pkcs11Options {
+    /// Path of the PKCS#11 module (`.so`).
+    pub module: PathBuf,
+    /// Label of the token.
+    pub token_label: String,
+    /// Label of the AES key (created on first use if absent).
+    pub key_label: String,
+    /// The user PIN.
+    pub pin: AuthPin,
+}
+
+impl std::fmt::Debug for Pkcs11Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Options")
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .field("key_label", &self.key_label)
+            .field("pin", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One module is initialized once per process; every sealer on it shares the context.
+fn context(module: &Path) -> Result<Pkcs11, Error> {
+    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let mut map = CONTEXTS
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = map.get(module) {
+        return Ok(c.clone());
+    }
+    let ctx = Pkcs11::new(module)
+        .map_err(|e| Error::Hsm(format!("PKCS#11 module {}: {e}", module.display())))?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => {
+            return Err(Error::Hsm(format!(
+                "PKCS#11 module {}: initialize: {}",
+                module.display(),
+                short(&e)
+            )))
+        }
+    }
+    map.insert(module.to_path_buf(), ctx.clone());
+    Ok(ctx)
+}
+
+/// A PKCS#11 error in one line (cryptoki's own messages quote the whole standard).
+fn short(e: &CkError) -> String {
+    match e {
+        CkError::Pkcs11(rv, f) => format!("{f:?}: {rv:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// Whether an error means the session, the login or the token is gone (worth one
+/// retry on a fresh session).
+fn is_lost(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::DeviceRemoved
+                | RvError::DeviceError
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::UserNotLoggedIn
+                | RvError::CryptokiNotInitialized
+                | RvError::SlotIdInvalid
+                | RvError::ObjectHandleInvalid
+                | RvError::KeyHandleInvalid,
+            _
+        )
+    )
+}
+
+struct Conn {
+    session: Session,
+    key: ObjectHandle,
+}
+
+/// Sealing by an AES-256 key inside a PKCS#11 token.
+///
+/// # Security
+/// The key is generated in the token as `CKA_SENSITIVE`, non-extractable, and only
+/// ever used there. The PIN is held in a `SecretString` and never printed.
+pub struct Pkcs11Sealer {
+    opts: Pkcs11Options,
+    ctx: Pkcs11,
+    pool: Mutex<Vec<Conn>>,
+}
+
+impl std::fmt::Debug for Pkcs11Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Sealer")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pkcs11Sealer {
+    /// Opens the token, logs in, and finds (or creates) the sealing key. Fails with a
+    /// clear error when the module, the token, the PIN or the key is wrong.
+    pub fn open(opts: Pkcs11Options) -> Result<Self, Error> {
+        let ctx = context(&opts.module)?;
+        let sealer = Pkcs11Sealer {
+            opts,
+            ctx,
+            pool: Mutex::new(Vec::new()),
+        };
+        let conn = sealer.connect(true)?;
+        sealer.put_back(conn);
+        Ok(sealer)
+    }
+
+    fn hsm(&self, what: &str, e: &CkError) -> Error {
+        Error::Hsm(format!(
+            "token {:?}: {what}: {}",
+            self.opts.token_label,
+            short(e)
+        ))
+    }
+
+    /// A fresh logged-in session with the key found (created if `create` and absent).
+    fn connect(&self, create: bool) -> Result<Conn, Error> {
+        let label = &self.opts.token_label;
+        let slots = self
+            .ctx
+            .get_slots_with_token()
+            .map_err(|e| self.hsm("list slots", &e))?;
+        let slot = slots
+            .into_iter()
+            .find(|s| {
+                self.ctx
+                    .get_token_info(*s)
+                    .map(|i| i.label().trim_end() == label)
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| {
+                Error::Hsm(format!(
+                    "no token labelled {label:?} in module {}",
+                    self.opts.module.display()
+                ))
+            })?;
+        let session = self
+            .ctx
+            .open_rw_session(slot)
+            .map_err(|e| self.hsm("open session", &e))?;
+        match session.login(UserType::User, Some(&self.opts.pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(Error::Hsm(format!("token {label:?}: the PIN is incorrect")))
+            }
+            Err(e) => return Err(self.hsm("login", &e)),
+        }
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Label(self.opts.key_label.as_bytes().to_vec()),
+        ];
+        let found = session
+            .find_objects(&template)
+            .map_err(|e| self.hsm("find key", &e))?;
+        let key = match found.as_slice() {
+            [k] => *k,
+            [] if create => self.generate(&session)?,
+            [] => {
+                return Err(Error::Hsm(format!(
+                    "token {label:?}: no AES key labelled {:?}",
+                    self.opts.key_label
+                )))
+            }
+            _ => {
+                return Err(Error::Hsm(format!(
+                    "token {label:?}: {} keys labelled {:?}; expected one",
+                    found.len(),
+                    self.opts.key_label
+                )))
+            }
+        };
+        Ok(Conn { session, key })
+    }
+
+    fn generate(&self, session: &Session) -> Result<ObjectHandle, Error> {
+        let template = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::ValueLen(32.into()),
+            Attribute::Label(self.opts.key_label.as_bytes().to_vec()),
+        ];
+        session
+            .generate_key(&Mechanism::AesKeyGen, &template)
+            .map_err(|e| self.hsm("generate AES-256 key", &e))
+    }
+
+    fn take(&self) -> Result<Conn, Error> {
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => self.connect(false),
+        }
+    }
+
+    fn put_back(&self, c: Conn) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_IDLE {
+            pool.push(c);
+        }
+    }
+
+    /// Runs `op` on a pooled session; on a lost session or token, drops every pooled
+    /// session and retries once on a fresh one.
+    fn with_session<T>(
+        &self,
+        op: impl Fn(&Conn) -> Result<T, CkError>,
+    ) -> Result<Result<T, CkError>, Error> {
+        let conn = self.take()?;
+        match op(&conn) {
+            Err(e) if is_lost(&e) => {
+                drop(conn);
+                self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                let fresh = self.connect(false)?;
+                let r = op(&fresh);
+                if r.is_ok() {
+                    self.put_back(fresh);
+                }
+                Ok(r)
+            }
+            r => {
+                self.put_back(conn);
+                Ok(r)
+            }
+        }
+    }
+
+    /// Reads a key attribute (for tests and status): whether the sealing key is
+    /// sensitive and non-extractable.
+    pub fn key_is_protected(&self) -> Result<bool, Error> {
+        let attrs = self
+            .with_session(|c| {
+                c.session.get_attributes(
+                    c.key,
+                    &[AttributeType::Sensitive, AttributeType::Extractable],
+                )
+            })?
+            .map_err(|e| self.hsm("read key attributes", &e))?;
+        let mut sensitive = false;
+        let mut extractable = true;
+        for a in attrs {
+            match a {
+                Attribute::Sensitive(v) => sensitive = v,
+                Attribute::Extractable(v) => extractable = v,
+                _ => {}
+            }
+        }
+        Ok(sensitive && !extractable)
+    }
+}
+
+impl Sealer for Pkcs11Sealer {
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut iv = [0u8; IV_LEN];
+        OsRng.fill_bytes(&mut iv);
+        let ct = self
+            .with_session(|c| {
+                let mut iv = iv;
+                let params = GcmParams::new(&mut iv, aad, (TAG_LEN as u64 * 8).into())?;
+                c.session
+                    .encrypt(&Mechanism::AesGcm(params), c.key, plaintext)
+            })?
+            .map_err(|e| self.hsm("AES-GCM seal", &e))?;
+        let mut out = Vec::with_capacity(1 + IV_LEN + ct.len());
+        out.push(BLOB_VERSION);
+        out.extend_from_slice(&iv);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    fn unseal(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        if sealed.len() < 1 + IV_LEN + TAG_LEN || sealed[0] != BLOB_VERSION {
+            return Err(Error::Unseal);
+        }
+        let mut iv = [0u8; IV_LEN];
+        iv.copy_from_slice(&sealed[1..1 + IV_LEN]);
+        let body = &sealed[1 + IV_LEN..];
+        match self.with_session(|c| {
+            let mut iv = iv;
+            let params = GcmParams::new(&mut iv, aad, (TAG_LEN as u64 * 8).into())?;
+            c.session.decrypt(&Mechanism::AesGcm(params), c.key, body)
+        })? {
+            Ok(pt) => Ok(Zeroizing::new(pt)),
+            // A tag mismatch (tampered blob, wrong associated data, another key). The
+            // standard says CKR_ENCRYPTED_DATA_INVALID; SoftHSM2 answers
+            // CKR_GENERAL_ERROR from C_Decrypt once C_DecryptInit has succeeded. A token
+            // that is really failing fails the next seal with a clear error.
+            Err(CkError::Pkcs11(
+                RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::GeneralError,
+                cryptoki::context::Function::Decrypt,
+            )) => Err(Error::Unseal),
+            Err(e) => Err(self.hsm("AES-GCM unseal", &e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "PKCS#11 token {:?} (module {}), AES-256-GCM key {:?} inside the token",
+            self.opts.token_label,
+            self.opts.module.display(),
+            self.opts.key_label
+        )
+    }
+
+    fn is_insecure(&self) -> bool {
+        false
+    }
+}
