@@ -560,3 +560,41 @@ fn malformed_requests_get_invalid_argument_and_daemons_keep_serving() {
     // Everyone still serves.
     sign_and_verify(&c, "secp256k1-tr", &key, &pk, b"still here");
 }
+
+/// SoftHSM2 present? Under CI it must be (CI installs it): fail rather than skip.
+fn softhsm_available() -> bool {
+    let ok = std::path::Path::new("/usr/lib/softhsm/libsofthsm2.so").exists();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "CI must install softhsm2");
+        eprintln!("skipping: softhsm2 is not installed");
+    }
+    ok
+}
+
+#[test]
+fn softhsm_cluster_seals_shares_in_tokens_and_survives_restart() {
+    if !softhsm_available() {
+        return;
+    }
+    let mut c = Cluster::start_with("softhsm", 3, 2, &["--hsm", "softhsm"]);
+    let (secp, secp_pk) = create(&c, "secp256k1-tr");
+    let (ed, ed_pk) = create(&c, "ed25519");
+    sign_and_verify(&c, "secp256k1-tr", &secp, &secp_pk, b"sealed in a token");
+    sign_and_verify(&c, "ed25519", &ed, &ed_pk, b"sealed in a token");
+    for s in ["signer-1", "signer-2", "signer-3"] {
+        let log = c.log(s);
+        assert!(
+            log.contains("PKCS#11 token"),
+            "{s} does not seal with its token:\n{log}"
+        );
+        assert!(
+            !log.contains("INSECURE"),
+            "{s} warns about software sealing:\n{log}"
+        );
+        assert!(!c.dir.join(s).join("INSECURE-sealing.key").exists());
+    }
+    // Shares come back out of the tokens after a full restart.
+    c.restart_all();
+    sign_and_verify(&c, "secp256k1-tr", &secp, &secp_pk, b"after restart");
+    sign_and_verify(&c, "ed25519", &ed, &ed_pk, b"after restart");
+}

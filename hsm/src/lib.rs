@@ -193,6 +193,11 @@ pub enum SealerConfig {
         /// Or: the environment variable holding the user PIN.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pin_env: Option<String>,
+        /// Environment variables the module reads when it loads (SoftHSM2:
+        /// `SOFTHSM2_CONF`; Luna: `ChrystokiConfigurationPath`). The daemon sets them
+        /// at start, before any thread exists ([`SealerConfig::apply_module_env`]).
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        module_env: std::collections::BTreeMap<String, String>,
     },
 }
 
@@ -201,6 +206,16 @@ fn default_key_label() -> String {
 }
 
 impl SealerConfig {
+    /// Sets the module's environment variables (see `module_env`). Call it at process
+    /// start, before threads exist: the environment is process-wide.
+    pub fn apply_module_env(&self) {
+        if let SealerConfig::Pkcs11 { module_env, .. } = self {
+            for (k, v) in module_env {
+                std::env::set_var(k, v);
+            }
+        }
+    }
+
     /// Opens the backend.
     pub fn open(&self) -> Result<std::sync::Arc<dyn Sealer>, Error> {
         match self {
@@ -213,7 +228,15 @@ impl SealerConfig {
                 key_label,
                 pin_file,
                 pin_env,
+                module_env,
             } => {
+                for (k, v) in module_env {
+                    if std::env::var(k).ok().as_deref() != Some(v.as_str()) {
+                        return Err(Error::Config(format!(
+                            "module_env: {k} is not set to {v:?} in this process (apply_module_env must run at start)"
+                        )));
+                    }
+                }
                 let pin = match (pin_file, pin_env) {
                     (Some(f), None) => {
                         let text = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {

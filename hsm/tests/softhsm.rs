@@ -244,6 +244,7 @@ fn clear_errors_for_wrong_pin_token_and_config() {
         key_label: "custody-sealing-key".into(),
         pin_file: Some(pin_file.clone()),
         pin_env: None,
+        module_env: Default::default(),
     };
     let s = cfg.open().expect("open from config");
     let blob = s.seal(b"a", b"b").expect("seal");
@@ -254,6 +255,7 @@ fn clear_errors_for_wrong_pin_token_and_config() {
         key_label: "custody-sealing-key".into(),
         pin_file: None,
         pin_env: Some("CUSTODY_TEST_PIN".into()),
+        module_env: Default::default(),
     };
     assert_eq!(
         &by_env
@@ -269,6 +271,7 @@ fn clear_errors_for_wrong_pin_token_and_config() {
         key_label: "custody-sealing-key".into(),
         pin_file: Some(pin_file),
         pin_env: Some("CUSTODY_TEST_PIN".into()),
+        module_env: Default::default(),
     };
     assert!(matches!(both.open(), Err(Error::Config(_))));
     let text = toml::to_string(&cfg).expect("toml");
@@ -280,7 +283,17 @@ fn clear_errors_for_wrong_pin_token_and_config() {
         key_label: "k".into(),
         pin_file: None,
         pin_env: Some("CUSTODY_TEST_PIN".into()),
+        module_env: Default::default(),
     };
+    let unapplied = SealerConfig::Pkcs11 {
+        module: opts.module.clone(),
+        token_label: "seal-errors".into(),
+        key_label: "custody-sealing-key".into(),
+        pin_file: None,
+        pin_env: Some("CUSTODY_TEST_PIN".into()),
+        module_env: [("CUSTODY_TEST_NEVER_SET".to_string(), "x".to_string())].into(),
+    };
+    assert!(matches!(unapplied.open(), Err(Error::Config(_))));
     let e = missing.open().expect_err("missing module");
     assert!(e.to_string().contains("/nonexistent/libpkcs11.so"), "{e}");
 }

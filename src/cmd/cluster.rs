@@ -6,6 +6,8 @@
 //! DIR/pki/ca.pem, ca.key           the cluster CA (dev only: in production it stays offline)
 //! DIR/pki/<name>.pem, <name>.key   coordinator, signer-N, operator, auditor, payment-backend
 //! DIR/signer-N/signer.toml         each signer's config and data (sealed shares, identity)
+//! DIR/signer-N/softhsm/            with `--hsm softhsm`: the signer's own SoftHSM2 token
+//! DIR/signer-N/token.pin           and its user PIN (0600)
 //! DIR/coordinator/coordinator.toml the coordinator's config and data
 //! DIR/logs/<name>.log              daemon logs
 //! ```
@@ -26,7 +28,24 @@ pub struct ClusterFile {
     pub signers: u16,
     /// Default threshold of new keys.
     pub threshold: u16,
+    /// How the signers seal their secrets.
+    #[serde(default)]
+    pub hsm: Hsm,
 }
+
+/// How a development cluster's signers seal their secrets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hsm {
+    /// The INSECURE software sealer (a key file in each signer's directory).
+    #[default]
+    Software,
+    /// A SoftHSM2 token per signer, through PKCS#11 (needs `softhsm2`).
+    Softhsm,
+}
+
+/// Where Debian and Ubuntu install the SoftHSM2 module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// Paths inside a cluster directory.
 #[derive(Debug, Clone)]
@@ -100,10 +119,107 @@ fn write_toml<T: Serialize>(path: &Path, v: &T) -> Result<(), Error> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
+/// Runs `custody <daemon> --config CONFIG --print-identity` and parses the identity. A
+/// separate process, because a PKCS#11 module is configured by its environment once
+/// per process, and each signer has its own token.
+fn daemon_identity(daemon: &str, config: &Path) -> Result<custody_protocol::IdentityPublic, Error> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg(daemon)
+        .arg("--config")
+        .arg(config)
+        .arg("--print-identity")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(format!(
+            "{daemon} {}: creating its identity failed: {last}",
+            config.display()
+        )
+        .into());
+    }
+    let hex_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let bytes = hex::decode(&hex_id).map_err(|e| format!("{daemon} identity: {e}"))?;
+    Ok(custody_protocol::IdentityPublic::from_bytes(&bytes)
+        .map_err(|e| format!("{daemon} identity: {e}"))?)
+}
+
+/// Creates signer `name`'s SoftHSM2 token in `dir/softhsm` with a random user PIN in
+/// `dir/token.pin` (0600), and returns the sealer config that uses it.
+fn softhsm_token(dir: &Path, name: &str) -> Result<SealerConfig, Error> {
+    use rand_core::RngCore;
+    if !Path::new(SOFTHSM_MODULE).exists() {
+        return Err(format!(
+            "--hsm softhsm: {SOFTHSM_MODULE} is missing (apt-get install softhsm2)"
+        )
+        .into());
+    }
+    let tokens = dir.join("softhsm/tokens");
+    std::fs::create_dir_all(&tokens).map_err(|e| format!("{}: {e}", tokens.display()))?;
+    let conf = dir.join("softhsm/softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", conf.display()))?;
+    let random = || {
+        let mut b = [0u8; 16];
+        rand_core::OsRng.fill_bytes(&mut b);
+        hex::encode(b)
+    };
+    let (pin, so_pin) = (
+        zeroize::Zeroizing::new(random()),
+        zeroize::Zeroizing::new(random()),
+    );
+    let out = std::process::Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            name,
+            "--so-pin",
+            &so_pin,
+            "--pin",
+            &pin,
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!("--hsm softhsm: running softhsm2-util: {e} (apt-get install softhsm2)")
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "softhsm2-util --init-token {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    let pin_file = dir.join("token.pin");
+    custody_hsm::write_private(&pin_file, pin.as_bytes())
+        .map_err(|e| format!("{}: {e}", pin_file.display()))?;
+    Ok(SealerConfig::Pkcs11 {
+        module: SOFTHSM_MODULE.into(),
+        token_label: name.to_string(),
+        key_label: "custody-sealing-key".into(),
+        pin_file: Some(pin_file),
+        pin_env: None,
+        module_env: [("SOFTHSM2_CONF".to_string(), conf.display().to_string())].into(),
+    })
+}
+
 /// Creates a whole development cluster: CA, signer and coordinator identities and
-/// certificates, client certificates, and every config. Software sealing: development
-/// only.
-pub fn init(layout: &Layout, signers: u16, threshold: u16) -> Result<ClusterFile, Error> {
+/// certificates, client certificates, and every config. The CA key stays in the
+/// directory and, without `hsm`, secrets are sealed in software: development only.
+pub fn init(layout: &Layout, signers: u16, threshold: u16, hsm: Hsm) -> Result<ClusterFile, Error> {
     let pki = layout.pki();
     for d in [&layout.dir, &pki, &layout.logs()] {
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
@@ -120,14 +236,17 @@ pub fn init(layout: &Layout, signers: u16, threshold: u16) -> Result<ClusterFile
             listen,
             data_dir: dir.clone(),
             tls: layout.tls(&name),
-            sealer: SealerConfig::InsecureSoftware {
-                key_file: dir.join("INSECURE-sealing.key"),
+            sealer: match hsm {
+                Hsm::Software => SealerConfig::InsecureSoftware {
+                    key_file: dir.join("INSECURE-sealing.key"),
+                },
+                Hsm::Softhsm => softhsm_token(&dir, &name)?,
             },
             fault_injection: None,
         };
-        let identity = custody_signer::init_identity(&config)?;
-        ca.issue(&pki, &name, Role::Signer, Some(&identity))?;
         write_toml(&layout.signer_config(i), &config)?;
+        let identity = daemon_identity("signer", &layout.signer_config(i))?;
+        ca.issue(&pki, &name, Role::Signer, Some(&identity))?;
         endpoints.push(custody_coordinator::config::SignerEndpoint {
             name,
             endpoint: None,
@@ -149,9 +268,9 @@ pub fn init(layout: &Layout, signers: u16, threshold: u16) -> Result<ClusterFile
         timeouts: Default::default(),
     };
     config.check()?;
-    let identity = custody_coordinator::init_identity(&config)?;
-    ca.issue(&pki, "coordinator", Role::Coordinator, Some(&identity))?;
     write_toml(&layout.coordinator_config(), &config)?;
+    let identity = daemon_identity("coordinator", &layout.coordinator_config())?;
+    ca.issue(&pki, "coordinator", Role::Coordinator, Some(&identity))?;
     for (name, role) in [
         ("operator", Role::Operator),
         ("auditor", Role::Auditor),
@@ -159,7 +278,11 @@ pub fn init(layout: &Layout, signers: u16, threshold: u16) -> Result<ClusterFile
     ] {
         ca.issue(&pki, name, role, None)?;
     }
-    let file = ClusterFile { signers, threshold };
+    let file = ClusterFile {
+        signers,
+        threshold,
+        hsm,
+    };
     // Written last: its presence means the directory holds a complete cluster.
     write_toml(&layout.cluster_file(), &file)?;
     Ok(file)

@@ -18,6 +18,10 @@ pub struct DaemonArgs {
     /// never outlive it).
     #[arg(long)]
     pub stop_on_stdin_eof: bool,
+    /// Create (or load) the daemon's sealed identity, print its public keys (hex: the
+    /// Ed25519 key then the X25519 key) and exit, so the CA can certify it.
+    #[arg(long)]
+    pub print_identity: bool,
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (info).

@@ -29,6 +29,11 @@ pub struct Args {
     /// Default threshold t of new keys (first use only; default 3).
     #[arg(long)]
     threshold: Option<u16>,
+    /// How signers seal shares and identities (first use only): `software` (INSECURE,
+    /// a key file beside the data) or `softhsm` (a SoftHSM2 token per signer, through
+    /// PKCS#11; needs `apt-get install softhsm2`).
+    #[arg(long, value_enum)]
+    hsm: Option<cluster::Hsm>,
 }
 
 /// How long a daemon may take to start.
@@ -85,11 +90,16 @@ async fn run_async(a: Args) -> Result<(), Error> {
                 )
                 .into());
             }
+            let hsm = a.hsm.unwrap_or_default();
             eprintln!(
-                "custody dev: creating a development cluster in {} (INSECURE: software sealing, CA key on disk)",
-                dir.display()
+                "custody dev: creating a development cluster in {} ({}; CA key on disk)",
+                dir.display(),
+                match hsm {
+                    cluster::Hsm::Software => "INSECURE: software sealing",
+                    cluster::Hsm::Softhsm => "a SoftHSM2 token per signer",
+                }
             );
-            cluster::init(&layout, n, t)?
+            cluster::init(&layout, n, t, hsm)?
         }
     };
 
@@ -103,9 +113,13 @@ async fn run_async(a: Args) -> Result<(), Error> {
         }
     };
     println!(
-        "custody dev: cluster ready: coordinator {addr}, {} signers, threshold {}, dir {} (logs in {}; try: custody key create --cluster {} --suite secp256k1-tr)",
+        "custody dev: cluster ready: coordinator {addr}, {} signers, threshold {}, sealing {}, dir {} (logs in {}; try: custody key create --cluster {} --suite secp256k1-tr)",
         file.signers,
         file.threshold,
+        match file.hsm {
+            cluster::Hsm::Software => "INSECURE software",
+            cluster::Hsm::Softhsm => "SoftHSM2 (PKCS#11)",
+        },
         dir.display(),
         layout.logs().display(),
         dir.display()

@@ -6,6 +6,13 @@ use super::Error;
 pub fn run(a: DaemonArgs) -> Result<(), Error> {
     daemon::init_tracing();
     let config = custody_signer::Config::load(&a.config)?;
+    // Before any thread exists: the PKCS#11 module reads its environment when loaded.
+    config.sealer.apply_module_env();
+    if a.print_identity {
+        let id = custody_signer::init_identity(&config)?;
+        println!("{}", hex::encode(id.to_bytes()));
+        return Ok(());
+    }
     let rt = daemon::runtime()?;
     rt.block_on(custody_signer::run(
         config,

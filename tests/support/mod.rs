@@ -24,12 +24,17 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `custody dev` with `n` signers and threshold `t` in a fresh directory.
     pub fn start(name: &str, n: u16, t: u16) -> Cluster {
+        Self::start_with(name, n, t, &[])
+    }
+
+    /// Like [`Cluster::start`], with more `custody dev` arguments.
+    pub fn start_with(name: &str, n: u16, t: u16, extra: &[&str]) -> Cluster {
         let dir = std::env::temp_dir().join(format!("custody-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let dev = Self::spawn_dev(
-            &dir,
-            &["--signers", &n.to_string(), "--threshold", &t.to_string()],
-        );
+        let (n, t) = (n.to_string(), t.to_string());
+        let mut args = vec!["--signers", n.as_str(), "--threshold", t.as_str()];
+        args.extend_from_slice(extra);
+        let dev = Self::spawn_dev(&dir, &args);
         Cluster {
             dir,
             dev,
