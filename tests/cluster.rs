@@ -598,3 +598,32 @@ fn softhsm_cluster_seals_shares_in_tokens_and_survives_restart() {
     sign_and_verify(&c, "secp256k1-tr", &secp, &secp_pk, b"after restart");
     sign_and_verify(&c, "ed25519", &ed, &ed_pk, b"after restart");
 }
+
+#[test]
+fn daemons_run_hardened() {
+    let c = Cluster::start("hardened", 2, 2);
+    for daemon in ["signer-1", "signer-2", "coordinator"] {
+        let pid = c.pid(daemon);
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .expect("core limit");
+        let fields: Vec<&str> = core.split_whitespace().collect();
+        assert_eq!(&fields[4..6], ["0", "0"], "{daemon}: {core}");
+        let log = c.log(daemon);
+        assert!(log.contains("core_dumps_disabled=true"), "{daemon}:\n{log}");
+        // Memory is locked, or the log says clearly why not.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let locked_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmLck:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmLck");
+        assert!(
+            (locked_kb > 0 && log.contains("memory_locked=true"))
+                || log.contains("memory is not locked"),
+            "{daemon}: VmLck {locked_kb} kB\n{log}"
+        );
+    }
+}

@@ -119,3 +119,85 @@ pub async fn serve(
         .await
         .map_err(|e| StartError::Serve(e.to_string()))
 }
+
+/// What [`harden_process`] managed to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hardening {
+    /// Core dumps are off (`RLIMIT_CORE` 0 and not dumpable).
+    pub core_dumps_disabled: bool,
+    /// All current and future memory is locked (kept out of swap).
+    pub memory_locked: bool,
+    /// What could not be done, and what to change to allow it.
+    pub warnings: Vec<String>,
+}
+
+/// Hardening a process that holds secrets can do on Linux without a TEE: no core dumps
+/// (`RLIMIT_CORE` = 0 and `PR_SET_DUMPABLE` 0, which also stops same-user `ptrace` and
+/// reads of `/proc/PID/mem`), and memory locked out of swap (`mlockall`) where the
+/// process may lock all it uses: as root (`CAP_IPC_LOCK`) or with an unlimited
+/// `RLIMIT_MEMLOCK`. With a lower limit, locking future allocations would make them
+/// fail once the limit is reached, so memory is left unlocked with a warning instead.
+/// Call it at start, before secrets are loaded.
+pub fn harden_process() -> Hardening {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    let mut warnings = Vec::new();
+    let mut core_dumps_disabled = true;
+    if let Err(e) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        core_dumps_disabled = false;
+        warnings.push(format!("core dumps: cannot set RLIMIT_CORE to 0: {e}"));
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        core_dumps_disabled = false;
+        warnings.push(format!("core dumps: PR_SET_DUMPABLE failed: {e}"));
+    }
+    let may_lock_all = nix::unistd::Uid::effective().is_root()
+        || getrlimit(Resource::RLIMIT_MEMLOCK).is_ok_and(|(soft, hard)| {
+            soft == RLIM_INFINITY
+                || (hard == RLIM_INFINITY
+                    && setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok())
+        });
+    let mut memory_locked = false;
+    if may_lock_all {
+        use nix::sys::mman::{mlockall, MlockAllFlags};
+        // MCL_ONFAULT (Linux 4.4+; value 4, which nix does not name): lock pages as they
+        // are touched instead of faulting in every reserved mapping (thread stacks,
+        // allocator arenas) at once, which would pin hundreds of MiB per process.
+        const MCL_ONFAULT: i32 = 4;
+        let flags = MlockAllFlags::MCL_CURRENT
+            | MlockAllFlags::MCL_FUTURE
+            | MlockAllFlags::from_bits_retain(MCL_ONFAULT);
+        match mlockall(flags)
+            .or_else(|_| mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE))
+        {
+            Ok(()) => memory_locked = true,
+            Err(e) => warnings.push(format!(
+                "memory is not locked (secrets may reach swap): mlockall failed: {e}"
+            )),
+        }
+    } else {
+        warnings.push(
+            "memory is not locked (secrets may reach swap): RLIMIT_MEMLOCK is limited; run as root or with \
+             LimitMEMLOCK=infinity (systemd) / ulimit -l unlimited, or disable swap"
+                .to_string(),
+        );
+    }
+    Hardening {
+        core_dumps_disabled,
+        memory_locked,
+        warnings,
+    }
+}
+
+/// Applies [`harden_process`] and logs the outcome.
+pub fn harden_and_log(what: &str) -> Hardening {
+    let h = harden_process();
+    for w in &h.warnings {
+        tracing::warn!("{what}: {w}");
+    }
+    tracing::info!(
+        core_dumps_disabled = h.core_dumps_disabled,
+        memory_locked = h.memory_locked,
+        "{what}: process hardening"
+    );
+    h
+}

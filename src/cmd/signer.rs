@@ -13,6 +13,8 @@ pub fn run(a: DaemonArgs) -> Result<(), Error> {
         println!("{}", hex::encode(id.to_bytes()));
         return Ok(());
     }
+    // Before secrets are loaded and threads start.
+    custody_pki::server::harden_and_log("signer");
     let rt = daemon::runtime()?;
     rt.block_on(custody_signer::run(
         config,
