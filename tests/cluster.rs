@@ -592,6 +592,9 @@ fn softhsm_cluster_seals_shares_in_tokens_and_survives_restart() {
             "{s} warns about software sealing:\n{log}"
         );
         assert!(!c.dir.join(s).join("INSECURE-sealing.key").exists());
+        // The envelope-signing key is in the token; only the sealed X25519 key is on disk.
+        assert!(c.dir.join(s).join("identity-x25519.sealed").exists());
+        assert!(!c.dir.join(s).join("identity.sealed").exists());
     }
     // Shares come back out of the tokens after a full restart.
     c.restart_all();

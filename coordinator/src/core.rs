@@ -5,10 +5,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, RwLock};
 
+use custody_pki::server::SharedIdentity;
 use custody_protocol::sign::{Commitments, COORDINATOR};
 use custody_protocol::{
-    with_suite, EngineSuite, IdentityKey, IdentityPublic, ParticipantId, PublicKeySet, Roster,
-    Suite,
+    with_suite, EngineSuite, IdentityPublic, ParticipantId, PublicKeySet, Roster, Suite,
 };
 use tonic::Status;
 
@@ -19,10 +19,11 @@ use crate::StartError;
 
 /// Loads the coordinator's sealed identity from its data directory, creating it on
 /// first start.
-pub(crate) fn load_identity(config: &Config) -> Result<IdentityKey, StartError> {
+pub(crate) fn load_identity(config: &Config) -> Result<SharedIdentity, StartError> {
     let what = format!("coordinator {}", config.name);
     custody_pki::server::open_identity(
         &what,
+        &config.name,
         &config.data_dir,
         &config.sealer,
         &crate::identity_aad(&config.name),
@@ -33,7 +34,7 @@ pub(crate) fn load_identity(config: &Config) -> Result<IdentityKey, StartError> 
 /// Everything the services share.
 #[derive(Debug)]
 pub(crate) struct Core {
-    pub identity: IdentityKey,
+    pub identity: SharedIdentity,
     pub identity_public: IdentityPublic,
     pub ca_der: Vec<u8>,
     pub store: Store,

@@ -45,7 +45,6 @@ pub fn identity_aad(name: &str) -> Vec<u8> {
 /// Loads (or creates) the coordinator's identity and returns its public half, so an
 /// operator tool can have the CA certify it.
 pub fn init_identity(config: &Config) -> Result<custody_protocol::IdentityPublic, StartError> {
-    use custody_protocol::Identity;
     Ok(core::load_identity(config)?.public())
 }
 

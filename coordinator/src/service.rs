@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use custody_pki::Role;
 use custody_protocol::proto::custody_server::{Custody, CustodyServer};
 use custody_protocol::proto::*;
-use custody_protocol::{api, wire, Identity, Suite};
+use custody_protocol::{api, wire, Suite};
 use rand_core::{OsRng, RngCore};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};

@@ -258,7 +258,7 @@ pub(crate) async fn sign<C: EngineSuite>(
             from: COORDINATOR,
             to: None,
         };
-        let package_env = identity::signed(&core.identity, &header, &package)
+        let package_env = identity::signed(&*core.identity, &header, &package)
             .map_err(|e| Status::internal(format!("signing package: {e}")))?;
         let Some(shares) = on_quorum(&quorum, &mut tracker, key, |p, h| {
             let (core, key, env) = (core.clone(), key.clone(), package_env.clone());

@@ -15,7 +15,7 @@ mod pkcs11;
 
 use std::path::{Path, PathBuf};
 
-pub use pkcs11::{Pkcs11Options, Pkcs11Sealer};
+pub use pkcs11::{Pkcs11Options, Pkcs11Sealer, TokenIdentity};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -201,6 +201,15 @@ pub enum SealerConfig {
     },
 }
 
+/// An opened sealing backend, by kind.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The INSECURE software sealer.
+    Software(std::sync::Arc<dyn Sealer>),
+    /// A PKCS#11 token.
+    Pkcs11(std::sync::Arc<Pkcs11Sealer>),
+}
+
 fn default_key_label() -> String {
     "custody-sealing-key".into()
 }
@@ -218,9 +227,18 @@ impl SealerConfig {
 
     /// Opens the backend.
     pub fn open(&self) -> Result<std::sync::Arc<dyn Sealer>, Error> {
+        Ok(match self.open_backend()? {
+            Backend::Software(s) => s,
+            Backend::Pkcs11(s) => s,
+        })
+    }
+
+    /// Opens the backend, keeping its concrete kind (a PKCS#11 token can also hold the
+    /// daemon's identity signing key).
+    pub fn open_backend(&self) -> Result<Backend, Error> {
         match self {
-            SealerConfig::InsecureSoftware { key_file } => Ok(std::sync::Arc::new(
-                InsecureSoftwareSealer::open_or_create(key_file)?,
+            SealerConfig::InsecureSoftware { key_file } => Ok(Backend::Software(
+                std::sync::Arc::new(InsecureSoftwareSealer::open_or_create(key_file)?),
             )),
             SealerConfig::Pkcs11 {
                 module,
@@ -253,12 +271,14 @@ impl SealerConfig {
                         ))
                     }
                 };
-                Ok(std::sync::Arc::new(Pkcs11Sealer::open(Pkcs11Options {
-                    module: module.clone(),
-                    token_label: token_label.clone(),
-                    key_label: key_label.clone(),
-                    pin: pin.into(),
-                })?))
+                Ok(Backend::Pkcs11(std::sync::Arc::new(Pkcs11Sealer::open(
+                    Pkcs11Options {
+                        module: module.clone(),
+                        token_label: token_label.clone(),
+                        key_label: key_label.clone(),
+                        pin: pin.into(),
+                    },
+                )?)))
             }
         }
     }

@@ -28,6 +28,7 @@ use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::{Error, Sealer};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 
 const BLOB_VERSION: u8 = 2;
 const IV_LEN: usize = 12;
@@ -118,7 +119,12 @@ fn is_lost(e: &CkError) -> bool {
 struct Conn {
     session: Session,
     key: ObjectHandle,
+    /// Ed25519 private keys found in this session, by label.
+    signing_keys: HashMap<String, ObjectHandle>,
 }
+
+/// DER of the Ed25519 curve OID (1.3.101.112), as `CKA_EC_PARAMS`.
+const ED25519_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 
 /// Sealing by an AES-256 key inside a PKCS#11 token.
 ///
@@ -219,7 +225,11 @@ impl Pkcs11Sealer {
                 )))
             }
         };
-        Ok(Conn { session, key })
+        Ok(Conn {
+            session,
+            key,
+            signing_keys: HashMap::new(),
+        })
     }
 
     fn generate(&self, session: &Session) -> Result<ObjectHandle, Error> {
@@ -257,15 +267,15 @@ impl Pkcs11Sealer {
     /// session and retries once on a fresh one.
     fn with_session<T>(
         &self,
-        op: impl Fn(&Conn) -> Result<T, CkError>,
+        op: impl Fn(&mut Conn) -> Result<T, CkError>,
     ) -> Result<Result<T, CkError>, Error> {
-        let conn = self.take()?;
-        match op(&conn) {
+        let mut conn = self.take()?;
+        match op(&mut conn) {
             Err(e) if is_lost(&e) => {
                 drop(conn);
                 self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                let fresh = self.connect(false)?;
-                let r = op(&fresh);
+                let mut fresh = self.connect(false)?;
+                let r = op(&mut fresh);
                 if r.is_ok() {
                     self.put_back(fresh);
                 }
@@ -276,6 +286,92 @@ impl Pkcs11Sealer {
                 Ok(r)
             }
         }
+    }
+
+    /// The public key of the Ed25519 key pair labelled `label` in the token, generating
+    /// the pair there (private half sensitive, non-extractable) if it does not exist.
+    pub fn ed25519_key(&self, label: &str) -> Result<[u8; 32], Error> {
+        let found = self
+            .with_session(|c| find_ed25519(&c.session, label, ObjectClass::PUBLIC_KEY))?
+            .map_err(|e| self.hsm("find Ed25519 key", &e))?;
+        let public = match found {
+            Some(h) => h,
+            None => {
+                let public = [
+                    Attribute::Token(true),
+                    Attribute::Verify(true),
+                    Attribute::EcParams(ED25519_PARAMS.to_vec()),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ];
+                let private = [
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Sign(true),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ];
+                self.with_session(|c| {
+                    c.session
+                        .generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private)
+                })?
+                .map_err(|e| self.hsm("generate Ed25519 key pair", &e))?
+                .0
+            }
+        };
+        let attrs = self
+            .with_session(|c| c.session.get_attributes(public, &[AttributeType::EcPoint]))?
+            .map_err(|e| self.hsm("read Ed25519 public key", &e))?;
+        let point = attrs
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::EcPoint(p) => Some(p),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Hsm("Ed25519 public key without CKA_EC_POINT".into()))?;
+        // CKA_EC_POINT is the DER OCTET STRING `04 20 ‖ key` (some modules give the raw key).
+        let raw = match point.as_slice() {
+            [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
+            raw if raw.len() == 32 => raw,
+            _ => {
+                return Err(Error::Hsm(format!(
+                    "Ed25519 public key of {} bytes",
+                    point.len()
+                )))
+            }
+        };
+        let mut out = [0u8; 32];
+        out.copy_from_slice(raw);
+        Ok(out)
+    }
+
+    /// An Ed25519 (RFC 8032, pure) signature by the token's key labelled `label`.
+    pub fn sign_ed25519(&self, label: &str, msg: &[u8]) -> Result<[u8; 64], Error> {
+        let sig = self
+            .with_session(|c| {
+                let key = match c.signing_keys.get(label) {
+                    Some(k) => *k,
+                    None => {
+                        let k = find_ed25519(&c.session, label, ObjectClass::PRIVATE_KEY)?.ok_or(
+                            CkError::Pkcs11(
+                                RvError::KeyHandleInvalid,
+                                cryptoki::context::Function::FindObjects,
+                            ),
+                        )?;
+                        c.signing_keys.insert(label.to_string(), k);
+                        k
+                    }
+                };
+                c.session.sign(
+                    &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                    key,
+                    msg,
+                )
+            })?
+            .map_err(|e| self.hsm("Ed25519 sign", &e))?;
+        sig.as_slice()
+            .try_into()
+            .map_err(|_| Error::Hsm(format!("Ed25519 signature of {} bytes", sig.len())))
     }
 
     /// Reads a key attribute (for tests and status): whether the sealing key is
@@ -359,5 +455,88 @@ impl Sealer for Pkcs11Sealer {
 
     fn is_insecure(&self) -> bool {
         false
+    }
+}
+
+fn find_ed25519(
+    session: &Session,
+    label: &str,
+    class: ObjectClass,
+) -> Result<Option<ObjectHandle>, CkError> {
+    let template = [
+        Attribute::Class(class),
+        Attribute::KeyType(KeyType::EC_EDWARDS),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    Ok(session.find_objects(&template)?.into_iter().next())
+}
+
+/// A daemon identity whose Ed25519 envelope-signing key lives in a PKCS#11 token.
+///
+/// The X25519 key that opens round-2 messages is kept sealed by the same token (its
+/// AES key) and held in memory while the daemon runs: PKCS#11 modules offer X25519 key
+/// agreement unevenly, and HPKE needs the raw shared secret.
+///
+/// # Security
+/// The signing key is generated in the token, sensitive and non-extractable; every
+/// envelope is signed there. The opening key is zeroized on drop.
+pub struct TokenIdentity {
+    sealer: std::sync::Arc<Pkcs11Sealer>,
+    label: String,
+    verify: [u8; 32],
+    opening: custody_protocol::identity::OpeningKey,
+}
+
+impl std::fmt::Debug for TokenIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIdentity")
+            .field("label", &self.label)
+            .field("verify", &hex_short(&self.verify))
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex_short(b: &[u8]) -> String {
+    b.iter().take(8).map(|x| format!("{x:02x}")).collect()
+}
+
+impl TokenIdentity {
+    /// The identity labelled `label` in `sealer`'s token (its Ed25519 key pair created
+    /// there on first use), with `opening` as its X25519 key.
+    pub fn open(
+        sealer: std::sync::Arc<Pkcs11Sealer>,
+        label: &str,
+        opening: custody_protocol::identity::OpeningKey,
+    ) -> Result<Self, Error> {
+        let verify = sealer.ed25519_key(label)?;
+        Ok(TokenIdentity {
+            sealer,
+            label: label.to_string(),
+            verify,
+            opening,
+        })
+    }
+}
+
+impl custody_protocol::Identity for TokenIdentity {
+    fn public(&self) -> custody_protocol::IdentityPublic {
+        custody_protocol::IdentityPublic {
+            verify: self.verify,
+            encrypt: self.opening.public(),
+        }
+    }
+
+    fn sign_raw(&self, msg: &[u8]) -> Result<[u8; 64], custody_protocol::Error> {
+        self.sealer
+            .sign_ed25519(&self.label, msg)
+            .map_err(|e| custody_protocol::Error::IdentityUnavailable(e.to_string()))
+    }
+
+    fn open(
+        &self,
+        header: &custody_protocol::wire::Header,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, custody_protocol::Error> {
+        self.opening.open(header, sealed)
     }
 }

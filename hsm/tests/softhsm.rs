@@ -41,6 +41,7 @@ const TOKENS: &[&str] = &[
     "seal-concurrent",
     "seal-reconnect",
     "seal-errors",
+    "identity",
 ];
 
 /// One SoftHSM2 configuration and token directory for the whole test process.
@@ -296,4 +297,64 @@ fn clear_errors_for_wrong_pin_token_and_config() {
     assert!(matches!(unapplied.open(), Err(Error::Config(_))));
     let e = missing.open().expect_err("missing module");
     assert!(e.to_string().contains("/nonexistent/libpkcs11.so"), "{e}");
+}
+
+#[test]
+fn identity_signing_key_lives_in_the_token() {
+    use custody_protocol::identity::{open_envelope, seal_envelope, OpeningKey};
+    use custody_protocol::{Identity, ParticipantId, Roster};
+
+    let Some(opts) = token("identity") else {
+        return;
+    };
+    let sealer = Arc::new(Pkcs11Sealer::open(opts.clone()).expect("open"));
+    let opening = OpeningKey::from_secret_bytes(&[7; 32]);
+    let id = custody_hsm::TokenIdentity::open(sealer.clone(), "custody-identity/signer-1", opening)
+        .expect("identity");
+    let public = id.public();
+
+    // Signatures made in the token verify under RFC 8032 strict rules.
+    let msg = b"custody/v1/envelope\0hello";
+    let sig = id.sign_raw(msg).expect("sign");
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&public.verify).expect("key");
+    vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig))
+        .expect("valid signature");
+    assert!(vk
+        .verify_strict(b"other", &ed25519_dalek::Signature::from_bytes(&sig))
+        .is_err());
+
+    // Envelopes signed through the token open with the roster entry.
+    let header = custody_protocol::wire::Header {
+        suite: custody_protocol::Suite::Ed25519,
+        kind: custody_protocol::wire::Kind::DkgEcho,
+        session: custody_protocol::SessionId([1; 32]),
+        from: ParticipantId::new(1).expect("id"),
+        to: None,
+    };
+    let mut body = header.to_bytes();
+    body.extend_from_slice(&[9; 32]);
+    let env = seal_envelope(&id, &body).expect("envelope");
+    let mut roster = Roster::new();
+    roster.insert(ParticipantId::new(1).expect("id"), public);
+    assert_eq!(open_envelope(&roster, &env).expect("opens").body, &body[..]);
+
+    // The same label after a restart is the same key; the private half is not readable.
+    let again = custody_hsm::TokenIdentity::open(
+        sealer.clone(),
+        "custody-identity/signer-1",
+        OpeningKey::from_secret_bytes(&[7; 32]),
+    )
+    .expect("reopen");
+    assert_eq!(again.public(), public);
+    let other = custody_hsm::TokenIdentity::open(
+        sealer,
+        "custody-identity/signer-2",
+        OpeningKey::from_secret_bytes(&[8; 32]),
+    )
+    .expect("another identity");
+    assert_ne!(other.public().verify, public.verify);
+    assert!(
+        !format!("{id:?}").contains("0707"),
+        "the opening secret is not printed"
+    );
 }

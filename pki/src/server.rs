@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use custody_hsm::Sealer as _;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::{Server, ServerTlsConfig};
 
@@ -35,33 +36,67 @@ pub fn addr_file(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("listen-addr")
 }
 
+/// A daemon's identity, wherever its keys live.
+pub type SharedIdentity = std::sync::Arc<dyn custody_protocol::Identity + Send + Sync>;
+
 /// Creates `data_dir` if needed, opens the sealing backend (warning loudly when it is
-/// insecure) and loads the daemon's sealed identity from `data_dir/identity.sealed`,
-/// creating it on first start.
+/// insecure) and loads the daemon's identity, creating it on first start:
+/// - software sealer: both identity keys sealed in `data_dir/identity.sealed`;
+/// - PKCS#11: the Ed25519 signing key in the token, labelled `custody-identity/<name>`,
+///   and the X25519 opening key sealed by the token in `data_dir/identity-x25519.sealed`.
 pub fn open_identity(
     what: &str,
+    name: &str,
     data_dir: &Path,
     sealer: &custody_hsm::SealerConfig,
     aad: &[u8],
-) -> Result<
-    (
-        custody_protocol::IdentityKey,
-        std::sync::Arc<dyn custody_hsm::Sealer>,
-    ),
-    StartError,
-> {
+) -> Result<(SharedIdentity, std::sync::Arc<dyn custody_hsm::Sealer>), StartError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| StartError::Config(format!("{}: {e}", data_dir.display())))?;
-    let sealer = sealer
-        .open()
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    if sealer.is_insecure() {
-        tracing::warn!("{what} seals its secrets with the INSECURE software sealer: development only, NOT FOR PRODUCTION");
+    let cfg = |e: String| StartError::Config(e);
+    match sealer.open_backend().map_err(|e| cfg(e.to_string()))? {
+        custody_hsm::Backend::Software(sealer) => {
+            tracing::warn!("{what} seals its secrets with the INSECURE software sealer: development only, NOT FOR PRODUCTION");
+            let key = crate::load_or_create_identity(
+                &data_dir.join("identity.sealed"),
+                sealer.as_ref(),
+                aad,
+            )
+            .map_err(|e| cfg(e.to_string()))?;
+            Ok((std::sync::Arc::new(key), sealer))
+        }
+        custody_hsm::Backend::Pkcs11(token) => {
+            let mut x_aad = aad.to_vec();
+            x_aad.extend_from_slice(b"\0x25519");
+            let path = data_dir.join("identity-x25519.sealed");
+            let opening = if path.exists() {
+                let blob =
+                    std::fs::read(&path).map_err(|e| cfg(format!("{}: {e}", path.display())))?;
+                let secret = token
+                    .unseal(&x_aad, &blob)
+                    .map_err(|e| cfg(format!("{}: {e}", path.display())))?;
+                let bytes: [u8; 32] = secret[..]
+                    .try_into()
+                    .map_err(|_| cfg(format!("{}: wrong length", path.display())))?;
+                custody_protocol::identity::OpeningKey::from_secret_bytes(&bytes)
+            } else {
+                let key = custody_protocol::identity::OpeningKey::generate(&mut rand_core::OsRng);
+                let blob = token
+                    .seal(&x_aad, &key.to_secret_bytes()[..])
+                    .map_err(|e| cfg(e.to_string()))?;
+                custody_hsm::write_private(&path, &blob)
+                    .map_err(|e| cfg(format!("{}: {e}", path.display())))?;
+                key
+            };
+            let identity = custody_hsm::TokenIdentity::open(
+                token.clone(),
+                &format!("custody-identity/{name}"),
+                opening,
+            )
+            .map_err(|e| cfg(e.to_string()))?;
+            Ok((std::sync::Arc::new(identity), token))
+        }
     }
-    let key =
-        crate::load_or_create_identity(&data_dir.join("identity.sealed"), sealer.as_ref(), aad)
-            .map_err(|e| StartError::Config(e.to_string()))?;
-    Ok((key, sealer))
 }
 
 /// Binds `listen` (see [`crate::bind_reusing`]; the address goes to [`addr_file`]) and

@@ -280,7 +280,7 @@ fn begin<C: EngineSuite>(
         to: None,
     };
     let own_round1 = wire::encode(&header, &Round1Package(package))?;
-    let envelope = identity::seal_envelope(identity, &own_round1);
+    let envelope = identity::seal_envelope(identity, &own_round1)?;
     Ok((
         AwaitingRound1 {
             cfg,
@@ -439,7 +439,7 @@ impl<C: EngineSuite> AwaitingRound1<C> {
             to: None,
         };
         let own_echo = wire::encode(&echo_header, &Digests(vec![echo]))?;
-        let echo_env = identity::seal_envelope(identity, &own_echo);
+        let echo_env = identity::seal_envelope(identity, &own_echo)?;
         let mut sealed = BTreeMap::new();
         for p in cfg.others() {
             let share = shares

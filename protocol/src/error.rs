@@ -208,6 +208,9 @@ pub enum Error {
     /// HPKE failure when sealing (not caused by a peer).
     #[error("encryption failed: {0}")]
     Encryption(String),
+    /// Our own identity key could not sign (an HSM that is gone): not caused by a peer.
+    #[error("identity key unavailable: {0}")]
+    IdentityUnavailable(String),
 }
 
 impl Error {
@@ -236,7 +239,8 @@ impl Error {
             | Error::CommitmentMismatch
             | Error::InvalidSignature
             | Error::Frost(_)
-            | Error::Encryption(_) => Vec::new(),
+            | Error::Encryption(_)
+            | Error::IdentityUnavailable(_) => Vec::new(),
         }
     }
 

@@ -71,16 +71,93 @@ impl IdentityPublic {
 }
 
 /// A participant's long-term identity as the engine uses it: signs envelopes and opens
-/// sealed messages. [`IdentityKey`] implements it in software; an HSM- or TEE-held
-/// identity can implement it elsewhere.
-pub trait Identity {
+/// sealed messages. [`IdentityKey`] implements it in software; an HSM-held identity
+/// (the `hsm` crate's token identity) implements it with the signing key in the token.
+pub trait Identity: core::fmt::Debug {
     /// The public half.
     fn public(&self) -> IdentityPublic;
-    /// An Ed25519 signature over `msg` (already domain-separated by the caller).
-    fn sign_raw(&self, msg: &[u8]) -> [u8; 64];
+    /// An Ed25519 signature over `msg` (already domain-separated by the caller). Fails
+    /// only when the key is out of reach (an HSM that is gone), with
+    /// [`Error::IdentityUnavailable`].
+    fn sign_raw(&self, msg: &[u8]) -> Result<[u8; 64], Error>;
     /// Opens a sealed body addressed to us; `header` is the associated data. Errors name
     /// the sender (`header.from`).
     fn open(&self, header: &Header, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error>;
+}
+
+/// The X25519 secret to which peers seal round-2 messages (HPKE recipient side).
+///
+/// # Security
+/// Zeroized on drop, never printed. Persist it only sealed.
+pub struct OpeningKey {
+    secret: Zeroizing<[u8; 32]>,
+    public: [u8; 32],
+}
+
+impl core::fmt::Debug for OpeningKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OpeningKey")
+            .field("public", &hex::encode(self.public))
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl OpeningKey {
+    /// A fresh random key.
+    pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut secret[..]);
+        Self::from_secret_bytes(&secret)
+    }
+
+    /// The key with these 32 secret bytes (X25519 clamps any 32 bytes).
+    pub fn from_secret_bytes(secret: &[u8; 32]) -> Self {
+        let secret = Zeroizing::new(*secret);
+        let public: [u8; 32] = HpkeKem::sk_to_pk(&Self::hpke_secret(&secret))
+            .to_bytes()
+            .into();
+        OpeningKey { secret, public }
+    }
+
+    fn hpke_secret(bytes: &[u8; 32]) -> <HpkeKem as hpke::Kem>::PrivateKey {
+        // Invariant: X25519 accepts every 32-byte string as a secret (it clamps).
+        <HpkeKem as hpke::Kem>::PrivateKey::from_bytes(bytes)
+            .expect("any 32 bytes are an X25519 secret")
+    }
+
+    /// The public key peers encrypt to.
+    pub fn public(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// The secret bytes, for sealed storage.
+    pub fn to_secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(*self.secret)
+    }
+
+    /// Opens a sealed body addressed to us, `header` as associated data; a failure
+    /// names the sender (`header.from`).
+    pub fn open(&self, header: &Header, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let culprit = header.from;
+        if sealed.len() < ENCAPPED_LEN {
+            return Err(Error::DecryptionFailed { culprit });
+        }
+        let (enc, ct) = sealed.split_at(ENCAPPED_LEN);
+        let enc = <HpkeKem as hpke::Kem>::EncappedKey::from_bytes(enc)
+            .map_err(|_| Error::DecryptionFailed { culprit })?;
+        let sk = Self::hpke_secret(&self.secret);
+        let pt = hpke::single_shot_open::<HpkeAead, HpkeKdf, HpkeKem>(
+            &hpke::OpModeR::Base,
+            &sk,
+            &enc,
+            SEAL_INFO,
+            ct,
+            &header.to_bytes(),
+        )
+        .map_err(|_| Error::DecryptionFailed { culprit })?;
+        Ok(Zeroizing::new(pt))
+    }
 }
 
 /// A participant's long-term secret keys, held in software.
@@ -90,8 +167,7 @@ pub trait Identity {
 /// (see the `hsm` crate); [`IdentityKey::to_secret_bytes`] returns a zeroizing buffer.
 pub struct IdentityKey {
     signing: ed25519_dalek::SigningKey,
-    enc_secret: Zeroizing<[u8; 32]>,
-    enc_public: [u8; 32],
+    opening: OpeningKey,
 }
 
 impl core::fmt::Debug for IdentityKey {
@@ -119,28 +195,19 @@ impl IdentityKey {
         let mut seed = Zeroizing::new([0u8; 32]);
         seed.copy_from_slice(&secret[..32]);
         let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let mut enc_secret = Zeroizing::new([0u8; 32]);
-        enc_secret.copy_from_slice(&secret[32..]);
-        let enc_public = Self::hpke_secret(&enc_secret);
-        let enc_public: [u8; 32] = HpkeKem::sk_to_pk(&enc_public).to_bytes().into();
+        let mut enc = Zeroizing::new([0u8; 32]);
+        enc.copy_from_slice(&secret[32..]);
         IdentityKey {
             signing,
-            enc_secret,
-            enc_public,
+            opening: OpeningKey::from_secret_bytes(&enc),
         }
-    }
-
-    fn hpke_secret(bytes: &[u8; 32]) -> <HpkeKem as hpke::Kem>::PrivateKey {
-        // Invariant: X25519 accepts every 32-byte string as a secret (it clamps).
-        <HpkeKem as hpke::Kem>::PrivateKey::from_bytes(bytes)
-            .expect("any 32 bytes are an X25519 secret")
     }
 
     /// The 64 secret bytes, for sealed storage.
     pub fn to_secret_bytes(&self) -> Zeroizing<[u8; 64]> {
         let mut out = Zeroizing::new([0u8; 64]);
         out[..32].copy_from_slice(self.signing.as_bytes());
-        out[32..].copy_from_slice(&self.enc_secret[..]);
+        out[32..].copy_from_slice(&self.opening.secret[..]);
         out
     }
 }
@@ -149,33 +216,16 @@ impl Identity for IdentityKey {
     fn public(&self) -> IdentityPublic {
         IdentityPublic {
             verify: self.signing.verifying_key().to_bytes(),
-            encrypt: self.enc_public,
+            encrypt: self.opening.public,
         }
     }
 
-    fn sign_raw(&self, msg: &[u8]) -> [u8; 64] {
-        self.signing.sign(msg).to_bytes()
+    fn sign_raw(&self, msg: &[u8]) -> Result<[u8; 64], Error> {
+        Ok(self.signing.sign(msg).to_bytes())
     }
 
     fn open(&self, header: &Header, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let culprit = header.from;
-        if sealed.len() < ENCAPPED_LEN {
-            return Err(Error::DecryptionFailed { culprit });
-        }
-        let (enc, ct) = sealed.split_at(ENCAPPED_LEN);
-        let enc = <HpkeKem as hpke::Kem>::EncappedKey::from_bytes(enc)
-            .map_err(|_| Error::DecryptionFailed { culprit })?;
-        let sk = Self::hpke_secret(&self.enc_secret);
-        let pt = hpke::single_shot_open::<HpkeAead, HpkeKdf, HpkeKem>(
-            &hpke::OpModeR::Base,
-            &sk,
-            &enc,
-            SEAL_INFO,
-            ct,
-            &header.to_bytes(),
-        )
-        .map_err(|_| Error::DecryptionFailed { culprit })?;
-        Ok(Zeroizing::new(pt))
+        self.opening.open(header, sealed)
     }
 }
 
@@ -238,16 +288,16 @@ impl FromIterator<(ParticipantId, IdentityPublic)> for Roster {
 }
 
 /// Signs a complete wire message (`body`) into an envelope.
-pub fn seal_envelope(signer: &dyn Identity, body: &[u8]) -> Vec<u8> {
+pub fn seal_envelope(signer: &dyn Identity, body: &[u8]) -> Result<Vec<u8>, Error> {
     let mut msg = Vec::with_capacity(ENVELOPE_DOMAIN.len() + body.len());
     msg.extend_from_slice(ENVELOPE_DOMAIN);
     msg.extend_from_slice(body);
-    let sig = signer.sign_raw(&msg);
+    let sig = signer.sign_raw(&msg)?;
     let mut w = Writer::with_capacity(1 + 4 + body.len() + 64);
     w.u8(ENVELOPE_VERSION);
     w.var_bytes(body);
     w.bytes(&sig);
-    w.into_vec()
+    Ok(w.into_vec())
 }
 
 /// An envelope whose signature has been checked against the roster.
@@ -331,7 +381,7 @@ pub fn signed<B: wire::Body>(
     header: &Header,
     body: &B,
 ) -> Result<Vec<u8>, Error> {
-    Ok(seal_envelope(identity, &wire::encode(header, body)?))
+    seal_envelope(identity, &wire::encode(header, body)?)
 }
 
 /// Seals `plaintext` to `recipient` under `header` and signs the result into an
@@ -348,7 +398,7 @@ pub fn signed_sealed<R: RngCore + CryptoRng>(
     let mut w = Writer::with_capacity(wire::HEADER_LEN + sealed.len());
     header.encode(&mut w);
     w.bytes(&sealed);
-    Ok(seal_envelope(identity, &w.into_vec()))
+    seal_envelope(identity, &w.into_vec())
 }
 
 /// Opens an envelope from `from` that must carry a sealed message of `kind` in

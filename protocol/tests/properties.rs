@@ -177,7 +177,7 @@ proptest! {
                     let mut body = opened.body.to_vec();
                     let n = body.len();
                     flip(&mut body[n - 32..], at, bit);
-                    *m = seal_envelope(&parts.identities[&pid(who)], &body);
+                    *m = seal_envelope(&parts.identities[&pid(who)], &body).unwrap();
                 }
                 true
             });

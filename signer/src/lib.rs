@@ -27,7 +27,6 @@ pub use custody_pki::StartError;
 /// Loads (or creates) the signer's identity and returns its public half, so an operator
 /// tool can have the CA certify it.
 pub fn init_identity(config: &Config) -> Result<custody_protocol::IdentityPublic, StartError> {
-    use custody_protocol::Identity;
     Ok(service::open_identity(config)?.0.public())
 }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use custody_hsm::Sealer;
+use custody_pki::server::SharedIdentity;
 use custody_pki::Role;
 use custody_protocol::dkg::{self, DkgConfig, DKG_KINDS};
 use custody_protocol::proto::signer_server::{Signer, SignerServer};
@@ -14,8 +15,7 @@ use custody_protocol::proto::*;
 use custody_protocol::sign::{self, SigningPackage, COORDINATOR};
 use custody_protocol::wire::{self, Header, Kind};
 use custody_protocol::{
-    api, identity, with_suite, EngineSuite, Identity, IdentityKey, KeyShare, ParticipantId, Roster,
-    SessionId, Suite,
+    api, identity, with_suite, EngineSuite, KeyShare, ParticipantId, Roster, SessionId, Suite,
 };
 use rand_core::OsRng;
 use tonic::{Request, Response, Status};
@@ -60,7 +60,7 @@ struct Loaded {
 
 struct Inner {
     name: String,
-    identity: IdentityKey,
+    identity: SharedIdentity,
     cert_der: Vec<u8>,
     ca_der: Vec<u8>,
     sealer: Arc<dyn Sealer>,
@@ -112,10 +112,13 @@ impl NoncePool {
 struct SignerService(Arc<Inner>);
 
 /// Opens the sealer and the signer's sealed identity (created on first start).
-pub(crate) fn open_identity(config: &Config) -> Result<(IdentityKey, Arc<dyn Sealer>), StartError> {
+pub(crate) fn open_identity(
+    config: &Config,
+) -> Result<(SharedIdentity, Arc<dyn Sealer>), StartError> {
     let what = format!("signer {}", config.name);
     custody_pki::server::open_identity(
         &what,
+        &config.name,
         &config.data_dir,
         &config.sealer,
         &store::identity_aad(&config.name),
@@ -365,7 +368,7 @@ impl Signer for SignerService {
             me,
         };
         let (stage, round1) = with_suite!(suite, C => {
-            let (s, m) = dkg::start::<C, _>(cfg, &i.identity, &mut OsRng).map_err(|e| engine_status("dkg start", e))?;
+            let (s, m) = dkg::start::<C, _>(cfg, &*i.identity, &mut OsRng).map_err(|e| engine_status("dkg start", e))?;
             (Box::new(s) as Erased, m)
         });
         let mut dkg = i.dkg.lock().expect("lock");
@@ -406,7 +409,7 @@ impl Signer for SignerService {
             with_suite!(suite, C => {
                 let state = state.downcast::<dkg::AwaitingRound1<C>>().map_err(|_| Status::internal("state type"))?;
                 let (next, out) = state
-                    .receive(&i2.identity, &roster, custody_protocol::sim::labelled(&msgs), &mut OsRng)
+                    .receive(&*i2.identity, &roster, custody_protocol::sim::labelled(&msgs), &mut OsRng)
                     .map_err(|e| engine_status("dkg round 1", e))?;
                 Ok::<_, Status>((Box::new(next) as Erased, out))
             })
@@ -459,7 +462,7 @@ impl Signer for SignerService {
                 let state = state.downcast::<dkg::AwaitingRound2<C>>().map_err(|_| Status::internal("state type"))?;
                 let (share, confirm) = state
                     .finish(
-                        &i2.identity,
+                        &*i2.identity,
                         &roster2,
                         custody_protocol::sim::labelled(&echoes),
                         custody_protocol::sim::labelled(&shares),
@@ -664,7 +667,7 @@ fn sign_with<C: EngineSuite>(
         to: Some(COORDINATOR),
     };
     let env =
-        identity::signed(&i.identity, &header, &sig_share).map_err(|e| internal("encode", e))?;
+        identity::signed(&*i.identity, &header, &sig_share).map_err(|e| internal("encode", e))?;
     Ok(SignShareResponse { share: env })
 }
 
@@ -697,7 +700,7 @@ fn draw_commitments(
             from: share.id(),
             to: Some(COORDINATOR),
         };
-        let env = identity::signed(&i.identity, &header, &sign::CommitmentBatch(batch))
+        let env = identity::signed(&*i.identity, &header, &sign::CommitmentBatch(batch))
             .map_err(|e| internal("encode", e))?;
         Ok((env, fresh))
     })
