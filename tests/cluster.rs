@@ -596,10 +596,116 @@ fn softhsm_cluster_seals_shares_in_tokens_and_survives_restart() {
         assert!(c.dir.join(s).join("identity-x25519.sealed").exists());
         assert!(!c.dir.join(s).join("identity.sealed").exists());
     }
+    // Many concurrent signatures: every signer signs each envelope in its token.
+    let coord = c.coordinator_addr();
+    rt().block_on(async {
+        let ch = c.channel(&coord, Some("operator")).await.expect("channel");
+        let mut tasks = Vec::new();
+        for i in 0..48u32 {
+            let mut client = CustodyClient::new(ch.clone());
+            let (key, suite, pk) = if i % 2 == 0 {
+                (secp.clone(), "secp256k1-tr", secp_pk.clone())
+            } else {
+                (ed.clone(), "ed25519", ed_pk.clone())
+            };
+            tasks.push(tokio::spawn(async move {
+                let msg = format!("concurrent {i}").into_bytes();
+                let r = client
+                    .sign(SignRequest {
+                        key_id: key,
+                        message: msg.clone(),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .expect("sign")
+                    .into_inner();
+                assert!(verify_independently(suite, &pk, &msg, &r.signature));
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+    });
+
+    // A copy of signer-1's data directory, given another token (signer-2's, with its
+    // PIN), opens nothing: the signer refuses to start.
+    let thief = c.dir.join("thief");
+    std::fs::create_dir_all(&thief).expect("dir");
+    std::fs::copy(
+        c.dir.join("signer-1/identity-x25519.sealed"),
+        thief.join("identity-x25519.sealed"),
+    )
+    .expect("copy");
+    let text = std::fs::read_to_string(c.dir.join("signer-1/signer.toml")).expect("config");
+    let stolen = text
+        .replace(
+            &c.dir.join("signer-1").display().to_string(),
+            &thief.display().to_string(),
+        )
+        .replace("token_label = \"signer-1\"", "token_label = \"signer-2\"")
+        .replace(
+            &format!("{}/token.pin", thief.display()),
+            &c.dir.join("signer-2/token.pin").display().to_string(),
+        )
+        .replace(
+            &format!("{}/softhsm", thief.display()),
+            &c.dir.join("signer-2/softhsm").display().to_string(),
+        );
+    assert!(stolen.contains("token_label = \"signer-2\""), "{stolen}");
+    std::fs::write(thief.join("signer.toml"), &stolen).expect("config");
+    let err = run_expecting_failure(&thief.join("signer.toml"));
+    assert!(err.contains("rejected"), "{err}");
+
+    // A wrong PIN fails at start with a clear message.
+    c.kill("signer-3");
+    let pin_file = c.dir.join("signer-3/token.pin");
+    let pin = std::fs::read(&pin_file).expect("pin");
+    std::fs::write(&pin_file, b"not-the-pin").expect("pin");
+    let err = run_expecting_failure(&c.dir.join("signer-3/signer.toml"));
+    assert!(err.contains("PIN is incorrect"), "{err}");
+    std::fs::write(&pin_file, pin).expect("pin");
+    c.restart("signer-3");
+
     // Shares come back out of the tokens after a full restart.
     c.restart_all();
     sign_and_verify(&c, "secp256k1-tr", &secp, &secp_pk, b"after restart");
     sign_and_verify(&c, "ed25519", &ed, &ed_pk, b"after restart");
+}
+
+/// Runs `custody signer --config CONFIG`, which must exit with an error within 60 s;
+/// returns its standard error.
+fn run_expecting_failure(config: &std::path::Path) -> String {
+    let mut child = std::process::Command::new(support::BIN)
+        .arg("signer")
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start signer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(
+                !status.success(),
+                "the signer started with {}",
+                config.display()
+            );
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+                .expect("read");
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "the signer with {} neither started nor failed",
+                config.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

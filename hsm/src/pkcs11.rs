@@ -60,30 +60,54 @@ impl std::fmt::Debug for Pkcs11Options {
     }
 }
 
-/// One module is initialized once per process; every sealer on it shares the context.
-fn context(module: &Path) -> Result<Pkcs11, Error> {
-    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
-    let mut map = CONTEXTS
-        .get_or_init(|| Mutex::new(HashMap::new()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = map.get(module) {
-        return Ok(c.clone());
-    }
+/// Each module is initialized once per process and shared by every sealer on it; the
+/// generation counts re-initializations (see [`reinitialize`]).
+type Contexts = Mutex<HashMap<PathBuf, (u64, Pkcs11)>>;
+
+fn contexts() -> &'static Contexts {
+    static CONTEXTS: OnceLock<Contexts> = OnceLock::new();
+    CONTEXTS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn load(module: &Path) -> Result<Pkcs11, Error> {
     let ctx = Pkcs11::new(module)
         .map_err(|e| Error::Hsm(format!("PKCS#11 module {}: {e}", module.display())))?;
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => {
-            return Err(Error::Hsm(format!(
-                "PKCS#11 module {}: initialize: {}",
-                module.display(),
-                short(&e)
-            )))
-        }
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(ctx),
+        Err(e) => Err(Error::Hsm(format!(
+            "PKCS#11 module {}: initialize: {}",
+            module.display(),
+            short(&e)
+        ))),
     }
-    map.insert(module.to_path_buf(), ctx.clone());
-    Ok(ctx)
+}
+
+/// The module's current context and its generation.
+fn context(module: &Path) -> Result<(u64, Pkcs11), Error> {
+    let mut map = contexts().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = map.get(module) {
+        return Ok(c.clone());
+    }
+    let ctx = load(module)?;
+    map.insert(module.to_path_buf(), (0, ctx.clone()));
+    Ok((0, ctx))
+}
+
+/// Finalizes and re-initializes the module, unless someone already did since
+/// generation `seen`: some modules (SoftHSM2 among them) only enumerate their tokens at
+/// initialization, so a token that went away and came back is found only this way.
+/// Sessions of the old context fail from then on and are replaced by their owners.
+fn reinitialize(module: &Path, seen: u64) -> Result<(u64, Pkcs11), Error> {
+    let mut map = contexts().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((generation, ctx)) = map.get(module) {
+        if *generation != seen {
+            return Ok((*generation, ctx.clone()));
+        }
+        let _ = ctx.clone().finalize();
+    }
+    let ctx = load(module)?;
+    map.insert(module.to_path_buf(), (seen + 1, ctx.clone()));
+    Ok((seen + 1, ctx))
 }
 
 /// A PKCS#11 error in one line (cryptoki's own messages quote the whole standard).
@@ -133,7 +157,6 @@ const ED25519_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 /// ever used there. The PIN is held in a `SecretString` and never printed.
 pub struct Pkcs11Sealer {
     opts: Pkcs11Options,
-    ctx: Pkcs11,
     pool: Mutex<Vec<Conn>>,
 }
 
@@ -149,13 +172,11 @@ impl Pkcs11Sealer {
     /// Opens the token, logs in, and finds (or creates) the sealing key. Fails with a
     /// clear error when the module, the token, the PIN or the key is wrong.
     pub fn open(opts: Pkcs11Options) -> Result<Self, Error> {
-        let ctx = context(&opts.module)?;
         let sealer = Pkcs11Sealer {
             opts,
-            ctx,
             pool: Mutex::new(Vec::new()),
         };
-        let conn = sealer.connect(true)?;
+        let conn = sealer.connect(true, false)?;
         sealer.put_back(conn);
         Ok(sealer)
     }
@@ -169,28 +190,33 @@ impl Pkcs11Sealer {
     }
 
     /// A fresh logged-in session with the key found (created if `create` and absent).
-    fn connect(&self, create: bool) -> Result<Conn, Error> {
+    /// With `rescan`, a token that is not found makes the module re-initialize once (it
+    /// may have come back since the module last enumerated its tokens).
+    fn connect(&self, create: bool, rescan: bool) -> Result<Conn, Error> {
         let label = &self.opts.token_label;
-        let slots = self
-            .ctx
-            .get_slots_with_token()
-            .map_err(|e| self.hsm("list slots", &e))?;
-        let slot = slots
-            .into_iter()
-            .find(|s| {
-                self.ctx
-                    .get_token_info(*s)
+        let find = |ctx: &Pkcs11| -> Option<cryptoki::slot::Slot> {
+            ctx.get_slots_with_token().ok()?.into_iter().find(|s| {
+                ctx.get_token_info(*s)
                     .map(|i| i.label().trim_end() == label)
                     .unwrap_or(false)
             })
-            .ok_or_else(|| {
-                Error::Hsm(format!(
-                    "no token labelled {label:?} in module {}",
-                    self.opts.module.display()
-                ))
-            })?;
-        let session = self
-            .ctx
+        };
+        let (generation, mut ctx) = context(&self.opts.module)?;
+        let mut slot = find(&ctx);
+        if slot.is_none() && rescan {
+            // The token may have come back after the module last looked.
+            ctx = reinitialize(&self.opts.module, generation)
+                .map_err(|e| Error::Hsm(format!("no token labelled {label:?} ({e})")))?
+                .1;
+            slot = find(&ctx);
+        }
+        let slot = slot.ok_or_else(|| {
+            Error::Hsm(format!(
+                "no token labelled {label:?} in module {}",
+                self.opts.module.display()
+            ))
+        })?;
+        let session = ctx
             .open_rw_session(slot)
             .map_err(|e| self.hsm("open session", &e))?;
         match session.login(UserType::User, Some(&self.opts.pin)) {
@@ -252,7 +278,7 @@ impl Pkcs11Sealer {
         let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match pooled {
             Some(c) => Ok(c),
-            None => self.connect(false),
+            None => self.connect(false, true),
         }
     }
 
@@ -274,7 +300,7 @@ impl Pkcs11Sealer {
             Err(e) if is_lost(&e) => {
                 drop(conn);
                 self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                let mut fresh = self.connect(false)?;
+                let mut fresh = self.connect(false, true)?;
                 let r = op(&mut fresh);
                 if r.is_ok() {
                     self.put_back(fresh);

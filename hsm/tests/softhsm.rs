@@ -3,37 +3,15 @@
 //! Needs `softhsm2` (`apt-get install softhsm2`). Without it the tests fail when `CI`
 //! is set (CI installs it) and are skipped with a message otherwise.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use custody_hsm::{Error, Pkcs11Options, Pkcs11Sealer, Sealer, SealerConfig};
+use custody_hsm::{Error, Pkcs11Sealer, Sealer, SealerConfig};
 
-const SO_PIN: &str = "0000-so";
-const PIN: &str = "1234-user";
+mod common;
 
-fn module() -> Option<PathBuf> {
-    let m = std::env::var_os("CUSTODY_PKCS11_MODULE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
-    if m.exists() {
-        return Some(m);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "PKCS#11 module {} is missing: CI must install softhsm2",
-            m.display()
-        );
-    }
-    eprintln!(
-        "skipping: PKCS#11 module {} not installed (apt-get install softhsm2)",
-        m.display()
-    );
-    None
-}
+use common::{module, softhsm, token, PIN};
 
-/// Every token the tests use. SoftHSM2 reads its configuration and finds its tokens
-/// when the module is initialized, once per process: all are created up front.
+/// Every token these tests use (created before the module is initialized).
 const TOKENS: &[&str] = &[
     "seal-basic",
     "seal-a",
@@ -43,62 +21,6 @@ const TOKENS: &[&str] = &[
     "seal-errors",
     "identity",
 ];
-
-/// One SoftHSM2 configuration and token directory for the whole test process.
-fn softhsm() -> Option<&'static PathBuf> {
-    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        module()?;
-        let dir = std::env::temp_dir().join(format!("custody-softhsm-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("tokens")).expect("token dir");
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                dir.join("tokens").display()
-            ),
-        )
-        .expect("conf");
-        std::env::set_var("SOFTHSM2_CONF", &conf);
-        for label in TOKENS {
-            let out = Command::new("softhsm2-util")
-                .args([
-                    "--init-token",
-                    "--free",
-                    "--label",
-                    label,
-                    "--so-pin",
-                    SO_PIN,
-                    "--pin",
-                    PIN,
-                ])
-                .env("SOFTHSM2_CONF", &conf)
-                .output()
-                .expect("softhsm2-util");
-            assert!(
-                out.status.success(),
-                "init token {label}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Some(dir)
-    })
-    .as_ref()
-}
-
-/// The options of the test token `label` (one of [`TOKENS`]).
-fn token(label: &str) -> Option<Pkcs11Options> {
-    assert!(TOKENS.contains(&label), "add {label} to TOKENS");
-    softhsm()?;
-    Some(Pkcs11Options {
-        module: module()?,
-        token_label: label.to_string(),
-        key_label: "custody-sealing-key".into(),
-        pin: PIN.to_string().into(),
-    })
-}
 
 #[test]
 fn seals_inside_the_token_and_binds_associated_data() {
