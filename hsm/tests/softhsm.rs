@@ -9,7 +9,7 @@ use custody_hsm::{Error, Pkcs11Sealer, Sealer, SealerConfig};
 
 mod common;
 
-use common::{module, softhsm, token, PIN};
+use common::{softhsm, token, PIN};
 
 /// Every token these tests use (created before the module is initialized).
 const TOKENS: &[&str] = &[
