@@ -138,74 +138,106 @@ async fn throughput(
     done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// Latency, throughput and the gRPC floor of one cluster, for one suite.
+struct Row {
+    p50: Duration,
+    p99: Duration,
+    tput: Vec<(usize, f64)>,
+    rpc_floor: Duration,
+}
+
+fn measure(
+    cluster: &support::Cluster,
+    rt: &tokio::runtime::Runtime,
+    suite: &str,
+    samples: usize,
+    secs: u64,
+) -> Row {
+    rt.block_on(async {
+        let ch = cluster
+            .channel(&cluster.coordinator_addr(), Some("operator"))
+            .await
+            .expect("connect");
+        let mut client = CustodyClient::new(ch);
+        let key = client
+            .create_key(CreateKeyRequest {
+                suite: suite.into(),
+                threshold: 3,
+                ..Default::default()
+            })
+            .await
+            .expect("create key")
+            .into_inner()
+            .key_id;
+        // Warm up: connections, commitment pools.
+        for i in 0..200 {
+            client
+                .sign(SignRequest {
+                    key_id: key.clone(),
+                    message: vec![i as u8],
+                    request_id: String::new(),
+                })
+                .await
+                .expect("warm-up sign");
+        }
+        // Transport floor: a trivial call to the coordinator.
+        let mut floor = Vec::new();
+        for _ in 0..300 {
+            let t0 = Instant::now();
+            client
+                .get_key(custody_protocol::proto::GetKeyRequest {
+                    key_id: key.clone(),
+                })
+                .await
+                .expect("get key");
+            floor.push(t0.elapsed());
+        }
+        floor.sort();
+        let rpc_floor = percentile(&floor, 0.5);
+        let (p50, p99) = latency(&client, &key, samples).await;
+        let mut tput = Vec::new();
+        for c in [1usize, 16, 64] {
+            tput.push((c, throughput(&client, &key, c, secs).await));
+        }
+        Row {
+            p50,
+            p99,
+            tput,
+            rpc_floor,
+        }
+    })
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument selects nothing here.
     let secs = env("CUSTODY_BENCH_SECS", 5);
     let samples = env("CUSTODY_BENCH_SAMPLES", 1000) as usize;
-
-    let cluster = support::Cluster::start("bench", 5, 3);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    let mut rows = Vec::new();
-    for suite in ["secp256k1-tr", "ed25519"] {
-        let base = match suite {
-            "secp256k1-tr" => baseline::<Secp>(300),
-            _ => baseline::<Ed>(300),
-        };
-        let row = rt.block_on(async {
-            let ch = cluster
-                .channel(&cluster.coordinator_addr(), Some("operator"))
-                .await
-                .expect("connect");
-            let mut client = CustodyClient::new(ch);
-            let key = client
-                .create_key(CreateKeyRequest {
-                    suite: suite.into(),
-                    threshold: 3,
-                    ..Default::default()
-                })
-                .await
-                .expect("create key")
-                .into_inner()
-                .key_id;
-            // Warm up: connections, commitment pools.
-            for i in 0..200 {
-                client
-                    .sign(SignRequest {
-                        key_id: key.clone(),
-                        message: vec![i as u8],
-                        request_id: String::new(),
-                    })
-                    .await
-                    .expect("warm-up sign");
-            }
-            // Transport floor: a trivial call to the coordinator, and one to a signer.
-            let mut floor = Vec::new();
-            for _ in 0..300 {
-                let t0 = Instant::now();
-                client
-                    .get_key(custody_protocol::proto::GetKeyRequest {
-                        key_id: key.clone(),
-                    })
-                    .await
-                    .expect("get key");
-                floor.push(t0.elapsed());
-            }
-            floor.sort();
-            let rpc_floor = percentile(&floor, 0.5);
-            let (p50, p99) = latency(&client, &key, samples).await;
-            let mut tput = Vec::new();
-            for c in [1usize, 16, 64] {
-                tput.push((c, throughput(&client, &key, c, secs).await));
-            }
-            (p50, p99, tput, rpc_floor)
-        });
-        rows.push((suite, base, row));
+    let suites = ["secp256k1-tr", "ed25519"];
+    let baselines = [baseline::<Secp>(300), baseline::<Ed>(300)];
+    let mut sealings = vec!["software"];
+    if std::path::Path::new("/usr/lib/softhsm/libsofthsm2.so").exists() {
+        sealings.push("softhsm");
+    } else {
+        eprintln!("softhsm2 not installed: measuring software-sealed signers only");
     }
-    drop(cluster);
+    let mut rows = Vec::new();
+    for sealing in sealings {
+        let cluster =
+            support::Cluster::start_with(&format!("bench-{sealing}"), 5, 3, &["--hsm", sealing]);
+        for (suite, base) in suites.iter().zip(baselines) {
+            rows.push((
+                sealing,
+                *suite,
+                base,
+                measure(&cluster, &rt, suite, samples, secs),
+            ));
+        }
+    }
 
     println!(
         "\nDistributed hot signing, 3-of-5, mTLS gRPC on loopback (custody dev, release build)"
@@ -213,22 +245,22 @@ fn main() {
     println!(
         "samples: {samples} sequential signatures for latency; {secs} s per throughput level\n"
     );
-    println!("| suite | in-process serial signature | gRPC floor (GetKey p50) | p50 | p99 | p50 / serial | 1 client | 16 clients | 64 clients | crypto alone on 2 cores (2 / serial) | 64 clients / crypto alone |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for (suite, base, (p50, p99, tput, rpc_floor)) in rows {
+    println!("| signers seal with | suite | in-process serial signature | gRPC floor (GetKey p50) | p50 | p99 | p50 / serial | 1 client | 16 clients | 64 clients | crypto alone on 2 cores (2 / serial) | 64 clients / crypto alone |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (sealing, suite, base, r) in rows {
         let crypto = 2.0 / base.as_secs_f64();
         println!(
-            "| {suite} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}× | {:.0}/s | {:.0}/s | {:.0}/s | {:.0}/s | {:.0}% |",
+            "| {sealing} | {suite} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}× | {:.0}/s | {:.0}/s | {:.0}/s | {:.0}/s | {:.0}% |",
             ms(base),
-            ms(rpc_floor),
-            ms(p50),
-            ms(p99),
-            p50.as_secs_f64() / base.as_secs_f64(),
-            tput[0].1,
-            tput[1].1,
-            tput[2].1,
+            ms(r.rpc_floor),
+            ms(r.p50),
+            ms(r.p99),
+            r.p50.as_secs_f64() / base.as_secs_f64(),
+            r.tput[0].1,
+            r.tput[1].1,
+            r.tput[2].1,
             crypto,
-            100.0 * tput[2].1 / crypto
+            100.0 * r.tput[2].1 / crypto
         );
     }
 }
