@@ -118,6 +118,12 @@ impl Config {
             }
         }
         let n = self.signers.len();
+        if n > custody_protocol::wire::MAX_PARTICIPANTS {
+            return Err(format!(
+                "signers: {n} configured, at most {} allowed",
+                custody_protocol::wire::MAX_PARTICIPANTS
+            ));
+        }
         if self.default_threshold < 2 || self.default_threshold as usize > n {
             return Err(format!(
                 "default_threshold {}: need 2 <= t <= {n} (the number of signers)",

@@ -152,23 +152,13 @@ fn relayed(from: ParticipantId, to: ParticipantId, envelope: &[u8]) -> Relayed {
     }
 }
 
-/// Fetches and checks the certificates of `signers`: each must be issued by the
+/// Fetches and checks the certificates of the participants: each must be issued by the
 /// cluster CA, say `signer`, carry the signer's name and an identity.
-pub(crate) async fn identities(
+async fn identities(
     core: &Arc<Core>,
-    signers: &[Arc<SignerHandle>],
+    parts: &[(ParticipantId, Arc<SignerHandle>)],
 ) -> Result<Vec<(Vec<u8>, IdentityPublic)>, Status> {
-    let parts: Vec<_> = signers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            (
-                ParticipantId::new(i as u16 + 1).expect("non-zero"),
-                h.clone(),
-            )
-        })
-        .collect();
-    let answers = on_all(core, &parts, "identity", |_, mut c| async move {
+    let answers = on_all(core, parts, "identity", |_, mut c| async move {
         c.identity(IdentityRequest {}).await
     })
     .await?;
@@ -194,7 +184,8 @@ pub(crate) async fn identities(
 
 /// Runs a DKG for `spec` and records the key.
 pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMeta, Status> {
-    let ids = identities(core, &spec.signers).await?;
+    // Invariant: `Config::check` allows at most MAX_PARTICIPANTS (1024) signers, so
+    // i + 1 fits in a u16 and is non-zero.
     let parts: Vec<(ParticipantId, Arc<SignerHandle>)> = spec
         .signers
         .iter()
@@ -206,6 +197,7 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
             )
         })
         .collect();
+    let ids = identities(core, &parts).await?;
     let mut roster = Roster::new();
     for ((p, _), (_, id)) in parts.iter().zip(&ids) {
         roster.insert(*p, *id);

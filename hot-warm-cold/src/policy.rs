@@ -1,0 +1,143 @@
+//! Tiers and per-key policy: plain data, checked by [`crate::decide`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// How a key is kept and what a signature needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    /// Signers online; requests signed automatically within limits and allowlists.
+    Hot,
+    /// Signers online; every request needs k-of-m approvals and waits out a time lock.
+    Warm,
+    /// Signers air-gapped; requests and responses travel as signed files.
+    Cold,
+}
+
+impl Tier {
+    /// The name used in configs and APIs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Hot => "hot",
+            Tier::Warm => "warm",
+            Tier::Cold => "cold",
+        }
+    }
+}
+
+impl std::str::FromStr for Tier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hot" => Ok(Tier::Hot),
+            "warm" => Ok(Tier::Warm),
+            "cold" => Ok(Tier::Cold),
+            other => Err(format!(
+                "unknown tier {other:?}: expected hot, warm or cold"
+            )),
+        }
+    }
+}
+
+/// Limits on one asset, in its minor units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetLimits {
+    /// Largest single transfer.
+    pub per_request: u128,
+    /// Largest total of transfers signed within any `window_secs` window.
+    pub per_window: u128,
+    /// The rolling window, seconds (at least 1).
+    pub window_secs: u64,
+}
+
+/// k distinct approvals from a named set of Ed25519 approver keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRule {
+    /// How many distinct approvers must sign.
+    pub required: u16,
+    /// The approvers' Ed25519 public keys (32 bytes each, hex in configs).
+    pub approvers: BTreeSet<[u8; 32]>,
+}
+
+/// What a key may sign.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// The tier.
+    pub tier: Tier,
+    /// Limits per asset; a transfer of an asset not listed is refused.
+    pub assets: BTreeMap<String, AssetLimits>,
+    /// Destinations allowed; `None` allows any (hot keys for development only).
+    pub allowlist: Option<BTreeSet<String>>,
+    /// Whether raw messages (not structured transfers) may be signed at all.
+    pub allow_raw: bool,
+    /// Approvals needed (required for warm and cold keys).
+    pub approvals: Option<ApprovalRule>,
+    /// Seconds a request must wait after the signer first saw it.
+    pub time_lock_secs: u64,
+    /// Largest key age in seconds; older keys refuse to sign (rotate them).
+    pub max_age_secs: Option<u64>,
+    /// Largest number of signatures; past it the key refuses (rotate or refresh it).
+    pub max_signatures: Option<u64>,
+}
+
+/// Why a policy is not coherent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A warm or cold key without an approval rule.
+    #[error("{0} keys need an approval rule")]
+    ApprovalsRequired(&'static str),
+    /// k is zero or larger than the number of approvers.
+    #[error("approval rule needs 1 <= required <= {approvers}, got {required}")]
+    BadApprovalRule {
+        /// k.
+        required: u16,
+        /// m.
+        approvers: usize,
+    },
+    /// A window of zero seconds, or a per-request limit above the window limit.
+    #[error("asset {0}: window_secs must be at least 1 and per_request at most per_window")]
+    BadLimits(String),
+}
+
+impl Policy {
+    /// Development policy for hot keys: any message, any destination, no limits. What
+    /// `custody dev` keys get unless told otherwise.
+    pub fn permissive_hot() -> Policy {
+        Policy {
+            tier: Tier::Hot,
+            assets: BTreeMap::new(),
+            allowlist: None,
+            allow_raw: true,
+            approvals: None,
+            time_lock_secs: 0,
+            max_age_secs: None,
+            max_signatures: None,
+        }
+    }
+
+    /// Checks the policy is coherent.
+    pub fn check(&self) -> Result<(), PolicyError> {
+        if self.tier != Tier::Hot && self.approvals.is_none() {
+            return Err(PolicyError::ApprovalsRequired(self.tier.name()));
+        }
+        if let Some(rule) = &self.approvals {
+            if rule.required == 0 || rule.required as usize > rule.approvers.len() {
+                return Err(PolicyError::BadApprovalRule {
+                    required: rule.required,
+                    approvers: rule.approvers.len(),
+                });
+            }
+        }
+        for (asset, l) in &self.assets {
+            if l.window_secs == 0 || l.per_request > l.per_window {
+                return Err(PolicyError::BadLimits(asset.clone()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! Structured requests and approvals.
+//!
+//! A [`Transfer`]'s signed message is not chosen by whoever relays it: each signer
+//! computes it from the request's fields as a domain-separated canonical hash
+//! ([`Transfer::message`]), bound to the key it is signed with. Approvers sign the same
+//! digest ([`Request::approval_message`]).
+
+use custody_protocol::hash::TaggedHash;
+use serde::{Deserialize, Serialize};
+
+/// Longest asset name, destination, request id or memo, in bytes.
+pub const MAX_FIELD: usize = 256;
+
+/// A transfer of `amount` minor units of `asset` to `destination`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    /// Asset code, e.g. `BTC`, `EUR`.
+    pub asset: String,
+    /// Amount in the asset's minor units.
+    pub amount: u128,
+    /// Destination address or account.
+    pub destination: String,
+    /// The client's request id (unique per key).
+    pub request_id: String,
+    /// Free text, signed but not interpreted.
+    pub memo: String,
+}
+
+impl Transfer {
+    /// Checks field lengths and that the amount is not zero.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("asset", &self.asset),
+            ("destination", &self.destination),
+            ("request_id", &self.request_id),
+            ("memo", &self.memo),
+        ] {
+            if v.len() > MAX_FIELD {
+                return Err(format!("{name}: at most {MAX_FIELD} bytes"));
+            }
+            if name != "memo" && v.is_empty() {
+                return Err(format!("{name}: must not be empty"));
+            }
+        }
+        if self.amount == 0 {
+            return Err("amount: must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The 32-byte message the signers sign for this transfer with key `key_id`:
+    /// `TaggedHash("custody/v1/transfer", key_id, asset, amount (16 bytes BE),
+    /// destination, request_id, memo)`.
+    pub fn message(&self, key_id: &str) -> [u8; 32] {
+        TaggedHash::new("custody/v1/transfer")
+            .part(key_id.as_bytes())
+            .part(self.asset.as_bytes())
+            .part(&self.amount.to_be_bytes())
+            .part(self.destination.as_bytes())
+            .part(self.request_id.as_bytes())
+            .part(self.memo.as_bytes())
+            .finish()
+    }
+}
+
+/// What a client asks a key to sign.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Request {
+    /// A structured transfer: the message is derived from it.
+    Transfer(Transfer),
+    /// Exact bytes, only where the key's policy allows raw signing.
+    Raw {
+        /// The client's request id.
+        request_id: String,
+        /// The bytes to sign.
+        message: Vec<u8>,
+    },
+}
+
+impl Request {
+    /// The bytes the signers sign.
+    pub fn message(&self, key_id: &str) -> Vec<u8> {
+        match self {
+            Request::Transfer(t) => t.message(key_id).to_vec(),
+            Request::Raw { message, .. } => message.clone(),
+        }
+    }
+
+    /// What approvers sign: `TaggedHash("custody/v1/approval", key_id, message)`.
+    pub fn approval_message(&self, key_id: &str) -> [u8; 32] {
+        TaggedHash::new("custody/v1/approval")
+            .part(key_id.as_bytes())
+            .part(&self.message(key_id))
+            .finish()
+    }
+
+    /// The request id.
+    pub fn request_id(&self) -> &str {
+        match self {
+            Request::Transfer(t) => &t.request_id,
+            Request::Raw { request_id, .. } => request_id,
+        }
+    }
+}
+
+/// An approver's Ed25519 signature over [`Request::approval_message`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Approval {
+    /// The approver's public key.
+    pub approver: [u8; 32],
+    /// The signature (64 bytes).
+    pub signature: Vec<u8>,
+}
+
+impl Approval {
+    /// Whether the signature is a valid (strict RFC 8032) signature by `approver` over
+    /// `digest`.
+    pub fn verifies(&self, digest: &[u8; 32]) -> bool {
+        let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&self.approver) else {
+            return false;
+        };
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(&self.signature) else {
+            return false;
+        };
+        vk.verify_strict(digest, &sig).is_ok()
+    }
+}
