@@ -96,6 +96,7 @@ async fn latency(
             key_id: key.to_string(),
             message: format!("latency {i}").into_bytes(),
             request_id: String::new(),
+            transfer: None,
         })
         .await
         .expect("sign");
@@ -124,6 +125,7 @@ async fn throughput(
                     key_id: key.clone(),
                     message: format!("throughput {w} {i}").into_bytes(),
                     request_id: String::new(),
+                    transfer: None,
                 })
                 .await
                 .expect("sign");
@@ -176,6 +178,7 @@ fn measure(
                     key_id: key.clone(),
                     message: vec![i as u8],
                     request_id: String::new(),
+                    transfer: None,
                 })
                 .await
                 .expect("warm-up sign");

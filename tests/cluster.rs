@@ -373,6 +373,7 @@ fn mtls_and_roles_are_enforced() {
                 key_id: key.clone(),
                 message: vec![1],
                 request_id: String::new(),
+                transfer: None,
             })
             .await
             .expect_err("a signer certificate may not ask for signatures");
@@ -393,6 +394,7 @@ fn mtls_and_roles_are_enforced() {
                 .sign_share(SignShareRequest {
                     key_id: key.clone(),
                     package: vec![1, 2, 3],
+                    ..Default::default()
                 })
                 .await
                 .expect_err("refused");
@@ -456,26 +458,31 @@ fn malformed_requests_get_invalid_argument_and_daemons_keep_serving() {
                 key_id: String::new(),
                 message: vec![1],
                 request_id: String::new(),
+                transfer: None,
             },
             SignRequest {
                 key_id: "../etc".into(),
                 message: vec![1],
                 request_id: String::new(),
+                transfer: None,
             },
             SignRequest {
                 key_id: key.clone(),
                 message: vec![0; (1 << 20) + 1],
                 request_id: String::new(),
+                transfer: None,
             },
             SignRequest {
                 key_id: key.clone(),
                 message: vec![1],
                 request_id: "r".repeat(129),
+                transfer: None,
             },
             SignRequest {
                 key_id: key.clone(),
                 message: vec![1],
                 request_id: "white space".into(),
+                transfer: None,
             },
         ];
         for req in bad_signs {
@@ -511,6 +518,7 @@ fn malformed_requests_get_invalid_argument_and_daemons_keep_serving() {
                 threshold: 2,
                 participants: vec![],
                 me: 1,
+                policy: String::new(),
             })
             .await
             .expect_err("refused");
@@ -519,6 +527,8 @@ fn malformed_requests_get_invalid_argument_and_daemons_keep_serving() {
             .sign_share(SignShareRequest {
                 key_id: key.clone(),
                 package: vec![0xff; 300],
+                request_id: "r-1".into(),
+                ..Default::default()
             })
             .await
             .expect_err("refused");
@@ -615,6 +625,7 @@ fn softhsm_cluster_seals_shares_in_tokens_and_survives_restart() {
                         key_id: key,
                         message: msg.clone(),
                         request_id: String::new(),
+                        transfer: None,
                     })
                     .await
                     .expect("sign")
@@ -735,4 +746,303 @@ fn daemons_run_hardened() {
             "{daemon}: VmLck {locked_kb} kB\n{log}"
         );
     }
+}
+
+/// A policy with limits: BTC only, at most 100 per transfer and 150 per hour, to
+/// alice only, no raw messages.
+const LIMITED_POLICY: &str = r#"{
+  "tier": "hot",
+  "assets": { "BTC": { "per_request": 100, "per_window": 150, "window_secs": 3600 } },
+  "allowlist": ["alice"],
+  "allow_raw": false,
+  "approvals": null,
+  "time_lock_secs": 0,
+  "max_age_secs": null,
+  "max_signatures": null
+}"#;
+
+fn sign_transfer(
+    c: &Cluster,
+    key: &str,
+    amount: &str,
+    dest: &str,
+    id: &str,
+) -> std::process::Output {
+    c.cli(&[
+        "sign",
+        "--key",
+        key,
+        "--asset",
+        "BTC",
+        "--amount",
+        amount,
+        "--destination",
+        dest,
+        "--request-id",
+        id,
+        "--json",
+    ])
+}
+
+#[test]
+fn signers_enforce_the_key_policy_even_against_their_coordinator() {
+    use custody_protocol::sign::{CommitmentBatch, SigningPackage, COORDINATOR};
+    use custody_protocol::wire::{self, Header, Kind};
+    use custody_protocol::{identity, ParticipantId, Roster, SessionId};
+
+    // 3-of-3: every signer takes part in every signature, so every ledger sees all.
+    let c = Cluster::start("policy", 3, 3);
+    let policy_file = c.dir.join("policy.json");
+    std::fs::write(&policy_file, LIMITED_POLICY).expect("policy");
+    let k = c.json(&[
+        "key",
+        "create",
+        "--suite",
+        "secp256k1-tr",
+        "--policy",
+        policy_file.to_str().expect("path"),
+        "--json",
+    ]);
+    let key = k["key_id"].as_str().expect("key id").to_string();
+    let pk = hexs(&k["public_key"]);
+    assert_eq!(k["policy"]["allow_raw"], false, "{k}");
+
+    // Within policy: signed, over the message the signers derive from the transfer.
+    let out = sign_transfer(&c, &key, "60", "alice", "t-1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let t = hot_warm_cold::Transfer {
+        asset: "BTC".into(),
+        amount: 60,
+        destination: "alice".into(),
+        request_id: "t-1".into(),
+        memo: String::new(),
+    };
+    assert_eq!(hexs(&s["message"]), t.message(&key));
+    assert!(verify_independently(
+        "secp256k1-tr",
+        &pk,
+        &t.message(&key),
+        &hexs(&s["signature"])
+    ));
+
+    // Refused by every signer, with the reason, through the coordinator.
+    for (args, why) in [
+        (
+            vec!["sign", "--key", &key, "--message", "00", "--json"],
+            "raw messages",
+        ),
+        (
+            vec![
+                "sign",
+                "--key",
+                &key,
+                "--asset",
+                "BTC",
+                "--amount",
+                "10",
+                "--destination",
+                "mallory",
+                "--json",
+            ],
+            "allowlist",
+        ),
+        (
+            vec![
+                "sign",
+                "--key",
+                &key,
+                "--asset",
+                "BTC",
+                "--amount",
+                "101",
+                "--destination",
+                "alice",
+                "--json",
+            ],
+            "per-request limit",
+        ),
+        (
+            vec![
+                "sign",
+                "--key",
+                &key,
+                "--asset",
+                "ETH",
+                "--amount",
+                "1",
+                "--destination",
+                "alice",
+                "--json",
+            ],
+            "not allowed",
+        ),
+    ] {
+        let err = c.fails(&args);
+        assert!(
+            err.contains("PERMISSION_DENIED") && err.contains(why),
+            "{args:?}: {err}"
+        );
+    }
+    // The window: 60 + 60 fits in 150, a third 60 does not; a retry of an admitted
+    // request is not counted twice.
+    assert!(sign_transfer(&c, &key, "60", "alice", "t-2")
+        .status
+        .success());
+    assert!(
+        sign_transfer(&c, &key, "60", "alice", "t-2")
+            .status
+            .success(),
+        "idempotent retry"
+    );
+    let out = sign_transfer(&c, &key, "60", "alice", "t-3");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("exceeds the limit 150"),
+        "{err}"
+    );
+    assert!(c.log("signer-1").contains("REFUSED by policy"));
+    // A refusal spends nothing: 30 more still fits exactly.
+    let out = sign_transfer(&c, &key, "30", "alice", "t-4");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A compromised coordinator: its own certificate and identity key, talking to the
+    // signers directly, asking for a share of an over-limit transfer, of a raw message,
+    // or of a package whose message is not the transfer it names.
+    let coordinator_id = {
+        let d = c.dir.join("coordinator");
+        let sealer =
+            custody_hsm::InsecureSoftwareSealer::open_or_create(&d.join("INSECURE-sealing.key"))
+                .expect("sealer");
+        custody_pki::load_or_create_identity(
+            &d.join("identity.sealed"),
+            &sealer,
+            &custody_coordinator::identity_aad("coordinator"),
+        )
+        .expect("identity")
+    };
+    type C = custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR;
+    rt().block_on(async {
+        let mut clients = Vec::new();
+        let mut roster = Roster::new();
+        let mut commitments = std::collections::BTreeMap::new();
+        for i in 1..=3u16 {
+            let name = format!("signer-{i}");
+            let mut s = SignerClient::new(
+                c.channel(&c.addr(&name), Some("coordinator"))
+                    .await
+                    .expect("channel"),
+            );
+            let id = s
+                .identity(IdentityRequest {})
+                .await
+                .expect("identity")
+                .into_inner();
+            let p = ParticipantId::new(i).expect("id");
+            roster.insert(
+                p,
+                custody_protocol::IdentityPublic::from_bytes(&id.identity).expect("identity"),
+            );
+            let batch = s
+                .commit(CommitRequest {
+                    key_id: key.clone(),
+                    count: 4,
+                })
+                .await
+                .expect("commit")
+                .into_inner()
+                .batch;
+            let opened = identity::open_from(&roster, p, &batch).expect("batch");
+            let (_, b) = wire::decode_with(
+                opened.body,
+                custody_protocol::Suite::Secp256k1Tr,
+                Kind::CommitmentBatch,
+                &SessionId([0; 32]),
+                |_, r| CommitmentBatch::<C>::decode_body(r, 4),
+            )
+            .expect("decode");
+            commitments.insert(p, b.0);
+            clients.push(s);
+        }
+        let attempt = |n: usize, message: Vec<u8>| {
+            let pkg = SigningPackage::<C>::new(
+                commitments.iter().map(|(p, cs)| (*p, cs[n])).collect(),
+                message,
+            )
+            .expect("package");
+            let header = Header {
+                suite: custody_protocol::Suite::Secp256k1Tr,
+                kind: Kind::SigningPackage,
+                session: SessionId([n as u8 + 1; 32]),
+                from: COORDINATOR,
+                to: None,
+            };
+            identity::signed(&coordinator_id, &header, &pkg).expect("signed package")
+        };
+        let over = hot_warm_cold::Transfer {
+            asset: "BTC".into(),
+            amount: 100,
+            destination: "alice".into(),
+            request_id: "evil-1".into(),
+            memo: String::new(),
+        };
+        let proto_t = |t: &hot_warm_cold::Transfer| Transfer {
+            asset: t.asset.clone(),
+            amount: t.amount.to_string(),
+            destination: t.destination.clone(),
+            memo: t.memo.clone(),
+        };
+        let cases = [
+            // Over the window limit (150 of 150 already spent).
+            (
+                attempt(0, over.message(&key).to_vec()),
+                "evil-1",
+                Some(proto_t(&over)),
+                "exceeds the limit",
+            ),
+            // A raw message on a key that forbids them.
+            (
+                attempt(1, b"send everything to mallory".to_vec()),
+                "evil-2",
+                None,
+                "raw messages",
+            ),
+            // A package whose message is not the transfer it names (a small transfer
+            // as cover for another message).
+            (
+                attempt(2, b"other bytes".to_vec()),
+                "evil-3",
+                Some(Transfer {
+                    asset: "BTC".into(),
+                    amount: "1".into(),
+                    destination: "alice".into(),
+                    memo: String::new(),
+                }),
+                "not the message of the transfer",
+            ),
+        ];
+        for (package, request_id, transfer, why) in cases {
+            for s in clients.iter_mut() {
+                let st = s
+                    .sign_share(SignShareRequest {
+                        key_id: key.clone(),
+                        package: package.clone(),
+                        request_id: request_id.into(),
+                        transfer: transfer.clone(),
+                    })
+                    .await
+                    .expect_err("an honest signer refuses");
+                assert_eq!(st.code(), Code::PermissionDenied, "{request_id}: {st:?}");
+                assert!(st.message().contains(why), "{request_id}: {}", st.message());
+            }
+        }
+    });
 }

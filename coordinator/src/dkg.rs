@@ -30,6 +30,8 @@ pub(crate) struct KeySpec {
     pub signers: Vec<Arc<SignerHandle>>,
     pub name: String,
     pub tier: String,
+    /// Canonical JSON of the policy.
+    pub policy: String,
 }
 
 /// Every public message of a DKG, as relayed: what an auditor needs to replay it.
@@ -225,6 +227,7 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
             threshold: spec.threshold as u32,
             participants: participants.clone(),
             me: p.get() as u32,
+            policy: spec.policy.clone(),
         };
         async move { c.dkg_start(req).await }
     })
@@ -339,6 +342,7 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         public_key: hex::encode(public_key),
         public_key_set: hex::encode(&pks),
         tier: spec.tier,
+        policy: spec.policy,
         state: "active".into(),
         created_at,
         dkg_session: session.to_string(),

@@ -122,6 +122,11 @@ fn key_proto(m: &KeyMeta) -> Key {
         state: m.state.clone(),
         created_at: m.created_at,
         public_key_set: hex::decode(&m.public_key_set).unwrap_or_default(),
+        policy: if m.policy.is_empty() {
+            hot_warm_cold::Policy::permissive_hot().to_json()
+        } else {
+            m.policy.clone()
+        },
     }
 }
 
@@ -145,16 +150,28 @@ impl CustodyService {
     fn spec(&self, r: CreateKeyRequest) -> Result<KeySpec, Status> {
         let core = &self.0;
         let suite: Suite = api::suite("suite", &r.suite)?;
+        let policy = hot_warm_cold::Policy::from_json(&r.policy)
+            .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?;
         let tier = match r.tier.as_str() {
-            "" | "hot" => "hot".to_string(),
-            "warm" | "cold" => {
-                return Err(Status::unimplemented(format!(
-                    "tier: {} keys need approvals and policy, which this version does not enforce yet; use hot",
-                    r.tier
-                )))
-            }
-            other => return Err(Status::invalid_argument(format!("tier: unknown tier {other:?} (hot, warm or cold)"))),
+            "" => policy.tier,
+            t => t
+                .parse::<hot_warm_cold::Tier>()
+                .map_err(|e| Status::invalid_argument(format!("tier: {e}")))?,
         };
+        if tier != policy.tier {
+            return Err(Status::invalid_argument(format!(
+                "tier: {} but the policy says {}",
+                tier.name(),
+                policy.tier.name()
+            )));
+        }
+        if tier != hot_warm_cold::Tier::Hot {
+            return Err(Status::unimplemented(format!(
+                "tier: {} keys need the approval flow, which this version does not have yet; use hot",
+                tier.name()
+            )));
+        }
+        let tier = tier.name().to_string();
         if r.name.len() > MAX_NAME || r.name.chars().any(char::is_control) {
             return Err(Status::invalid_argument(format!(
                 "name: at most {MAX_NAME} bytes, no control characters"
@@ -209,6 +226,7 @@ impl CustodyService {
             signers,
             name: r.name,
             tier,
+            policy: policy.to_json(),
         })
     }
 }
@@ -286,9 +304,25 @@ impl Custody for CustodyService {
             .entry(request_id.clone())
             .or_default()
             .clone();
+        // A transfer: the signed message is derived from it (each signer derives it
+        // again and checks it against the key's policy).
+        let (message, transfer) = match r.transfer {
+            Some(t) => {
+                if !r.message.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "message: must be empty when a transfer is given (its message is derived)",
+                    ));
+                }
+                let parsed = hot_warm_cold::Transfer::from_proto(&t, &request_id)
+                    .map_err(Status::invalid_argument)?;
+                (parsed.message(&r.key_id).to_vec(), Some(t))
+            }
+            None => (r.message, None),
+        };
         let result = {
             let _guard = lock.lock().await;
-            self.sign_once(&request_id, &r.key_id, r.message).await
+            self.sign_once(&request_id, &r.key_id, message, transfer)
+                .await
         };
         core.inflight.lock().expect("lock").remove(&request_id);
         result.map(Response::new)
@@ -361,6 +395,7 @@ impl CustodyService {
         request_id: &str,
         key_id: &str,
         message: Vec<u8>,
+        transfer: Option<Transfer>,
     ) -> Result<SignResponse, Status> {
         let core = &self.0;
         let message_hex = hex::encode(&message);
@@ -380,8 +415,8 @@ impl CustodyService {
             )));
         }
         let signed = match &key {
-            AnyKey::Secp(k) => signing::sign(core, k, message).await?,
-            AnyKey::Ed(k) => signing::sign(core, k, message).await?,
+            AnyKey::Secp(k) => signing::sign(core, k, message, request_id, transfer).await?,
+            AnyKey::Ed(k) => signing::sign(core, k, message, request_id, transfer).await?,
         };
         let rec = SignRecord {
             request_id: request_id.to_string(),

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use custody_protocol::proto::{CommitRequest, SignShareRequest};
+use custody_protocol::proto::{CommitRequest, SignShareRequest, Transfer};
 use custody_protocol::sign::{
     self, CommitmentBatch, Commitments, SignatureShare, SigningPackage, COORDINATOR,
 };
@@ -40,6 +40,8 @@ enum Dropout {
     Stale,
     /// It sent something provably wrong.
     Culprit(String),
+    /// Its policy refuses the request.
+    Refused(String),
 }
 
 async fn call<T>(
@@ -153,6 +155,7 @@ async fn request_share<C: EngineSuite>(
     handle: &SignerHandle,
     package_env: Vec<u8>,
     session: SessionId,
+    ask: Arc<(String, Option<Transfer>)>,
 ) -> Result<SignatureShare<C>, Dropout> {
     let mut client = handle
         .client()
@@ -160,12 +163,18 @@ async fn request_share<C: EngineSuite>(
     let req = SignShareRequest {
         key_id: key.meta.key_id.clone(),
         package: package_env,
+        request_id: ask.0.clone(),
+        transfer: ask.1.clone(),
     };
     let resp = match call(core.timeouts.sign(), handle, client.sign_share(req)).await {
         Ok(r) => r,
         Err(st) if st.code() == Code::FailedPrecondition && st.message().contains("commitment") => {
             handle.bump_epoch();
             return Err(Dropout::Stale);
+        }
+        // The signer's own policy said no: another quorum would say the same.
+        Err(st) if st.code() == Code::PermissionDenied => {
+            return Err(Dropout::Refused(st.message().to_string()))
         }
         Err(st) => {
             return Err(Dropout::Failed(format!(
@@ -195,7 +204,10 @@ pub(crate) async fn sign<C: EngineSuite>(
     core: &Arc<Core>,
     key: &Arc<KeyRt<C>>,
     message: Vec<u8>,
+    request_id: &str,
+    transfer: Option<Transfer>,
 ) -> Result<Signed, Status> {
+    let ask = Arc::new((request_id.to_string(), transfer));
     let t = key.public.threshold() as usize;
     let n = key.members.len();
     let mut tracker = Tracker::default();
@@ -261,8 +273,9 @@ pub(crate) async fn sign<C: EngineSuite>(
         let package_env = identity::signed(&*core.identity, &header, &package)
             .map_err(|e| Status::internal(format!("signing package: {e}")))?;
         let Some(shares) = on_quorum(&quorum, &mut tracker, key, |p, h| {
-            let (core, key, env) = (core.clone(), key.clone(), package_env.clone());
-            async move { request_share(&core, &key, p, &h, env, session).await }
+            let (core, key, env, ask) =
+                (core.clone(), key.clone(), package_env.clone(), ask.clone());
+            async move { request_share(&core, &key, p, &h, env, session, ask).await }
         })
         .await?
         else {
@@ -300,6 +313,8 @@ pub(crate) async fn sign<C: EngineSuite>(
 /// Who dropped out of a request so far, and why.
 #[derive(Default)]
 struct Tracker {
+    /// A signer's policy refused the request: stop, and say why.
+    refused: Option<String>,
     excluded: BTreeSet<ParticipantId>,
     reasons: Vec<String>,
     stale_retries: usize,
@@ -319,6 +334,10 @@ impl Tracker {
                 self.excluded.insert(p);
                 self.reasons.push(why);
             }
+            Dropout::Refused(why) => {
+                warn!(key_id = %key.meta.key_id, participant = %p, signer = %name, "refused by the signer's policy: {why}");
+                self.refused = Some(why);
+            }
             Dropout::Culprit(why) => {
                 warn!(
                     key_id = %key.meta.key_id, culprit = %p, signer = %name,
@@ -336,6 +355,9 @@ impl Tracker {
 
     /// Gives up when signers keep answering that fresh commitments are unknown.
     fn check_stale(&self, n: usize) -> Result<(), Status> {
+        if let Some(why) = &self.refused {
+            return Err(Status::permission_denied(why.clone()));
+        }
         if self.stale_retries > 2 * n {
             return Err(Status::unavailable(
                 "signers keep refusing fresh commitments; giving up",

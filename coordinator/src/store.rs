@@ -32,6 +32,10 @@ pub struct KeyMeta {
     pub created_at: u64,
     /// DKG session id, hex.
     pub dkg_session: String,
+    /// The policy every signer enforces, canonical JSON ("" for keys recorded before
+    /// policies existed: the development policy).
+    #[serde(default)]
+    pub policy: String,
 }
 
 /// A completed signature, kept for idempotency and for `GetSignature`.

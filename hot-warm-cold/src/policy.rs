@@ -120,6 +120,39 @@ impl Policy {
         }
     }
 
+    /// A policy from its JSON form, checked; the empty string is the development
+    /// policy ([`Policy::permissive_hot`]).
+    pub fn from_json(json: &str) -> Result<Policy, String> {
+        if json.trim().is_empty() {
+            return Ok(Policy::permissive_hot());
+        }
+        let p: Policy = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        p.check().map_err(|e| e.to_string())?;
+        Ok(p)
+    }
+
+    /// The canonical JSON form (what the coordinator records and hands every signer).
+    pub fn to_json(&self) -> String {
+        // Invariant: a Policy is plain data with string map keys; it always serializes.
+        serde_json::to_string(self).expect("policy serializes")
+    }
+
+    /// Whether signing under this policy needs the signer's durable usage record
+    /// (a spend ledger or a signature count); the development policy does not.
+    pub fn needs_ledger(&self) -> bool {
+        !self.assets.is_empty() || self.max_signatures.is_some()
+    }
+
+    /// The longest rolling window of any asset: ledger entries older than this can no
+    /// longer count.
+    pub fn longest_window(&self) -> u64 {
+        self.assets
+            .values()
+            .map(|l| l.window_secs)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Checks the policy is coherent.
     pub fn check(&self) -> Result<(), PolicyError> {
         if self.tier != Tier::Hot && self.approvals.is_none() {

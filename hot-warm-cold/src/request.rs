@@ -28,6 +28,29 @@ pub struct Transfer {
 }
 
 impl Transfer {
+    /// The transfer a gRPC request describes, checked (INVALID_ARGUMENT material: the
+    /// error names the field).
+    pub fn from_proto(
+        t: &custody_protocol::proto::Transfer,
+        request_id: &str,
+    ) -> Result<Transfer, String> {
+        let amount: u128 = t.amount.parse().map_err(|_| {
+            format!(
+                "transfer.amount: {:?} is not a whole number of minor units",
+                t.amount
+            )
+        })?;
+        let out = Transfer {
+            asset: t.asset.clone(),
+            amount,
+            destination: t.destination.clone(),
+            request_id: request_id.to_string(),
+            memo: t.memo.clone(),
+        };
+        out.check().map_err(|e| format!("transfer.{e}"))?;
+        Ok(out)
+    }
+
     /// Checks field lengths and that the amount is not zero.
     pub fn check(&self) -> Result<(), String> {
         for (name, v) in [

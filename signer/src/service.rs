@@ -46,6 +46,7 @@ enum Stage {
 
 struct DkgSession {
     key_id: String,
+    policy: hot_warm_cold::Policy,
     suite: Suite,
     participants: Vec<ParticipantId>,
     roster: Roster,
@@ -56,6 +57,11 @@ struct DkgSession {
 struct Loaded {
     suite: Suite,
     share: SharedShare,
+    policy: Arc<hot_warm_cold::Policy>,
+    created_at: u64,
+    /// Held while a request is decided and its usage recorded, so concurrent requests
+    /// cannot both spend the same budget.
+    usage: Arc<Mutex<store::Usage>>,
 }
 
 struct Inner {
@@ -234,7 +240,100 @@ impl Inner {
         let share: SharedShare = with_suite!(suite, C => {
             Arc::new(KeyShare::<C>::from_secret_bytes(&secret).map_err(|e| format!("key {}: {e}", rec.key_id))?)
         });
-        Ok(Loaded { suite, share })
+        Ok(Loaded {
+            suite,
+            share,
+            policy: Arc::new(rec.policy.clone()),
+            created_at: rec.created_at,
+            usage: Arc::new(Mutex::new(self.usage_of(&rec.key_id)?)),
+        })
+    }
+
+    fn usage_tree(&self) -> Result<sled::Tree, String> {
+        self.db
+            .open_tree("usage")
+            .map_err(|e| format!("database: {e}"))
+    }
+
+    fn usage_of(&self, key_id: &str) -> Result<store::Usage, String> {
+        match self
+            .usage_tree()?
+            .get(key_id.as_bytes())
+            .map_err(|e| format!("database: {e}"))?
+        {
+            Some(v) => {
+                serde_json::from_slice(&v).map_err(|e| format!("usage record of {key_id}: {e}"))
+            }
+            None => Ok(store::Usage::default()),
+        }
+    }
+
+    /// Decides `request` under the key's policy with this signer's own usage record
+    /// and clock and, when allowed and the policy keeps a ledger, records the use
+    /// durably before returning: check, then persist, then (the caller) sign.
+    fn admit(
+        &self,
+        key_id: &str,
+        k: &Loaded,
+        request: &hot_warm_cold::Request,
+    ) -> Result<(), Status> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut usage = k.usage.lock().expect("lock");
+        let digest = custody_protocol::hash::TaggedHash::new("custody/v1/admitted-request")
+            .part(&request.message(key_id))
+            .finish();
+        if k.policy.needs_ledger() {
+            if let Some((_, seen)) = usage.requests.get(request.request_id()) {
+                if *seen == digest {
+                    // A retry of a request already admitted and counted.
+                    return Ok(());
+                }
+                warn!(%key_id, request_id = %request.request_id(), "REFUSED: request id reused for another message");
+                return Err(Status::permission_denied(format!(
+                    "policy of key {key_id}: request id {} was already used for another message",
+                    request.request_id()
+                )));
+            }
+        }
+        let status = hot_warm_cold::KeyStatus {
+            key_id: key_id.to_string(),
+            state: hot_warm_cold::State::Active,
+            created_at: k.created_at,
+            signatures: usage.signatures,
+        };
+        // No approvals and no time lock for hot keys yet: warm and cold keys cannot be
+        // created until their approval flow exists.
+        let decision =
+            hot_warm_cold::decide(&status, &k.policy, &usage.ledger, request, &[], now, now);
+        if let hot_warm_cold::Decision::Deny(reason) = decision {
+            warn!(%key_id, request_id = %request.request_id(), "REFUSED by policy: {reason}");
+            return Err(Status::permission_denied(format!(
+                "policy of key {key_id}: {reason}"
+            )));
+        }
+        if k.policy.needs_ledger() {
+            let mut next = usage.clone();
+            next.signatures += 1;
+            if let hot_warm_cold::Request::Transfer(t) = request {
+                next.ledger.record(now, &t.asset, t.amount);
+            }
+            next.requests
+                .insert(request.request_id().to_string(), (now, digest));
+            let horizon = now.saturating_sub(k.policy.longest_window());
+            next.ledger.prune(horizon);
+            next.requests.retain(|_, (t, _)| *t >= horizon);
+            let v = serde_json::to_vec(&next).map_err(|e| internal("encode usage", e))?;
+            self.usage_tree()
+                .map_err(|e| internal("usage", e))?
+                .insert(key_id.as_bytes(), v)
+                .map_err(|e| internal("usage write", e))?;
+            self.db.flush().map_err(|e| internal("usage flush", e))?;
+            *usage = next;
+        }
+        Ok(())
     }
 
     fn put(&self, rec: &KeyRecord) -> Result<(), Status> {
@@ -281,6 +380,15 @@ impl Inner {
         ))
     }
 
+    fn session_policy(&self, session: &SessionId) -> Result<hot_warm_cold::Policy, Status> {
+        self.dkg
+            .lock()
+            .expect("lock")
+            .get(session)
+            .map(|s| s.policy.clone())
+            .ok_or_else(|| Status::not_found("no DKG session with this id"))
+    }
+
     fn put_stage(&self, session: &SessionId, stage: Stage) {
         if let Some(s) = self.dkg.lock().expect("lock").get_mut(session) {
             s.stage = Some(stage);
@@ -320,6 +428,8 @@ impl Signer for SignerService {
         let threshold = u16::try_from(r.threshold)
             .map_err(|_| Status::invalid_argument("threshold: too large"))?;
         let me = api::participant("me", r.me)?;
+        let policy = hot_warm_cold::Policy::from_json(&r.policy)
+            .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?;
         let i = self.0.clone();
         if i.get(&r.key_id)?.is_some() {
             return Err(Status::already_exists(format!(
@@ -379,6 +489,7 @@ impl Signer for SignerService {
             session,
             DkgSession {
                 key_id: r.key_id.clone(),
+                policy,
                 suite,
                 participants,
                 roster,
@@ -502,6 +613,11 @@ impl Signer for SignerService {
                 .collect(),
             sealed_share: hex::encode(sealed),
             public_key_set: hex::encode(&pks),
+            policy: i.session_policy(&session)?,
+            created_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         };
         i.put(&rec)?;
         i.put_stage(&session, Stage::Confirmed { share, digest });
@@ -543,10 +659,16 @@ impl Signer for SignerService {
             .ok_or_else(|| Status::internal("pending key record missing"))?;
         rec.state = KeyState::Active;
         i.put(&rec)?;
-        i.keys
-            .lock()
-            .expect("lock")
-            .insert(key_id.clone(), Loaded { suite, share });
+        let loaded = Loaded {
+            suite,
+            share,
+            policy: Arc::new(rec.policy.clone()),
+            created_at: rec.created_at,
+            usage: Arc::new(Mutex::new(
+                i.usage_of(&key_id).map_err(|e| internal("usage", e))?,
+            )),
+        };
+        i.keys.lock().expect("lock").insert(key_id.clone(), loaded);
         i.dkg.lock().expect("lock").remove(&session);
         info!(%key_id, %suite, "key active");
         Ok(Response::new(DkgFinalizeResponse {}))
@@ -598,20 +720,38 @@ impl Signer for SignerService {
         let coord = caller.identity.ok_or_else(|| {
             Status::permission_denied("coordinator certificate carries no identity")
         })?;
-        let (suite, share) = {
+        let k = {
             let keys = i.keys.lock().expect("lock");
             let k = keys
                 .get(&r.key_id)
                 .ok_or_else(|| Status::not_found(format!("no active key {}", r.key_id)))?;
-            (k.suite, k.share.clone())
+            Loaded {
+                suite: k.suite,
+                share: k.share.clone(),
+                policy: k.policy.clone(),
+                created_at: k.created_at,
+                usage: k.usage.clone(),
+            }
         };
+        api::check_id("request_id", &r.request_id)?;
+        let transfer = r
+            .transfer
+            .as_ref()
+            .map(|t| hot_warm_cold::Transfer::from_proto(t, &r.request_id))
+            .transpose()
+            .map_err(Status::invalid_argument)?;
         let mut roster = Roster::new();
         roster.insert(COORDINATOR, coord);
         let opened = identity::open_from(&roster, COORDINATOR, &r.package)
             .map_err(|e| engine_status("signing package", e))?;
         let session = opened.header.session;
         let t_open = t0.elapsed();
-        let r = with_suite!(suite, C => sign_with::<C>(i, &r.key_id, share, opened.body, session).map(Response::new));
+        let ask = Ask {
+            key_id: &r.key_id,
+            request_id: &r.request_id,
+            transfer,
+        };
+        let r = with_suite!(k.suite, C => sign_with::<C>(i, &k, ask, opened.body, session).map(Response::new));
         tracing::debug!(
             auth_us = t_auth.as_micros() as u64,
             open_us = (t_open - t_auth).as_micros() as u64,
@@ -622,20 +762,46 @@ impl Signer for SignerService {
     }
 }
 
+/// What the coordinator asks this signer to sign.
+struct Ask<'a> {
+    key_id: &'a str,
+    request_id: &'a str,
+    transfer: Option<hot_warm_cold::Transfer>,
+}
+
 fn sign_with<C: EngineSuite>(
     i: &Inner,
-    key_id: &str,
-    share: SharedShare,
+    k: &Loaded,
+    ask: Ask<'_>,
     body: &[u8],
     session: SessionId,
 ) -> Result<SignShareResponse, Status> {
-    let share = share
+    let key_id = ask.key_id;
+    let share = k
+        .share
         .downcast_ref::<KeyShare<C>>()
         .ok_or_else(|| Status::internal("share type"))?;
     let (_, package) = wire::decode_with(body, C::SUITE, Kind::SigningPackage, &session, |_, r| {
         SigningPackage::<C>::decode_body(r)
     })
     .map_err(|e| engine_status("signing package", e))?;
+    // The request, as this signer sees it: a transfer's message is computed here, and
+    // the package must carry exactly it.
+    let request = match ask.transfer {
+        Some(t) => {
+            if package.message() != t.message(key_id) {
+                warn!(%key_id, request_id = %ask.request_id, "REFUSED: signing package message is not the transfer's message");
+                return Err(Status::permission_denied(
+                    "signing package message is not the message of the transfer it claims to be",
+                ));
+            }
+            hot_warm_cold::Request::Transfer(t)
+        }
+        None => hot_warm_cold::Request::Raw {
+            request_id: ask.request_id.to_string(),
+            message: package.message().to_vec(),
+        },
+    };
     let mine = package
         .commitments_of(share.id())
         .ok_or_else(|| Status::invalid_argument("signing package does not include this signer"))?;
@@ -653,6 +819,9 @@ fn sign_with<C: EngineSuite>(
         })?
         .downcast::<sign::Nonces<C>>()
         .map_err(|_| Status::internal("nonce type"))?;
+    // Check, then persist, then sign: the nonces are already gone whatever the policy
+    // says, and the use is durable before the share exists.
+    i.admit(key_id, k, &request)?;
     let mut sig_share = nonces
         .sign(share, &package)
         .map_err(|e| engine_status("sign", e))?;

@@ -33,6 +33,29 @@ pub struct KeyRecord {
     pub sealed_share: String,
     /// Canonical public key set (hex).
     pub public_key_set: String,
+    /// The policy this signer enforces for the key (records written before policies
+    /// existed get the development policy).
+    #[serde(default = "hot_warm_cold::Policy::permissive_hot")]
+    pub policy: hot_warm_cold::Policy,
+    /// When the key's share was stored (Unix seconds).
+    #[serde(default)]
+    pub created_at: u64,
+}
+
+/// What this signer has released for a key: the count of signature shares and the
+/// transfers within the policy's longest window. Written durably before a share
+/// leaves the signer, for keys whose policy has limits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Signature shares released.
+    pub signatures: u64,
+    /// Transfers released, within the longest window.
+    pub ledger: hot_warm_cold::SpendLedger,
+    /// Requests admitted within the longest window: request id → (time, hash of the
+    /// signed message). A retry of the same request (another quorum, a lost answer)
+    /// is not counted twice; the same id for another message is refused.
+    #[serde(default)]
+    pub requests: std::collections::BTreeMap<String, (u64, [u8; 32])>,
 }
 
 impl KeyRecord {

@@ -24,9 +24,14 @@ pub enum Cmd {
         /// A name for the key.
         #[arg(long, default_value = "")]
         name: String,
-        /// Tier: hot (default).
-        #[arg(long, default_value = "hot")]
+        /// Tier: hot (default; warm and cold need the approval flow, not built yet).
+        #[arg(long, default_value = "")]
         tier: String,
+        /// The key's policy, a JSON file (assets with limits, allowlist, allow_raw,
+        /// approvals, time lock, max age, max signatures). Default: the development
+        /// policy (raw messages allowed, no limits). Every signer enforces it.
+        #[arg(long)]
+        policy: Option<std::path::PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -62,6 +67,7 @@ fn key_json(k: &Key) -> serde_json::Value {
         "tier": k.tier,
         "state": k.state,
         "created_at": k.created_at,
+        "policy": serde_json::from_str::<serde_json::Value>(&k.policy).unwrap_or(serde_json::Value::Null),
     })
 }
 
@@ -93,8 +99,14 @@ pub fn run(cmd: Cmd) -> Result<(), Error> {
                 signers,
                 name,
                 tier,
+                policy,
                 json,
             } => {
+                let policy = match policy {
+                    Some(f) => std::fs::read_to_string(&f)
+                        .map_err(|e| format!("--policy {}: {e}", f.display()))?,
+                    None => String::new(),
+                };
                 let mut c = conn.connect().await?;
                 let k = c
                     .create_key(CreateKeyRequest {
@@ -104,6 +116,7 @@ pub fn run(cmd: Cmd) -> Result<(), Error> {
                         signer_count: signers.unwrap_or(0),
                         name,
                         tier,
+                        policy,
                     })
                     .await
                     .map_err(status)?

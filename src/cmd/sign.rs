@@ -13,17 +13,26 @@ pub struct Args {
     /// The key id.
     #[arg(long)]
     key: String,
-    /// The exact bytes to sign, hex.
-    #[arg(
-        long,
-        required_unless_present = "message_file",
-        conflicts_with = "message_file"
-    )]
+    /// The exact bytes to sign, hex (a raw message: only keys whose policy allows it).
+    #[arg(long, conflicts_with_all = ["message_file", "asset"])]
     message: Option<String>,
     /// Or: a file whose exact bytes are signed (for messages too long for a command
     /// line).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "asset")]
     message_file: Option<std::path::PathBuf>,
+    /// Or a structured transfer: the asset (e.g. BTC). The signers derive the signed
+    /// message from the transfer and check it against the key's policy.
+    #[arg(long, requires_all = ["amount", "destination"])]
+    asset: Option<String>,
+    /// The transfer's amount, in minor units.
+    #[arg(long, requires = "asset")]
+    amount: Option<String>,
+    /// The transfer's destination.
+    #[arg(long, requires = "asset")]
+    destination: Option<String>,
+    /// The transfer's memo.
+    #[arg(long, requires = "asset", default_value = "")]
+    memo: String,
     /// Idempotency key: the same id with the same key and message returns the stored
     /// signature instead of signing again.
     #[arg(long)]
@@ -74,12 +83,27 @@ fn print(r: &SignResponse, json: bool) {
 }
 
 pub fn run(a: Args) -> Result<(), Error> {
-    let message = match (&a.message, &a.message_file) {
-        (Some(h), _) => parse_hex("--message", h)?,
-        (None, Some(f)) => {
+    let transfer = a
+        .asset
+        .as_ref()
+        .map(|asset| custody_protocol::proto::Transfer {
+            asset: asset.clone(),
+            amount: a.amount.clone().unwrap_or_default(),
+            destination: a.destination.clone().unwrap_or_default(),
+            memo: a.memo.clone(),
+        });
+    let message = match (&a.message, &a.message_file, &transfer) {
+        (Some(h), _, _) => parse_hex("--message", h)?,
+        (None, Some(f), _) => {
             std::fs::read(f).map_err(|e| format!("--message-file {}: {e}", f.display()))?
         }
-        (None, None) => return Err("give --message HEX or --message-file PATH".into()),
+        (None, None, Some(_)) => Vec::new(),
+        (None, None, None) => {
+            return Err(
+                "give --message HEX, --message-file PATH, or a transfer (--asset, --amount, --destination)"
+                    .into(),
+            )
+        }
     };
     super::daemon::runtime()?.block_on(async move {
         let mut c = a.conn.connect().await?;
@@ -88,6 +112,7 @@ pub fn run(a: Args) -> Result<(), Error> {
                 key_id: a.key,
                 message,
                 request_id: a.request_id.unwrap_or_default(),
+                transfer,
             })
             .await
             .map_err(status)?
