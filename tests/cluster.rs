@@ -786,10 +786,6 @@ fn sign_transfer(
 
 #[test]
 fn signers_enforce_the_key_policy_even_against_their_coordinator() {
-    use custody_protocol::sign::{CommitmentBatch, SigningPackage, COORDINATOR};
-    use custody_protocol::wire::{self, Header, Kind};
-    use custody_protocol::{identity, ParticipantId, Roster, SessionId};
-
     // 3-of-3: every signer takes part in every signature, so every ledger sees all.
     let c = Cluster::start("policy", 3, 3);
     let policy_file = c.dir.join("policy.json");
@@ -917,6 +913,75 @@ fn signers_enforce_the_key_policy_even_against_their_coordinator() {
     // A compromised coordinator: its own certificate and identity key, talking to the
     // signers directly, asking for a share of an over-limit transfer, of a raw message,
     // or of a package whose message is not the transfer it names.
+    let over = hot_warm_cold::Transfer {
+        asset: "BTC".into(),
+        amount: 100,
+        destination: "alice".into(),
+        request_id: "evil-1".into(),
+        memo: String::new(),
+    };
+    let small = Transfer {
+        asset: "BTC".into(),
+        amount: "1".into(),
+        destination: "alice".into(),
+        memo: String::new(),
+    };
+    let cases = [
+        // Over the window limit (150 of 150 already spent).
+        (
+            over.message(&key).to_vec(),
+            "evil-1",
+            Some(proto_transfer(&over)),
+            "exceeds the limit",
+        ),
+        // A raw message on a key that forbids them.
+        (
+            b"send everything to mallory".to_vec(),
+            "evil-2",
+            None,
+            "raw messages",
+        ),
+        // A small transfer as cover for other bytes.
+        (
+            b"other bytes".to_vec(),
+            "evil-3",
+            Some(small),
+            "not the message of the transfer",
+        ),
+    ];
+    for (message, request_id, transfer, why) in cases {
+        for r in as_rogue_coordinator(&c, &key, 3, message, request_id, transfer) {
+            let st = r.expect_err("an honest signer refuses");
+            assert_eq!(st.code(), Code::PermissionDenied, "{request_id}: {st:?}");
+            assert!(st.message().contains(why), "{request_id}: {}", st.message());
+        }
+    }
+}
+
+fn proto_transfer(t: &hot_warm_cold::Transfer) -> Transfer {
+    Transfer {
+        asset: t.asset.clone(),
+        amount: t.amount.to_string(),
+        destination: t.destination.clone(),
+        memo: t.memo.clone(),
+    }
+}
+
+/// Acts as a compromised coordinator: with the coordinator's own certificate and
+/// identity key, draws fresh commitments from signers 1..=n of a secp256k1-tr key,
+/// builds and signs a package for `message`, and asks every signer for its share.
+fn as_rogue_coordinator(
+    c: &Cluster,
+    key: &str,
+    n: u16,
+    message: Vec<u8>,
+    request_id: &str,
+    transfer: Option<Transfer>,
+) -> Vec<Result<(), tonic::Status>> {
+    use custody_protocol::sign::{CommitmentBatch, SigningPackage, COORDINATOR};
+    use custody_protocol::wire::{self, Header, Kind};
+    use custody_protocol::{identity, ParticipantId, Roster, SessionId};
+    type C = custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR;
     let coordinator_id = {
         let d = c.dir.join("coordinator");
         let sealer =
@@ -929,12 +994,11 @@ fn signers_enforce_the_key_policy_even_against_their_coordinator() {
         )
         .expect("identity")
     };
-    type C = custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR;
     rt().block_on(async {
         let mut clients = Vec::new();
         let mut roster = Roster::new();
         let mut commitments = std::collections::BTreeMap::new();
-        for i in 1..=3u16 {
+        for i in 1..=n {
             let name = format!("signer-{i}");
             let mut s = SignerClient::new(
                 c.channel(&c.addr(&name), Some("coordinator"))
@@ -953,8 +1017,8 @@ fn signers_enforce_the_key_policy_even_against_their_coordinator() {
             );
             let batch = s
                 .commit(CommitRequest {
-                    key_id: key.clone(),
-                    count: 4,
+                    key_id: key.to_string(),
+                    count: 1,
                 })
                 .await
                 .expect("commit")
@@ -966,83 +1030,112 @@ fn signers_enforce_the_key_policy_even_against_their_coordinator() {
                 custody_protocol::Suite::Secp256k1Tr,
                 Kind::CommitmentBatch,
                 &SessionId([0; 32]),
-                |_, r| CommitmentBatch::<C>::decode_body(r, 4),
+                |_, r| CommitmentBatch::<C>::decode_body(r, 1),
             )
             .expect("decode");
-            commitments.insert(p, b.0);
+            commitments.insert(p, b.0[0]);
             clients.push(s);
         }
-        let attempt = |n: usize, message: Vec<u8>| {
-            let pkg = SigningPackage::<C>::new(
-                commitments.iter().map(|(p, cs)| (*p, cs[n])).collect(),
-                message,
-            )
-            .expect("package");
-            let header = Header {
-                suite: custody_protocol::Suite::Secp256k1Tr,
-                kind: Kind::SigningPackage,
-                session: SessionId([n as u8 + 1; 32]),
-                from: COORDINATOR,
-                to: None,
-            };
-            identity::signed(&coordinator_id, &header, &pkg).expect("signed package")
+        let pkg = SigningPackage::<C>::new(commitments, message).expect("package");
+        let header = Header {
+            suite: custody_protocol::Suite::Secp256k1Tr,
+            kind: Kind::SigningPackage,
+            session: SessionId([7; 32]),
+            from: COORDINATOR,
+            to: None,
         };
-        let over = hot_warm_cold::Transfer {
-            asset: "BTC".into(),
-            amount: 100,
-            destination: "alice".into(),
-            request_id: "evil-1".into(),
-            memo: String::new(),
-        };
-        let proto_t = |t: &hot_warm_cold::Transfer| Transfer {
-            asset: t.asset.clone(),
-            amount: t.amount.to_string(),
-            destination: t.destination.clone(),
-            memo: t.memo.clone(),
-        };
-        let cases = [
-            // Over the window limit (150 of 150 already spent).
-            (
-                attempt(0, over.message(&key).to_vec()),
-                "evil-1",
-                Some(proto_t(&over)),
-                "exceeds the limit",
-            ),
-            // A raw message on a key that forbids them.
-            (
-                attempt(1, b"send everything to mallory".to_vec()),
-                "evil-2",
-                None,
-                "raw messages",
-            ),
-            // A package whose message is not the transfer it names (a small transfer
-            // as cover for another message).
-            (
-                attempt(2, b"other bytes".to_vec()),
-                "evil-3",
-                Some(Transfer {
-                    asset: "BTC".into(),
-                    amount: "1".into(),
-                    destination: "alice".into(),
-                    memo: String::new(),
-                }),
-                "not the message of the transfer",
-            ),
-        ];
-        for (package, request_id, transfer, why) in cases {
-            for s in clients.iter_mut() {
-                let st = s
-                    .sign_share(SignShareRequest {
-                        key_id: key.clone(),
-                        package: package.clone(),
-                        request_id: request_id.into(),
-                        transfer: transfer.clone(),
-                    })
-                    .await
-                    .expect_err("an honest signer refuses");
-                assert_eq!(st.code(), Code::PermissionDenied, "{request_id}: {st:?}");
-                assert!(st.message().contains(why), "{request_id}: {}", st.message());
-            }
+        let package = identity::signed(&coordinator_id, &header, &pkg).expect("signed package");
+        let mut out = Vec::new();
+        for s in clients.iter_mut() {
+            let r = s
+                .sign_share(SignShareRequest {
+                    key_id: key.to_string(),
+                    package: package.clone(),
+                    request_id: request_id.into(),
+                    transfer: transfer.clone(),
+                })
+                .await;
+            out.push(r.map(|_| ()));
         }
-    });
+        out
+    })
+}
+
+#[test]
+fn lifecycle_is_enforced_by_every_signer() {
+    let mut c = Cluster::start("lifecycle", 3, 2);
+    let (key, pk) = create(&c, "secp256k1-tr");
+    sign_and_verify(&c, "secp256k1-tr", &key, &pk, b"before");
+
+    let k = c.json(&["key", "suspend", &key, "--json"]);
+    assert_eq!(k["state"], "suspended", "{k}");
+    let err = c.fails(&["sign", "--key", &key, "--message", "01", "--json"]);
+    assert!(
+        err.contains("FAILED_PRECONDITION") && err.contains("suspended"),
+        "{err}"
+    );
+    // Even the coordinator's own credentials get no share of a suspended key.
+    for r in as_rogue_coordinator(&c, &key, 3, b"while suspended".to_vec(), "s-1", None) {
+        let st = r.expect_err("refused");
+        assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+        assert!(st.message().contains("Suspended"), "{}", st.message());
+    }
+    assert_eq!(
+        c.json(&["key", "resume", &key, "--json"])["state"],
+        "active"
+    );
+    assert_eq!(c.json(&["key", "show", &key, "--json"])["state"], "active");
+    sign_and_verify(&c, "secp256k1-tr", &key, &pk, b"after resume");
+    // Illegal edges are refused with the reason.
+    let err = c.fails(&["key", "destroy", &key, "--json"]);
+    assert!(
+        err.contains("FAILED_PRECONDITION") && err.contains("Destroy"),
+        "active keys are not destroyed: {err}"
+    );
+
+    assert_eq!(
+        c.json(&["key", "retire", &key, "--json"])["state"],
+        "retired"
+    );
+    let err = c.fails(&["key", "resume", &key, "--json"]);
+    assert!(err.contains("FAILED_PRECONDITION"), "{err}");
+    for r in as_rogue_coordinator(&c, &key, 3, b"while retired".to_vec(), "s-2", None) {
+        assert_eq!(r.expect_err("refused").code(), Code::PermissionDenied);
+    }
+
+    assert_eq!(
+        c.json(&["key", "destroy", &key, "--json"])["state"],
+        "destroyed"
+    );
+    for s in ["signer-1", "signer-2", "signer-3"] {
+        assert!(c.log(s).contains("key lifecycle: destroy"), "{s}");
+    }
+    // After a full restart the key is still a tombstone and its shares are gone.
+    c.restart_all();
+    let listed = c.json(&["key", "list", "--json"]);
+    let tomb = listed
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["key_id"] == key.as_str())
+        .expect("tombstone");
+    assert_eq!(tomb["state"], "destroyed");
+    assert_eq!(hexs(&tomb["public_key"]), pk, "the public key is kept");
+    let err = c.fails(&["sign", "--key", &key, "--message", "01", "--json"]);
+    assert!(err.contains("destroyed"), "{err}");
+    let st = rt()
+        .block_on(async {
+            let mut s = SignerClient::new(
+                c.channel(&c.addr("signer-1"), Some("coordinator"))
+                    .await
+                    .expect("channel"),
+            );
+            s.commit(CommitRequest {
+                key_id: key.clone(),
+                count: 1,
+            })
+            .await
+        })
+        .expect_err("no share, no commitments");
+    assert_eq!(st.code(), Code::NotFound, "{st:?}");
 }

@@ -346,6 +346,92 @@ impl Custody for CustodyService {
         Ok(Response::new(sign_proto(&rec, true)))
     }
 
+    async fn change_key_state(
+        &self,
+        req: Request<ChangeKeyStateRequest>,
+    ) -> Result<Response<Key>, Status> {
+        let caller = custody_pki::authorize(&req, &[Role::Operator])?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        let event = hot_warm_cold::Event::operator_event(&r.event).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "event: {:?} is not one of suspend, resume, retire, destroy",
+                r.event
+            ))
+        })?;
+        let core = &self.0;
+        let key = core.key(&r.key_id)?;
+        let mut meta = key.meta().clone();
+        let current = hot_warm_cold::State::ALL
+            .into_iter()
+            .find(|s| s.name() == meta.state)
+            .ok_or_else(|| {
+                Status::internal(format!("key {}: unknown state {}", meta.key_id, meta.state))
+            })?;
+        let next = current
+            .apply(event)
+            .map_err(|e| Status::failed_precondition(format!("key {}: {e}", meta.key_id)))?;
+        // Every signer of the key applies it to its own record (idempotently, so a
+        // retry after a partial failure completes it).
+        let mut tasks = Vec::new();
+        for name in &meta.signers {
+            let h = core
+                .signer(name)
+                .ok_or_else(|| Status::internal(format!("signer {name} is not configured")))?
+                .clone();
+            let (key_id, ev, timeout) = (meta.key_id.clone(), r.event.clone(), core.timeouts.dkg());
+            tasks.push(tokio::spawn(async move {
+                let r = match h.client() {
+                    Ok(mut c) => {
+                        match tokio::time::timeout(
+                            timeout,
+                            c.key_lifecycle(KeyLifecycleRequest { key_id, event: ev }),
+                        )
+                        .await
+                        {
+                            Ok(r) => r.map(tonic::Response::into_inner),
+                            Err(_) => Err(Status::deadline_exceeded("no answer")),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                h.observe(&r);
+                (h.name.clone(), r)
+            }));
+        }
+        let mut failures = Vec::new();
+        for t in tasks {
+            let (name, r) = t
+                .await
+                .map_err(|e| Status::internal(format!("task: {e}")))?;
+            if let Err(st) = r {
+                failures.push(format!("{name}: {}", st.message()));
+            }
+        }
+        if !failures.is_empty() {
+            return Err(Status::unavailable(format!(
+                "key {}: {} not applied by every signer ({}); run it again to complete it",
+                meta.key_id,
+                r.event,
+                failures.join("; ")
+            )));
+        }
+        meta.state = next.name().to_string();
+        let store = core.store.clone();
+        let m2 = meta.clone();
+        tokio::task::spawn_blocking(move || store.put_key(&m2))
+            .await
+            .map_err(|e| Status::internal(format!("task: {e}")))?
+            .map_err(store_err)?;
+        let reloaded = core.load_key(meta.clone()).map_err(Status::internal)?;
+        core.keys
+            .write()
+            .expect("lock")
+            .insert(meta.key_id.clone(), reloaded);
+        warn!(key_id = %meta.key_id, caller = %caller.name, state = %meta.state, "key lifecycle: {}", r.event);
+        Ok(Response::new(key_proto(&meta)))
+    }
+
     async fn cluster_status(
         &self,
         req: Request<ClusterStatusRequest>,

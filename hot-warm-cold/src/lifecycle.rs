@@ -119,7 +119,33 @@ impl State {
     ];
 }
 
+impl State {
+    /// The name used in APIs and records.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Active => "active",
+            State::Suspended => "suspended",
+            State::Rotating => "rotating",
+            State::Refreshing => "refreshing",
+            State::Retired => "retired",
+            State::Destroyed => "destroyed",
+        }
+    }
+}
+
 impl Event {
+    /// The operator events by name: `suspend`, `resume`, `retire`, `destroy`.
+    pub fn operator_event(name: &str) -> Option<Event> {
+        Some(match name {
+            "suspend" => Event::Suspend,
+            "resume" => Event::Resume,
+            "retire" => Event::Retire,
+            "destroy" => Event::Destroy,
+            _ => return None,
+        })
+    }
+
     /// Every event.
     pub const ALL: [Event; 12] = [
         Event::DkgCompleted,

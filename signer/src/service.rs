@@ -59,6 +59,8 @@ struct Loaded {
     share: SharedShare,
     policy: Arc<hot_warm_cold::Policy>,
     created_at: u64,
+    /// Lifecycle state (only active and rotating keys sign).
+    state: Arc<Mutex<KeyState>>,
     /// Held while a request is decided and its usage recorded, so concurrent requests
     /// cannot both spend the same budget.
     usage: Arc<Mutex<store::Usage>>,
@@ -217,7 +219,7 @@ impl Inner {
             let (_, v) = item.map_err(|e| format!("database: {e}"))?;
             let rec: KeyRecord =
                 serde_json::from_slice(&v).map_err(|e| format!("database record: {e}"))?;
-            if rec.state != KeyState::Active {
+            if matches!(rec.state, KeyState::Pending | KeyState::Destroyed) {
                 continue;
             }
             let loaded = self.unseal(&rec)?;
@@ -245,6 +247,7 @@ impl Inner {
             share,
             policy: Arc::new(rec.policy.clone()),
             created_at: rec.created_at,
+            state: Arc::new(Mutex::new(rec.state)),
             usage: Arc::new(Mutex::new(self.usage_of(&rec.key_id)?)),
         })
     }
@@ -300,7 +303,7 @@ impl Inner {
         }
         let status = hot_warm_cold::KeyStatus {
             key_id: key_id.to_string(),
-            state: hot_warm_cold::State::Active,
+            state: *k.state.lock().expect("lock"),
             created_at: k.created_at,
             signatures: usage.signatures,
         };
@@ -664,6 +667,7 @@ impl Signer for SignerService {
             share,
             policy: Arc::new(rec.policy.clone()),
             created_at: rec.created_at,
+            state: Arc::new(Mutex::new(rec.state)),
             usage: Arc::new(Mutex::new(
                 i.usage_of(&key_id).map_err(|e| internal("usage", e))?,
             )),
@@ -708,6 +712,59 @@ impl Signer for SignerService {
         Ok(Response::new(CommitResponse { batch }))
     }
 
+    async fn key_lifecycle(
+        &self,
+        req: Request<KeyLifecycleRequest>,
+    ) -> Result<Response<KeyLifecycleResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::Coordinator])?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        let event = hot_warm_cold::Event::operator_event(&r.event).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "event: {:?} is not one of suspend, resume, retire, destroy",
+                r.event
+            ))
+        })?;
+        let i = &self.0;
+        let mut rec = i
+            .get(&r.key_id)?
+            .ok_or_else(|| Status::not_found(format!("no key {} on this signer", r.key_id)))?;
+        let target = match event {
+            hot_warm_cold::Event::Suspend => KeyState::Suspended,
+            hot_warm_cold::Event::Resume => KeyState::Active,
+            hot_warm_cold::Event::Retire => KeyState::Retired,
+            _ => KeyState::Destroyed,
+        };
+        if rec.state == target {
+            // Idempotent: a retry after a partial failure.
+            return Ok(Response::new(KeyLifecycleResponse {
+                state: rec.state.name().into(),
+            }));
+        }
+        let next = rec
+            .state
+            .apply(event)
+            .map_err(|e| Status::failed_precondition(format!("key {}: {e}", r.key_id)))?;
+        rec.state = next;
+        if next == KeyState::Destroyed {
+            // Erase the share; the record stays as a tombstone.
+            rec.sealed_share.clear();
+        }
+        // Durable first; then the in-memory state follows.
+        i.put(&rec)?;
+        let mut keys = i.keys.lock().expect("lock");
+        if next == KeyState::Destroyed {
+            keys.remove(&r.key_id);
+            i.nonces.lock().expect("lock").remove(&r.key_id);
+        } else if let Some(k) = keys.get(&r.key_id) {
+            *k.state.lock().expect("lock") = next;
+        }
+        warn!(key_id = %r.key_id, state = next.name(), "key lifecycle: {}", r.event);
+        Ok(Response::new(KeyLifecycleResponse {
+            state: next.name().into(),
+        }))
+    }
+
     async fn sign_share(
         &self,
         req: Request<SignShareRequest>,
@@ -730,6 +787,7 @@ impl Signer for SignerService {
                 share: k.share.clone(),
                 policy: k.policy.clone(),
                 created_at: k.created_at,
+                state: k.state.clone(),
                 usage: k.usage.clone(),
             }
         };

@@ -4,15 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use custody_protocol::{IdentityPublic, ParticipantId, Suite};
 
-/// Lifecycle of a key as this signer sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyState {
-    /// DKG finished for us, waiting for everyone's confirmation.
-    Pending,
-    /// Every participant confirmed the same key: we sign with it.
-    Active,
-}
+/// Lifecycle of a key as this signer sees it (`pending` until every participant
+/// confirmed the DKG, then `active`, and onwards along the lifecycle).
+pub use hot_warm_cold::State as KeyState;
 
 /// A stored key share.
 #[derive(Debug, Clone, Serialize, Deserialize)]

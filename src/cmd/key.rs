@@ -44,6 +44,14 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Stop signing with a key for now (every signer refuses until `resume`).
+    Suspend(StateArgs),
+    /// Sign with a suspended key again.
+    Resume(StateArgs),
+    /// Stop signing with a key for good (its public key still verifies).
+    Retire(StateArgs),
+    /// Erase every signer's share of a retired or suspended key (a tombstone remains).
+    Destroy(StateArgs),
     /// Show one key.
     Show {
         #[command(flatten)]
@@ -54,6 +62,31 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StateArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The key id.
+    key_id: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn change_state(a: StateArgs, event: &str) -> Result<(), Error> {
+    let mut c = a.conn.connect().await?;
+    let k = c
+        .change_key_state(custody_protocol::proto::ChangeKeyStateRequest {
+            key_id: a.key_id,
+            event: event.to_string(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    print(&k, a.json);
+    Ok(())
 }
 
 fn key_json(k: &Key) -> serde_json::Value {
@@ -144,6 +177,10 @@ pub fn run(cmd: Cmd) -> Result<(), Error> {
                     }
                 }
             }
+            Cmd::Suspend(a) => change_state(a, "suspend").await?,
+            Cmd::Resume(a) => change_state(a, "resume").await?,
+            Cmd::Retire(a) => change_state(a, "retire").await?,
+            Cmd::Destroy(a) => change_state(a, "destroy").await?,
             Cmd::Show { conn, key_id, json } => {
                 let mut c = conn.connect().await?;
                 let k = c
