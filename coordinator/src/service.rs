@@ -36,22 +36,12 @@ pub(crate) async fn serve(
     config.check().map_err(cfg_err)?;
     let identity = crate::core::load_identity(&config)?;
     let files = config.tls.clone();
-    let cert_der = files.cert_der().map_err(|e| cfg_err(e.to_string()))?;
-    let ca_der = files.ca_der().map_err(|e| cfg_err(e.to_string()))?;
-    let info =
-        custody_pki::verify_issued_by(&cert_der, &ca_der).map_err(|e| cfg_err(e.to_string()))?;
-    if info.role != Role::Coordinator
-        || info.name != config.name
-        || info.identity != Some(identity.public())
-    {
-        return Err(cfg_err(format!(
-            "certificate {} does not certify coordinator {} with this identity (role {}, name {})",
-            config.tls.cert.display(),
-            config.name,
-            info.role,
-            info.name
-        )));
-    }
+    let (_, ca_der) = custody_pki::server::check_own_certificate(
+        &files,
+        Role::Coordinator,
+        &config.name,
+        &identity.public(),
+    )?;
     let client_tls = files.client().map_err(|e| cfg_err(e.to_string()))?;
     let signers: Vec<Arc<SignerHandle>> = config
         .signers

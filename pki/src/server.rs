@@ -99,6 +99,30 @@ pub fn open_identity(
     }
 }
 
+/// Checks at start that the daemon's own certificate is issued by the cluster CA and
+/// certifies `role`, `name` and this identity; returns the certificate and the CA
+/// certificate (DER).
+pub fn check_own_certificate(
+    files: &crate::TlsFiles,
+    role: crate::Role,
+    name: &str,
+    identity: &custody_protocol::IdentityPublic,
+) -> Result<(Vec<u8>, Vec<u8>), StartError> {
+    let cfg = |e: String| StartError::Config(e);
+    let cert_der = files.cert_der().map_err(|e| cfg(e.to_string()))?;
+    let ca_der = files.ca_der().map_err(|e| cfg(e.to_string()))?;
+    let info = crate::verify_issued_by(&cert_der, &ca_der).map_err(|e| cfg(e.to_string()))?;
+    if info.role != role || info.name != name || info.identity.as_ref() != Some(identity) {
+        return Err(cfg(format!(
+            "certificate {} does not certify {role} {name} with this identity (it says {} {})",
+            files.cert.display(),
+            info.role,
+            info.name
+        )));
+    }
+    Ok((cert_der, ca_der))
+}
+
 /// Binds `listen` (see [`crate::bind_reusing`]; the address goes to [`addr_file`]) and
 /// writes the process id to `data_dir/pid`.
 pub async fn listen(

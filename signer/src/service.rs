@@ -141,22 +141,12 @@ pub(crate) async fn serve(
     let cfg_err = |e: String| StartError::Config(e);
     let (identity, sealer) = open_identity(&config)?;
     let files = config.tls.clone();
-    let cert_der = files.cert_der().map_err(|e| cfg_err(e.to_string()))?;
-    let ca_der = files.ca_der().map_err(|e| cfg_err(e.to_string()))?;
-    let info =
-        custody_pki::verify_issued_by(&cert_der, &ca_der).map_err(|e| cfg_err(e.to_string()))?;
-    if info.role != Role::Signer
-        || info.name != config.name
-        || info.identity != Some(identity.public())
-    {
-        return Err(cfg_err(format!(
-            "certificate {} does not certify signer {} with this identity (role {}, name {})",
-            config.tls.cert.display(),
-            config.name,
-            info.role,
-            info.name
-        )));
-    }
+    let (cert_der, ca_der) = custody_pki::server::check_own_certificate(
+        &files,
+        Role::Signer,
+        &config.name,
+        &identity.public(),
+    )?;
     if let Some(fault) = config.fault_injection {
         warn!(
             "signer {} runs with FAULT INJECTION {fault:?}: it misbehaves on purpose, for tests only",
