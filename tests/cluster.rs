@@ -110,6 +110,21 @@ fn contract_in_both_suites() {
             &hexs(&s["signature"])
         ));
     }
+    // Quorums rotate: over a few signatures every signer takes part.
+    let (key, pk) = create(&c, "ed25519");
+    let mut used = std::collections::BTreeSet::new();
+    for i in 0..10u8 {
+        let s = sign_and_verify(&c, "ed25519", &key, &pk, &[i]);
+        used.extend(
+            s["signers"]
+                .as_array()
+                .expect("signers")
+                .iter()
+                .map(|v| v.as_u64().expect("id")),
+        );
+    }
+    assert_eq!(used.len(), 5, "signers used: {used:?}");
+
     let err = c.fails(&["sign", "--key", "k-nope", "--message", "00", "--json"]);
     assert!(err.contains("NOT_FOUND") && err.contains("k-nope"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");

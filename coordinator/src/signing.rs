@@ -100,6 +100,53 @@ async fn fetch<C: EngineSuite>(
     .map_err(|e| Dropout::Failed(format!("task: {e}")))?
 }
 
+/// Fetches a batch for `p`'s pool in the background; the caller has set `refilling`.
+fn spawn_refill<C: EngineSuite>(
+    core: &Arc<Core>,
+    key: &Arc<KeyRt<C>>,
+    p: ParticipantId,
+    handle: &Arc<SignerHandle>,
+    epoch: u64,
+) {
+    let (core, key, handle) = (core.clone(), key.clone(), handle.clone());
+    tokio::spawn(async move {
+        let got = fetch(&core, &key, p, &handle, BATCH).await;
+        let mut pools = key.pools.lock().expect("lock");
+        let pool = pools.entry(p).or_default();
+        pool.refilling = false;
+        if let Ok(fresh) = got {
+            if pool.epoch == epoch {
+                pool.queue.extend(fresh);
+            }
+        }
+    });
+}
+
+/// Starts filling the pools of healthy members outside `quorum` whose pools are empty,
+/// so the next quorums can rotate over every signer without a Commit round trip.
+fn prefetch_others<C: EngineSuite>(
+    core: &Arc<Core>,
+    key: &Arc<KeyRt<C>>,
+    quorum: &[(ParticipantId, Arc<SignerHandle>)],
+) {
+    let mut pools = key.pools.lock().expect("lock");
+    for (p, h) in &key.members {
+        if quorum.iter().any(|(q, _)| q == p) || h.backing_off() {
+            continue;
+        }
+        let epoch = h.epoch();
+        let pool = pools.entry(*p).or_default();
+        if pool.epoch != epoch {
+            pool.queue.clear();
+            pool.epoch = epoch;
+        }
+        if pool.queue.is_empty() && !pool.refilling {
+            pool.refilling = true;
+            spawn_refill(core, key, *p, h, epoch);
+        }
+    }
+}
+
 /// One commitment of `p` for `key`: from the pool, or fetched now if the pool is empty.
 /// Starts a background refill when the pool runs low.
 async fn take_commitment<C: EngineSuite>(
@@ -119,18 +166,7 @@ async fn take_commitment<C: EngineSuite>(
         if let Some(c) = pool.queue.pop_front() {
             if pool.queue.len() < LOW_WATER && !pool.refilling {
                 pool.refilling = true;
-                let (core, key, handle) = (core.clone(), key.clone(), handle.clone());
-                tokio::spawn(async move {
-                    let got = fetch(&core, &key, p, &handle, BATCH).await;
-                    let mut pools = key.pools.lock().expect("lock");
-                    let pool = pools.entry(p).or_default();
-                    pool.refilling = false;
-                    if let Ok(fresh) = got {
-                        if pool.epoch == epoch {
-                            pool.queue.extend(fresh);
-                        }
-                    }
-                });
+                spawn_refill(core, key, p, handle, epoch);
             }
             return Ok(c);
         }
@@ -247,6 +283,7 @@ pub(crate) async fn sign<C: EngineSuite>(
             .map(|(_, m)| (*m).clone())
             .collect();
 
+        prefetch_others(core, key, &quorum);
         // Round 1: commitments (usually from the pool).
         let Some(commitments) = on_quorum(&quorum, &mut tracker, key, |p, h| {
             let (core, key) = (core.clone(), key.clone());
