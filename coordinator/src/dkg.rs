@@ -343,6 +343,8 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         public_key_set: hex::encode(&pks),
         tier: spec.tier,
         policy: spec.policy,
+        rotated_from: String::new(),
+        rotated_to: String::new(),
         state: "active".into(),
         created_at,
         dkg_session: session.to_string(),

@@ -117,6 +117,8 @@ fn key_proto(m: &KeyMeta) -> Key {
         } else {
             m.policy.clone()
         },
+        rotated_from: m.rotated_from.clone(),
+        rotated_to: m.rotated_to.clone(),
     }
 }
 
@@ -343,83 +345,86 @@ impl Custody for CustodyService {
         let caller = custody_pki::authorize(&req, &[Role::Operator])?;
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
-        let event = hot_warm_cold::Event::operator_event(&r.event).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "event: {:?} is not one of suspend, resume, retire, destroy",
-                r.event
-            ))
-        })?;
-        let core = &self.0;
-        let key = core.key(&r.key_id)?;
-        let mut meta = key.meta().clone();
-        let current = hot_warm_cold::State::ALL
-            .into_iter()
-            .find(|s| s.name() == meta.state)
-            .ok_or_else(|| {
-                Status::internal(format!("key {}: unknown state {}", meta.key_id, meta.state))
-            })?;
-        let next = current
-            .apply(event)
-            .map_err(|e| Status::failed_precondition(format!("key {}: {e}", meta.key_id)))?;
-        // Every signer of the key applies it to its own record (idempotently, so a
-        // retry after a partial failure completes it).
-        let mut tasks = Vec::new();
-        for name in &meta.signers {
-            let h = core
-                .signer(name)
-                .ok_or_else(|| Status::internal(format!("signer {name} is not configured")))?
-                .clone();
-            let (key_id, ev, timeout) = (meta.key_id.clone(), r.event.clone(), core.timeouts.dkg());
-            tasks.push(tokio::spawn(async move {
-                let r = match h.client() {
-                    Ok(mut c) => {
-                        match tokio::time::timeout(
-                            timeout,
-                            c.key_lifecycle(KeyLifecycleRequest { key_id, event: ev }),
-                        )
-                        .await
-                        {
-                            Ok(r) => r.map(tonic::Response::into_inner),
-                            Err(_) => Err(Status::deadline_exceeded("no answer")),
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
-                h.observe(&r);
-                (h.name.clone(), r)
-            }));
-        }
-        let mut failures = Vec::new();
-        for t in tasks {
-            let (name, r) = t
-                .await
-                .map_err(|e| Status::internal(format!("task: {e}")))?;
-            if let Err(st) = r {
-                failures.push(format!("{name}: {}", st.message()));
-            }
-        }
-        if !failures.is_empty() {
-            return Err(Status::unavailable(format!(
-                "key {}: {} not applied by every signer ({}); run it again to complete it",
-                meta.key_id,
-                r.event,
-                failures.join("; ")
-            )));
-        }
-        meta.state = next.name().to_string();
-        let store = core.store.clone();
-        let m2 = meta.clone();
-        tokio::task::spawn_blocking(move || store.put_key(&m2))
-            .await
-            .map_err(|e| Status::internal(format!("task: {e}")))?
-            .map_err(store_err)?;
-        let reloaded = core.load_key(meta.clone()).map_err(Status::internal)?;
-        core.keys
-            .write()
-            .expect("lock")
-            .insert(meta.key_id.clone(), reloaded);
+        let meta = apply_event(&self.0, &r.key_id, &r.event).await?;
         warn!(key_id = %meta.key_id, caller = %caller.name, state = %meta.state, "key lifecycle: {}", r.event);
         Ok(Response::new(key_proto(&meta)))
+    }
+
+    async fn rotate_key(
+        &self,
+        req: Request<RotateKeyRequest>,
+    ) -> Result<Response<RotateKeyResponse>, Status> {
+        let caller = custody_pki::authorize(&req, &[Role::Operator])?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        let core = &self.0;
+        let old = core.key(&r.key_id)?.meta().clone();
+        if old.state != "active" {
+            return Err(Status::failed_precondition(format!(
+                "key {}: only active keys rotate (it is {})",
+                old.key_id, old.state
+            )));
+        }
+        // The successor: same suite, threshold, signers, tier and policy, by a new DKG.
+        let signers = old
+            .signers
+            .iter()
+            .map(|n| {
+                core.signer(n)
+                    .cloned()
+                    .ok_or_else(|| Status::internal(format!("signer {n} is not configured")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = KeySpec {
+            suite: old
+                .suite
+                .parse()
+                .map_err(|e| Status::internal(format!("{e}")))?,
+            threshold: old.threshold,
+            signers,
+            name: old.name.clone(),
+            tier: old.tier.clone(),
+            policy: if old.policy.is_empty() {
+                hot_warm_cold::Policy::permissive_hot().to_json()
+            } else {
+                old.policy.clone()
+            },
+        };
+        info!(caller = %caller.name, key_id = %old.key_id, "rotate key");
+        let mut new = dkg::create_key(core, spec).await?;
+        // Then the old key retires on every signer (and here).
+        let mut retired = apply_event(core, &old.key_id, "retire").await.map_err(|st| {
+            Status::new(
+                st.code(),
+                format!(
+                    "successor {} was created, but retiring {} failed: {}; run `custody key retire {}`",
+                    new.key_id,
+                    old.key_id,
+                    st.message(),
+                    old.key_id
+                ),
+            )
+        })?;
+        retired.rotated_to = new.key_id.clone();
+        new.rotated_from = retired.key_id.clone();
+        for m in [&retired, &new] {
+            let store = core.store.clone();
+            let m2 = m.clone();
+            tokio::task::spawn_blocking(move || store.put_key(&m2))
+                .await
+                .map_err(|e| Status::internal(format!("task: {e}")))?
+                .map_err(store_err)?;
+            let reloaded = core.load_key(m.clone()).map_err(Status::internal)?;
+            core.keys
+                .write()
+                .expect("lock")
+                .insert(m.key_id.clone(), reloaded);
+        }
+        warn!(old = %retired.key_id, new = %new.key_id, "key rotated");
+        Ok(Response::new(RotateKeyResponse {
+            old: Some(key_proto(&retired)),
+            new: Some(key_proto(&new)),
+        }))
     }
 
     async fn cluster_status(
@@ -514,4 +519,88 @@ impl CustodyService {
         );
         Ok(sign_proto(&rec, false))
     }
+}
+
+/// Applies an operator lifecycle event to a key on every one of its signers (each
+/// idempotently, so a retry after a partial failure completes it), then records it.
+async fn apply_event(core: &Arc<Core>, key_id: &str, event_name: &str) -> Result<KeyMeta, Status> {
+    let r = ChangeKeyStateRequest {
+        key_id: key_id.to_string(),
+        event: event_name.to_string(),
+    };
+    let event = hot_warm_cold::Event::operator_event(&r.event).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "event: {:?} is not one of suspend, resume, retire, destroy",
+            r.event
+        ))
+    })?;
+    let key = core.key(&r.key_id)?;
+    let mut meta = key.meta().clone();
+    let current = hot_warm_cold::State::ALL
+        .into_iter()
+        .find(|s| s.name() == meta.state)
+        .ok_or_else(|| {
+            Status::internal(format!("key {}: unknown state {}", meta.key_id, meta.state))
+        })?;
+    let next = current
+        .apply(event)
+        .map_err(|e| Status::failed_precondition(format!("key {}: {e}", meta.key_id)))?;
+    // Every signer of the key applies it to its own record (idempotently, so a
+    // retry after a partial failure completes it).
+    let mut tasks = Vec::new();
+    for name in &meta.signers {
+        let h = core
+            .signer(name)
+            .ok_or_else(|| Status::internal(format!("signer {name} is not configured")))?
+            .clone();
+        let (key_id, ev, timeout) = (meta.key_id.clone(), r.event.clone(), core.timeouts.dkg());
+        tasks.push(tokio::spawn(async move {
+            let r = match h.client() {
+                Ok(mut c) => {
+                    match tokio::time::timeout(
+                        timeout,
+                        c.key_lifecycle(KeyLifecycleRequest { key_id, event: ev }),
+                    )
+                    .await
+                    {
+                        Ok(r) => r.map(tonic::Response::into_inner),
+                        Err(_) => Err(Status::deadline_exceeded("no answer")),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            h.observe(&r);
+            (h.name.clone(), r)
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        let (name, r) = t
+            .await
+            .map_err(|e| Status::internal(format!("task: {e}")))?;
+        if let Err(st) = r {
+            failures.push(format!("{name}: {}", st.message()));
+        }
+    }
+    if !failures.is_empty() {
+        return Err(Status::unavailable(format!(
+            "key {}: {} not applied by every signer ({}); run it again to complete it",
+            meta.key_id,
+            r.event,
+            failures.join("; ")
+        )));
+    }
+    meta.state = next.name().to_string();
+    let store = core.store.clone();
+    let m2 = meta.clone();
+    tokio::task::spawn_blocking(move || store.put_key(&m2))
+        .await
+        .map_err(|e| Status::internal(format!("task: {e}")))?
+        .map_err(store_err)?;
+    let reloaded = core.load_key(meta.clone()).map_err(Status::internal)?;
+    core.keys
+        .write()
+        .expect("lock")
+        .insert(meta.key_id.clone(), reloaded);
+    Ok(meta)
 }

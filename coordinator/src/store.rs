@@ -36,6 +36,12 @@ pub struct KeyMeta {
     /// policies existed: the development policy).
     #[serde(default)]
     pub policy: String,
+    /// The key this one replaced by rotation.
+    #[serde(default)]
+    pub rotated_from: String,
+    /// The key that replaced this one by rotation.
+    #[serde(default)]
+    pub rotated_to: String,
 }
 
 /// A completed signature, kept for idempotency and for `GetSignature`.

@@ -52,6 +52,9 @@ pub enum Cmd {
     Retire(StateArgs),
     /// Erase every signer's share of a retired or suspended key (a tombstone remains).
     Destroy(StateArgs),
+    /// Replace an active key by a new one (new DKG, same suite, threshold, signers,
+    /// tier and policy) and retire the old one. Prints both.
+    Rotate(StateArgs),
     /// Show one key.
     Show {
         #[command(flatten)]
@@ -101,6 +104,8 @@ fn key_json(k: &Key) -> serde_json::Value {
         "state": k.state,
         "created_at": k.created_at,
         "policy": serde_json::from_str::<serde_json::Value>(&k.policy).unwrap_or(serde_json::Value::Null),
+        "rotated_from": k.rotated_from,
+        "rotated_to": k.rotated_to,
     })
 }
 
@@ -181,6 +186,24 @@ pub fn run(cmd: Cmd) -> Result<(), Error> {
             Cmd::Resume(a) => change_state(a, "resume").await?,
             Cmd::Retire(a) => change_state(a, "retire").await?,
             Cmd::Destroy(a) => change_state(a, "destroy").await?,
+            Cmd::Rotate(a) => {
+                let mut c = a.conn.connect().await?;
+                let r = c
+                    .rotate_key(custody_protocol::proto::RotateKeyRequest { key_id: a.key_id })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                let (old, new) = (r.old.unwrap_or_default(), r.new.unwrap_or_default());
+                if a.json {
+                    println!(
+                        "{}",
+                        json!({ "old": key_json(&old), "new": key_json(&new) })
+                    );
+                } else {
+                    println!("retired  {}", key_text(&old));
+                    println!("new      {}", key_text(&new));
+                }
+            }
             Cmd::Show { conn, key_id, json } => {
                 let mut c = conn.connect().await?;
                 let k = c
