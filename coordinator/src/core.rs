@@ -161,6 +161,22 @@ impl Core {
         }))
     }
 
+    /// Stores a key's metadata durably (flushed), then puts its signing runtime in
+    /// service in place of any older one.
+    pub async fn record_key(&self, meta: &KeyMeta) -> Result<(), Status> {
+        let (store, m) = (self.store.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || store.put_key(&m))
+            .await
+            .map_err(|e| Status::internal(format!("task: {e}")))?
+            .map_err(|e| Status::internal(format!("coordinator storage: {e}")))?;
+        let loaded = self.load_key(meta.clone()).map_err(Status::internal)?;
+        self.keys
+            .write()
+            .expect("lock")
+            .insert(meta.key_id.clone(), loaded);
+        Ok(())
+    }
+
     pub fn key(&self, key_id: &str) -> Result<AnyKey, Status> {
         self.keys
             .read()

@@ -387,26 +387,18 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         public_key_set: meta.public_key_set.clone(),
         public_key: meta.public_key.clone(),
     };
-    let store = core.store.clone();
-    let (meta2, dir) = (meta.clone(), core.transcripts.clone());
+    let path = core.transcripts.join(format!("dkg-{key_id}.json"));
     tokio::task::spawn_blocking(move || -> Result<(), Status> {
-        let path = dir.join(format!("dkg-{}.json", meta2.key_id));
         let json =
             serde_json::to_vec_pretty(&transcript).map_err(|e| Status::internal(e.to_string()))?;
         if let Err(e) = std::fs::write(&path, json) {
             warn!("transcript {}: {e}", path.display());
         }
-        store
-            .put_key(&meta2)
-            .map_err(|e| Status::internal(format!("store: {e}")))
+        Ok(())
     })
     .await
     .map_err(|e| Status::internal(format!("task: {e}")))??;
-    let loaded = core.load_key(meta.clone()).map_err(Status::internal)?;
-    core.keys
-        .write()
-        .expect("lock")
-        .insert(key_id.clone(), loaded);
+    core.record_key(&meta).await?;
     info!(%key_id, public_key = %meta.public_key, "key created");
     Ok(meta)
 }

@@ -408,17 +408,7 @@ impl Custody for CustodyService {
         retired.rotated_to = new.key_id.clone();
         new.rotated_from = retired.key_id.clone();
         for m in [&retired, &new] {
-            let store = core.store.clone();
-            let m2 = m.clone();
-            tokio::task::spawn_blocking(move || store.put_key(&m2))
-                .await
-                .map_err(|e| Status::internal(format!("task: {e}")))?
-                .map_err(store_err)?;
-            let reloaded = core.load_key(m.clone()).map_err(Status::internal)?;
-            core.keys
-                .write()
-                .expect("lock")
-                .insert(m.key_id.clone(), reloaded);
+            core.record_key(m).await?;
         }
         warn!(old = %retired.key_id, new = %new.key_id, "key rotated");
         Ok(Response::new(RotateKeyResponse {
@@ -591,16 +581,6 @@ async fn apply_event(core: &Arc<Core>, key_id: &str, event_name: &str) -> Result
         )));
     }
     meta.state = next.name().to_string();
-    let store = core.store.clone();
-    let m2 = meta.clone();
-    tokio::task::spawn_blocking(move || store.put_key(&m2))
-        .await
-        .map_err(|e| Status::internal(format!("task: {e}")))?
-        .map_err(store_err)?;
-    let reloaded = core.load_key(meta.clone()).map_err(Status::internal)?;
-    core.keys
-        .write()
-        .expect("lock")
-        .insert(meta.key_id.clone(), reloaded);
+    core.record_key(&meta).await?;
     Ok(meta)
 }

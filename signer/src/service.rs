@@ -54,6 +54,7 @@ struct DkgSession {
     started: Instant,
 }
 
+#[derive(Clone)]
 struct Loaded {
     suite: Suite,
     share: SharedShare,
@@ -232,6 +233,11 @@ impl Inner {
         let share: SharedShare = with_suite!(suite, C => {
             Arc::new(KeyShare::<C>::from_secret_bytes(&secret).map_err(|e| format!("key {}: {e}", rec.key_id))?)
         });
+        self.loaded(suite, share, rec)
+    }
+
+    /// A key ready for signing: its share, with the policy, state and usage record.
+    fn loaded(&self, suite: Suite, share: SharedShare, rec: &KeyRecord) -> Result<Loaded, String> {
         Ok(Loaded {
             suite,
             share,
@@ -652,16 +658,9 @@ impl Signer for SignerService {
             .ok_or_else(|| Status::internal("pending key record missing"))?;
         rec.state = KeyState::Active;
         i.put(&rec)?;
-        let loaded = Loaded {
-            suite,
-            share,
-            policy: Arc::new(rec.policy.clone()),
-            created_at: rec.created_at,
-            state: Arc::new(Mutex::new(rec.state)),
-            usage: Arc::new(Mutex::new(
-                i.usage_of(&key_id).map_err(|e| internal("usage", e))?,
-            )),
-        };
+        let loaded = i
+            .loaded(suite, share, &rec)
+            .map_err(|e| internal("usage", e))?;
         i.keys.lock().expect("lock").insert(key_id.clone(), loaded);
         i.dkg.lock().expect("lock").remove(&session);
         info!(%key_id, %suite, "key active");
@@ -769,17 +768,9 @@ impl Signer for SignerService {
         })?;
         let k = {
             let keys = i.keys.lock().expect("lock");
-            let k = keys
-                .get(&r.key_id)
-                .ok_or_else(|| Status::not_found(format!("no active key {}", r.key_id)))?;
-            Loaded {
-                suite: k.suite,
-                share: k.share.clone(),
-                policy: k.policy.clone(),
-                created_at: k.created_at,
-                state: k.state.clone(),
-                usage: k.usage.clone(),
-            }
+            keys.get(&r.key_id)
+                .cloned()
+                .ok_or_else(|| Status::not_found(format!("no active key {}", r.key_id)))?
         };
         api::check_id("request_id", &r.request_id)?;
         let transfer = r
