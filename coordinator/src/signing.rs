@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use custody_protocol::proto::{CommitRequest, SignShareRequest, Transfer};
 use custody_protocol::sign::{
-    self, CommitmentBatch, Commitments, SignatureShare, SigningPackage, COORDINATOR,
+    self, CommitmentBatch, Commitments, ShareMessage, SignatureShare, SigningPackage, COORDINATOR,
 };
 use custody_protocol::wire::{self, Header, Kind};
 use custody_protocol::{identity, EngineSuite, Error as EngineError, ParticipantId, SessionId};
@@ -30,6 +30,21 @@ pub(crate) struct Signed {
     pub signature: [u8; 64],
     pub signers: Vec<ParticipantId>,
     pub session: SessionId,
+    /// The signing package as the coordinator signed it (an envelope).
+    pub package: Vec<u8>,
+    /// Every signer's share as it signed it (envelopes), by participant.
+    pub shares: BTreeMap<ParticipantId, Vec<u8>>,
+}
+
+/// One attempt's request to the quorum.
+struct Ask {
+    request_id: String,
+    transfer: Option<Transfer>,
+    session: SessionId,
+    /// The signed signing package.
+    package: Vec<u8>,
+    /// What every share must confirm ([`sign::transcript_digest`]).
+    transcript: [u8; 32],
 }
 
 /// Why one signer dropped out of an attempt.
@@ -189,18 +204,16 @@ async fn request_share<C: EngineSuite>(
     key: &KeyRt<C>,
     p: ParticipantId,
     handle: &SignerHandle,
-    package_env: Vec<u8>,
-    session: SessionId,
-    ask: Arc<(String, Option<Transfer>)>,
-) -> Result<SignatureShare<C>, Dropout> {
+    ask: Arc<Ask>,
+) -> Result<(SignatureShare<C>, Vec<u8>), Dropout> {
     let mut client = handle
         .client()
         .map_err(|e| Dropout::Failed(e.message().to_string()))?;
     let req = SignShareRequest {
         key_id: key.meta.key_id.clone(),
-        package: package_env,
-        request_id: ask.0.clone(),
-        transfer: ask.1.clone(),
+        package: ask.package.clone(),
+        request_id: ask.request_id.clone(),
+        transfer: ask.transfer.clone(),
     };
     let resp = match call(core.timeouts.sign(), handle, client.sign_share(req)).await {
         Ok(r) => r,
@@ -222,15 +235,20 @@ async fn request_share<C: EngineSuite>(
     };
     let opened = identity::open_from(&key.roster, p, &resp.share)
         .map_err(|e| Dropout::Culprit(format!("signature share: {e}")))?;
-    let (_, share) = wire::decode_with(
+    let (_, msg) = wire::decode_with(
         opened.body,
         C::SUITE,
         Kind::SignatureShare,
-        &session,
-        |_, r| SignatureShare::<C>::decode_body(r),
+        &ask.session,
+        |_, r| ShareMessage::<C>::decode_body(r),
     )
     .map_err(|e| Dropout::Culprit(format!("signature share: {e}")))?;
-    Ok(share)
+    if msg.transcript != ask.transcript {
+        return Err(Dropout::Culprit(
+            "signature share confirms another request or signing package".into(),
+        ));
+    }
+    Ok((msg.share, resp.share))
 }
 
 /// Signs `message` with `key`: picks `t` signers, retries with others on failure, and
@@ -243,7 +261,6 @@ pub(crate) async fn sign<C: EngineSuite>(
     request_id: &str,
     transfer: Option<Transfer>,
 ) -> Result<Signed, Status> {
-    let ask = Arc::new((request_id.to_string(), transfer));
     let t = key.public.threshold() as usize;
     let n = key.members.len();
     let mut tracker = Tracker::default();
@@ -307,12 +324,19 @@ pub(crate) async fn sign<C: EngineSuite>(
             from: COORDINATOR,
             to: None,
         };
-        let package_env = identity::signed(&*core.identity, &header, &package)
+        let package_msg = wire::encode(&header, &package)
             .map_err(|e| Status::internal(format!("signing package: {e}")))?;
-        let Some(shares) = on_quorum(&quorum, &mut tracker, key, |p, h| {
-            let (core, key, env, ask) =
-                (core.clone(), key.clone(), package_env.clone(), ask.clone());
-            async move { request_share(&core, &key, p, &h, env, session, ask).await }
+        let ask = Arc::new(Ask {
+            request_id: request_id.to_string(),
+            transfer: transfer.clone(),
+            session,
+            transcript: sign::transcript_digest(&key.meta.key_id, request_id, &package_msg),
+            package: identity::seal_envelope(&*core.identity, &package_msg)
+                .map_err(|e| Status::internal(format!("signing package: {e}")))?,
+        });
+        let Some(answers) = on_quorum(&quorum, &mut tracker, key, |p, h| {
+            let (core, key, ask) = (core.clone(), key.clone(), ask.clone());
+            async move { request_share(&core, &key, p, &h, ask).await }
         })
         .await?
         else {
@@ -321,6 +345,7 @@ pub(crate) async fn sign<C: EngineSuite>(
         };
 
         let t2 = t0.elapsed();
+        let shares: BTreeMap<_, _> = answers.iter().map(|(p, (s, _))| (*p, *s)).collect();
         let aggregated = sign::aggregate(&key.public, &package, &shares);
         debug!(
             key_id = %key.meta.key_id,
@@ -335,6 +360,8 @@ pub(crate) async fn sign<C: EngineSuite>(
                     signature,
                     signers: shares.keys().copied().collect(),
                     session,
+                    package: ask.package.clone(),
+                    shares: answers.into_iter().map(|(p, (_, env))| (p, env)).collect(),
                 })
             }
             Err(EngineError::InvalidSignatureShare { culprits }) if !culprits.is_empty() => {

@@ -656,3 +656,109 @@ pub fn check_confirmations<'a>(
     }
     echo.ok_or_else(|| Error::InvalidParameters("no confirmations".into()))
 }
+
+/// Replays a finished DKG from its public messages, as an auditor does: opens every
+/// signed round-1 broadcast, checks its proof of knowledge, re-derives the group key
+/// and every verifying share from the commitments, checks that every participant
+/// echoed the same round 1 and confirmed exactly the re-derived public key set.
+/// Returns the re-derived set; any failure names the participant at fault.
+#[allow(clippy::too_many_arguments)]
+pub fn replay<'a, 'b, 'c, C: EngineSuite>(
+    roster: &Roster,
+    session: &SessionId,
+    threshold: u16,
+    participants: &[ParticipantId],
+    round1: impl Inbox<'a>,
+    echoes: impl Inbox<'b>,
+    confirmations: impl Inbox<'c>,
+) -> Result<PublicKeySet<C>, Error> {
+    validate_set(threshold, participants, None)?;
+    let mut all: BTreeMap<ParticipantId, Vec<u8>> = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for (from, env) in round1 {
+        let opened = open_from(roster, from, env)?;
+        let (h, pkg) =
+            wire::decode_with(opened.body, C::SUITE, Kind::DkgRound1, session, |_, r| {
+                Round1Package::<C>::decode_body(r, threshold as usize)
+            })?;
+        if !participants.contains(&h.from) {
+            return Err(Error::UnknownSender(h.from));
+        }
+        if h.to.is_some() {
+            return Err(Error::Misaddressed {
+                sender: h.from,
+                to: h.to.map_or(0, ParticipantId::get),
+            });
+        }
+        let id = h.from.to_frost::<C>();
+        frost_core::keys::dkg::verify_proof_of_knowledge(
+            id,
+            pkg.0.commitment(),
+            pkg.0.proof_of_knowledge(),
+        )
+        .map_err(|_| Error::InvalidProofOfKnowledge { culprit: h.from })?;
+        if all.insert(h.from, opened.body.to_vec()).is_some() {
+            return Err(Error::Duplicate {
+                round: "round 1",
+                culprit: h.from,
+            });
+        }
+        commitments.insert(id, pkg.0.commitment().clone());
+    }
+    if !all.keys().eq(participants.iter()) {
+        return Err(Error::WrongParticipants {
+            round: "round 1",
+            expected: participants.to_vec(),
+            got: all.keys().copied().collect(),
+        });
+    }
+    let echo = echo_digest(session, Kind::DkgRound1, &all);
+    let mut echoed = Vec::new();
+    for (from, env) in echoes {
+        let opened = open_from(roster, from, env)?;
+        let (h, d) = wire::decode_with(opened.body, C::SUITE, Kind::DkgEcho, session, |_, r| {
+            Digests::decode(r, 1)
+        })?;
+        if !participants.contains(&h.from) {
+            return Err(Error::UnknownSender(h.from));
+        }
+        if echoed.contains(&h.from) {
+            return Err(Error::Duplicate {
+                round: "echo",
+                culprit: h.from,
+            });
+        }
+        if d.0[0] != echo {
+            return Err(Error::EchoMismatch { culprit: h.from });
+        }
+        echoed.push(h.from);
+    }
+    echoed.sort();
+    if echoed != participants {
+        return Err(Error::WrongParticipants {
+            round: "echo",
+            expected: participants.to_vec(),
+            got: echoed,
+        });
+    }
+    let refs = commitments.iter().map(|(k, v)| (*k, v)).collect();
+    let package = C::post_dkg_public(
+        frost_core::keys::PublicKeyPackage::<C>::from_dkg_commitments(&refs).map_err(frost_err)?,
+    );
+    let public = PublicKeySet::from_frost(threshold, participants.to_vec(), package);
+    let confirmed = check_confirmations(
+        roster,
+        C::SUITE,
+        DKG_KINDS,
+        session,
+        participants,
+        &public.digest(),
+        confirmations,
+    )?;
+    if confirmed != echo {
+        return Err(Error::InvalidParameters(
+            "confirmations carry another round-1 digest than the transcript's".into(),
+        ));
+    }
+    Ok(public)
+}

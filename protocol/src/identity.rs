@@ -344,6 +344,22 @@ pub fn open_envelope<'a>(roster: &Roster, envelope: &'a [u8]) -> Result<Opened<'
     Ok(Opened { header, body })
 }
 
+/// The message inside an envelope, without checking its signature (for digests over
+/// messages whose envelopes are verified elsewhere).
+pub fn envelope_body(envelope: &[u8]) -> Result<&[u8], Error> {
+    let mut r = Reader::new(envelope);
+    let v = r.u8().map_err(|e| Error::decode(None, e))?;
+    if v != ENVELOPE_VERSION {
+        return Err(Error::decode(None, DecodeError::UnsupportedVersion(v)));
+    }
+    let body = r
+        .var_bytes("envelope body", MAX_ENVELOPE_BODY)
+        .map_err(|e| Error::decode(None, e))?;
+    r.array::<64>().map_err(|e| Error::decode(None, e))?;
+    r.finish().map_err(|e| Error::decode(None, e))?;
+    Ok(body)
+}
+
 /// Opens an envelope delivered as coming from `from` (the relay says who sent it):
 /// like [`open_envelope`], but every failure is attributed to `from`, and a header
 /// naming another sender is refused.

@@ -305,9 +305,74 @@ impl<C: EngineSuite> Body for SigningPackage<C> {
     }
 }
 
-/// A signer's signature share. Body: one scalar.
+/// A signer's signature share (one scalar).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct SignatureShare<C: EngineSuite>(pub(crate) FrostShare<C>);
+
+/// The digest a signer confirms with its share: what it was asked to sign, as it saw
+/// it. `TaggedHash("custody/v1/signing-transcript", key id, request id, signing
+/// package message)`, where the package message is the complete wire message (header
+/// with suite and session, every signer's commitments, the message) the coordinator
+/// signed. An auditor recomputes it from the transcript; a relay cannot move a share
+/// to another request, key or package.
+pub fn transcript_digest(key_id: &str, request_id: &str, package_message: &[u8]) -> [u8; 32] {
+    crate::hash::TaggedHash::new("custody/v1/signing-transcript")
+        .part(key_id.as_bytes())
+        .part(request_id.as_bytes())
+        .part(package_message)
+        .finish()
+}
+
+/// A signature share as its signer sends it (kind `SignatureShare`): the
+/// [`transcript_digest`] the signer computed, then the share.
+///
+/// Body: `transcript digest (32 bytes) ‖ share (scalar)`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ShareMessage<C: EngineSuite> {
+    /// The signer's [`transcript_digest`].
+    pub transcript: [u8; 32],
+    /// The share.
+    pub share: SignatureShare<C>,
+}
+
+impl<C: EngineSuite> Body for ShareMessage<C> {
+    fn encode_body(&self, w: &mut Writer) -> Result<(), Error> {
+        w.bytes(&self.transcript);
+        self.share.encode_body(w)
+    }
+}
+
+impl<C: EngineSuite> ShareMessage<C> {
+    /// Decodes a body.
+    pub fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let transcript = r.array::<32>()?;
+        let share = SignatureShare::decode_body(r)?;
+        Ok(ShareMessage { transcript, share })
+    }
+}
+
+/// Checks one signer's share of `package` against its verifying share in `public`
+/// (what an auditor does for every share of a transcript).
+pub fn verify_share<C: EngineSuite>(
+    public: &PublicKeySet<C>,
+    package: &SigningPackage<C>,
+    p: ParticipantId,
+    share: &SignatureShare<C>,
+) -> Result<(), Error> {
+    package.check_against(public)?;
+    if !package.commitments.contains_key(&p) {
+        return Err(Error::UnknownSender(p));
+    }
+    let vs = public.verifying_share(p).ok_or(Error::UnknownSender(p))?;
+    frost_core::verify_signature_share(
+        p.to_frost::<C>(),
+        vs,
+        &share.0,
+        &package.to_frost(),
+        public.verifying_key(),
+    )
+    .map_err(|_| Error::InvalidSignatureShare { culprits: vec![p] })
+}
 
 impl<C: EngineSuite> Body for SignatureShare<C> {
     fn encode_body(&self, w: &mut Writer) -> Result<(), Error> {

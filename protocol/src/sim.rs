@@ -16,7 +16,7 @@ use crate::identity::{self, open_from, Identity, IdentityKey, Roster};
 use crate::ids::{ParticipantId, SessionId};
 use crate::keys::{KeyShare, PublicKeySet};
 use crate::repair::{self, RepairConfig};
-use crate::sign::{self, Commitments, SignatureShare, SigningPackage, COORDINATOR};
+use crate::sign::{self, Commitments, ShareMessage, SigningPackage, COORDINATOR};
 use crate::suite::EngineSuite;
 use crate::wire::{self, Header, Kind};
 
@@ -275,7 +275,9 @@ pub fn sign<C: EngineSuite, R: RngCore + CryptoRng>(
     }
     let package = SigningPackage::new(commitments, message.to_vec())?;
     let h = header::<C>(Kind::SigningPackage, session, COORDINATOR, None);
-    let package_env = identity::signed(&parts.coordinator, &h, &package)?;
+    let package_msg = wire::encode(&h, &package)?;
+    let expected_transcript = sign::transcript_digest(SIM_KEY_ID, SIM_REQUEST_ID, &package_msg);
+    let package_env = identity::seal_envelope(&parts.coordinator, &package_msg)?;
     // Round 2: each signer checks the coordinator's envelope, signs, returns its share.
     let mut sig_shares = BTreeMap::new();
     for (p, n) in nonces {
@@ -291,7 +293,10 @@ pub fn sign<C: EngineSuite, R: RngCore + CryptoRng>(
             &session,
             |_, r| SigningPackage::<C>::decode_body(r),
         )?;
-        let share = n.sign(&shares[&p], &pkg)?;
+        let share = ShareMessage {
+            transcript: sign::transcript_digest(SIM_KEY_ID, SIM_REQUEST_ID, opened.body),
+            share: n.sign(&shares[&p], &pkg)?,
+        };
         let h = header::<C>(Kind::SignatureShare, session, p, Some(COORDINATOR));
         let mut env = identity::signed(&parts.identities[&p], &h, &share)?;
         if !tamper(Step::Share, p, COORDINATOR, &mut env) {
@@ -303,9 +308,15 @@ pub fn sign<C: EngineSuite, R: RngCore + CryptoRng>(
             C::SUITE,
             Kind::SignatureShare,
             &session,
-            |_, r| SignatureShare::<C>::decode_body(r),
+            |_, r| ShareMessage::<C>::decode_body(r),
         )?;
-        if sig_shares.insert(h.from, s).is_some() {
+        if s.transcript != expected_transcript {
+            // The share confirms another request or package than ours.
+            return Err(Error::InvalidSignatureShare {
+                culprits: vec![h.from],
+            });
+        }
+        if sig_shares.insert(h.from, s.share).is_some() {
             return Err(Error::Duplicate {
                 round: "signature share",
                 culprit: h.from,
@@ -314,6 +325,11 @@ pub fn sign<C: EngineSuite, R: RngCore + CryptoRng>(
     }
     sign::aggregate(public, &package, &sig_shares)
 }
+
+/// The key id simulated signing binds into each share's transcript digest.
+pub const SIM_KEY_ID: &str = "sim";
+/// The request id simulated signing binds into each share's transcript digest.
+pub const SIM_REQUEST_ID: &str = "sim";
 
 /// Recovers `lost`'s share with the help of `helpers`.
 #[allow(clippy::too_many_arguments)]

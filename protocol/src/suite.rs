@@ -101,11 +101,26 @@ pub trait EngineSuite: Ciphersuite + sealed::Sealed + Send + Sync + 'static {
     /// The public key as external verifiers use it: BIP340 x-only (32 bytes) for
     /// secp256k1-tr, the RFC 8032 encoding (32 bytes) for ed25519.
     fn external_public_key(vk: &VerifyingKey<Self>) -> [u8; 32];
+
+    /// The public half of the suite's post-DKG step (frost's `post_dkg`), for a public
+    /// key package re-derived from DKG commitments alone (an auditor's replay): the
+    /// BIP341 tweak with an unspendable script path for secp256k1-tr, nothing for
+    /// ed25519.
+    fn post_dkg_public(
+        package: frost_core::keys::PublicKeyPackage<Self>,
+    ) -> frost_core::keys::PublicKeyPackage<Self>;
 }
 
 impl EngineSuite for frost_secp256k1_tr::Secp256K1Sha256TR {
     const SUITE: Suite = Suite::Secp256k1Tr;
     const ELEMENT_LEN: usize = 33;
+
+    fn post_dkg_public(
+        package: frost_core::keys::PublicKeyPackage<Self>,
+    ) -> frost_core::keys::PublicKeyPackage<Self> {
+        use frost_secp256k1_tr::keys::Tweak;
+        package.tweak::<&[u8]>(None)
+    }
 
     fn external_public_key(vk: &VerifyingKey<Self>) -> [u8; 32] {
         // Invariant: a VerifyingKey is never the identity, so it serializes to 33 bytes
@@ -120,6 +135,12 @@ impl EngineSuite for frost_secp256k1_tr::Secp256K1Sha256TR {
 impl EngineSuite for frost_ed25519::Ed25519Sha512 {
     const SUITE: Suite = Suite::Ed25519;
     const ELEMENT_LEN: usize = 32;
+
+    fn post_dkg_public(
+        package: frost_core::keys::PublicKeyPackage<Self>,
+    ) -> frost_core::keys::PublicKeyPackage<Self> {
+        package
+    }
 
     fn external_public_key(vk: &VerifyingKey<Self>) -> [u8; 32] {
         let bytes = vk.serialize().expect("verifying key is not the identity");

@@ -4,7 +4,7 @@
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 1 | wire version, currently `1` |
+//! | 0 | 1 | wire version, currently `2` (2 added the transcript digest to signature shares) |
 //! | 1 | 1 | suite (`1` = secp256k1-tr, `2` = ed25519) |
 //! | 2 | 1 | message [`Kind`] |
 //! | 3 | 32 | session id |
@@ -26,7 +26,7 @@ use crate::ids::{ParticipantId, SessionId};
 use crate::suite::{EngineSuite, Suite};
 
 /// Current wire version.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Length of the [`Header`].
 pub const HEADER_LEN: usize = 39;
 /// Largest number of participants in one ceremony.

@@ -874,8 +874,11 @@ fn sign_with<C: EngineSuite>(
         from: share.id(),
         to: Some(COORDINATOR),
     };
-    let env =
-        identity::signed(&*i.identity, &header, &sig_share).map_err(|e| internal("encode", e))?;
+    let msg = sign::ShareMessage {
+        transcript: sign::transcript_digest(key_id, ask.request_id, body),
+        share: sig_share,
+    };
+    let env = identity::signed(&*i.identity, &header, &msg).map_err(|e| internal("encode", e))?;
     Ok(SignShareResponse { share: env })
 }
 

@@ -1,0 +1,359 @@
+//! The export bundle: every daemon's log in one file, and its verification.
+//!
+//! Ceremony transcripts travel inside the coordinator's log (`key-created` and
+//! `signature` entries), so one verification covers the chain of every log, every
+//! signature on every entry, and a replay of every ceremony.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::verify_log;
+use crate::entry::Entry;
+use crate::transcript::{
+    replay_dkg, replay_signing, DkgTranscript, Party, SigningTranscript, Trust,
+};
+
+/// `format` of a bundle.
+pub const EXPORT_FORMAT: &str = "custody-audit-export/v1";
+
+/// Coordinator entry: a key was created (body [`KeyCreated`]).
+pub const KEY_CREATED: &str = "key-created";
+/// Coordinator entry: a signature was produced (body [`Signature`]).
+pub const SIGNATURE: &str = "signature";
+/// Signer entry: it confirmed a DKG and holds a share (body [`DkgConfirmed`]).
+pub const DKG_CONFIRMED: &str = "dkg-confirmed";
+/// Signer entry: it released a signature share (body [`ShareIssued`]).
+pub const SHARE_ISSUED: &str = "share-issued";
+/// Either: a request was refused by policy (body [`Refused`]).
+pub const SIGN_REFUSED: &str = "sign-refused";
+/// Either: a key's lifecycle state changed (body [`Lifecycle`]).
+pub const LIFECYCLE: &str = "lifecycle";
+/// Either: a caller was refused for its certificate or role (body [`AuthDenied`]).
+pub const AUTH_DENIED: &str = "auth-denied";
+/// Either: the daemon started (body [`Started`]).
+pub const DAEMON_STARTED: &str = "daemon-started";
+
+/// Body of [`KEY_CREATED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCreated {
+    /// Human name.
+    pub name: String,
+    /// hot, warm or cold.
+    pub tier: String,
+    /// The policy (canonical JSON) every signer was given.
+    pub policy: String,
+    /// Successor of this key, for a rotation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rotated_from: String,
+    /// The ceremony.
+    pub transcript: DkgTranscript,
+}
+
+/// Body of [`SIGNATURE`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    /// The ceremony.
+    pub transcript: SigningTranscript,
+}
+
+/// Body of [`DKG_CONFIRMED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkgConfirmed {
+    /// The key.
+    pub key_id: String,
+    /// Session id, hex.
+    pub session: String,
+    /// Group public key, hex.
+    pub public_key: String,
+    /// SHA-256 of the policy JSON the signer enforces for this key, hex.
+    pub policy_sha256: String,
+}
+
+/// Body of [`SHARE_ISSUED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareIssued {
+    /// The key.
+    pub key_id: String,
+    /// The request.
+    pub request_id: String,
+    /// Session id, hex.
+    pub session: String,
+    /// The transcript digest the share confirms, hex.
+    pub transcript: String,
+}
+
+/// Body of [`SIGN_REFUSED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refused {
+    /// The key.
+    pub key_id: String,
+    /// The request.
+    pub request_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Body of [`LIFECYCLE`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lifecycle {
+    /// The key.
+    pub key_id: String,
+    /// suspend, resume, retire, destroy, rotate.
+    pub event: String,
+    /// The state after it.
+    pub state: String,
+    /// Who asked (certificate name), when known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by: String,
+}
+
+/// Body of [`AUTH_DENIED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthDenied {
+    /// The RPC.
+    pub rpc: String,
+    /// The status returned.
+    pub reason: String,
+}
+
+/// Body of [`DAEMON_STARTED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Started {
+    /// Software version.
+    pub version: String,
+}
+
+/// An export: every daemon's log, sealed with the export's nonce.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// [`EXPORT_FORMAT`].
+    pub format: String,
+    /// When the export was made (exporter's clock, ms since the epoch).
+    pub exported_at_ms: u64,
+    /// The nonce every log's last entry must carry, hex.
+    pub nonce: String,
+    /// The coordinator and every signer.
+    pub parties: Vec<PartyLog>,
+}
+
+/// One daemon and its log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartyLog {
+    /// Daemon name.
+    pub name: String,
+    /// `coordinator` or `signer`.
+    pub role: String,
+    /// Public identity, hex (64 bytes).
+    pub identity: String,
+    /// Certificate (DER, hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// The log's records, concatenated, hex. Empty when unavailable.
+    #[serde(default)]
+    pub log: String,
+    /// Why the log could not be exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+/// What a verification established.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    /// Entries checked per daemon.
+    pub entries: BTreeMap<String, usize>,
+    /// Keys whose DKG replayed.
+    pub keys: Vec<crate::transcript::DkgReplay>,
+    /// Signatures replayed.
+    pub signatures: usize,
+    /// Shares matched to the issuing signer's own log entry.
+    pub shares_matched: usize,
+    /// Requests refused by policy, by writer.
+    pub refusals: usize,
+    /// Lifecycle transitions recorded.
+    pub lifecycle: usize,
+    /// Authentication failures recorded.
+    pub auth_denied: usize,
+    /// Whether identities were pinned.
+    pub pinned: bool,
+}
+
+/// The first thing wrong.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    /// Which log and entry (or which part of the bundle).
+    pub at: String,
+    /// What is wrong.
+    pub why: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.why)
+    }
+}
+
+fn fail(at: impl Into<String>, why: impl Into<String>) -> Failure {
+    Failure {
+        at: at.into(),
+        why: why.into(),
+    }
+}
+
+fn body<T: serde::de::DeserializeOwned>(e: &Entry) -> Result<T, String> {
+    serde_json::from_slice(&e.body).map_err(|err| format!("{} body: {err}", e.kind))
+}
+
+/// Verifies a bundle: identities against `trust`, every log (records, chain,
+/// signatures, genesis, export seal with the bundle's nonce), a replay of every DKG
+/// and signature in the coordinator's log, and that every share in those signatures
+/// is recorded in the log of the signer that issued it. Stops at the first failure.
+pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
+    if b.format != EXPORT_FORMAT {
+        return Err(fail(
+            "bundle",
+            format!("format {:?}, expected {EXPORT_FORMAT:?}", b.format),
+        ));
+    }
+    let nonce = hex::decode(&b.nonce).map_err(|_| fail("bundle", "nonce is not hex"))?;
+    let mut summary = Summary {
+        pinned: matches!(trust, Trust::Pinned(_)),
+        ..Summary::default()
+    };
+    let mut names = BTreeSet::new();
+    let mut logs: BTreeMap<String, (String, Vec<Entry>)> = BTreeMap::new();
+    for p in &b.parties {
+        if !names.insert(p.name.clone()) {
+            return Err(fail(format!("party {}", p.name), "appears twice"));
+        }
+        let at = format!("log of {}", p.name);
+        if let Some(why) = &p.unavailable {
+            return Err(fail(at, format!("missing from the export: {why}")));
+        }
+        let party = Party {
+            id: 1,
+            name: p.name.clone(),
+            identity: p.identity.clone(),
+            certificate: None,
+        };
+        let public = trust_check(trust, &party).map_err(|why| fail(&at, why))?;
+        let bytes = hex::decode(&p.log).map_err(|_| fail(&at, "log is not hex"))?;
+        let entries = verify_log(&bytes, &public, Some(&nonce))
+            .map_err(|pr| fail(format!("{at}, entry {}", pr.index), pr.reason))?;
+        summary.entries.insert(p.name.clone(), entries.len());
+        logs.insert(p.name.clone(), (p.role.clone(), entries));
+    }
+    let coordinators: Vec<_> = logs
+        .iter()
+        .filter(|(_, (r, _))| r == "coordinator")
+        .collect();
+    if coordinators.len() != 1 {
+        return Err(fail(
+            "bundle",
+            format!("{} coordinator logs, expected 1", coordinators.len()),
+        ));
+    }
+    // What each signer says it issued: (key, request, transcript digest).
+    let mut issued: BTreeMap<String, BTreeSet<(String, String, String)>> = BTreeMap::new();
+    for (name, (role, entries)) in &logs {
+        if role != "signer" {
+            continue;
+        }
+        let set = issued.entry(name.clone()).or_default();
+        for (i, e) in entries.iter().enumerate() {
+            let at = || format!("log of {name}, entry {i}");
+            match e.kind.as_str() {
+                SHARE_ISSUED => {
+                    let s: ShareIssued = body(e).map_err(|why| fail(at(), why))?;
+                    set.insert((s.key_id, s.request_id, s.transcript));
+                }
+                SIGN_REFUSED => summary.refusals += 1,
+                LIFECYCLE => summary.lifecycle += 1,
+                AUTH_DENIED => summary.auth_denied += 1,
+                _ => {}
+            }
+        }
+    }
+    let (coord_name, (_, entries)) = coordinators[0];
+    let mut keys: BTreeMap<String, String> = BTreeMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let at = || format!("log of {coord_name}, entry {i} ({})", e.kind);
+        match e.kind.as_str() {
+            KEY_CREATED => {
+                let k: KeyCreated = body(e).map_err(|why| fail(at(), why))?;
+                let r = replay_dkg(&k.transcript, trust)
+                    .map_err(|why| fail(at(), format!("DKG replay: {why}")))?;
+                if keys
+                    .insert(r.key_id.clone(), r.public_key_set.clone())
+                    .is_some()
+                {
+                    return Err(fail(at(), format!("key {} created twice", r.key_id)));
+                }
+                summary.keys.push(r);
+            }
+            SIGNATURE => {
+                let s: Signature = body(e).map_err(|why| fail(at(), why))?;
+                let t = &s.transcript;
+                let set = keys.get(&t.key_id).ok_or_else(|| {
+                    fail(
+                        at(),
+                        format!(
+                            "signature by key {} whose creation is not in the log",
+                            t.key_id
+                        ),
+                    )
+                })?;
+                replay_signing(t, trust, Some(set))
+                    .map_err(|why| fail(at(), format!("signing replay: {why}")))?;
+                summary.signatures += 1;
+                let digest = signing_digest(t).map_err(|why| fail(at(), why))?;
+                for signer in &t.signers {
+                    let found = issued.get(&signer.name).is_some_and(|set| {
+                        set.contains(&(t.key_id.clone(), t.request_id.clone(), digest.clone()))
+                    });
+                    if !found {
+                        return Err(fail(
+                            at(),
+                            format!(
+                                "{} signed a share of request {} but its own log does not record it",
+                                signer.name, t.request_id
+                            ),
+                        ));
+                    }
+                    summary.shares_matched += 1;
+                }
+            }
+            SIGN_REFUSED => summary.refusals += 1,
+            LIFECYCLE => summary.lifecycle += 1,
+            AUTH_DENIED => summary.auth_denied += 1,
+            _ => {}
+        }
+    }
+    Ok(summary)
+}
+
+fn trust_check(trust: &Trust, p: &Party) -> Result<[u8; 32], String> {
+    crate::transcript::check_party(trust, p).map(|id| id.verify)
+}
+
+/// The transcript digest every share of `t` confirms, hex.
+fn signing_digest(t: &SigningTranscript) -> Result<String, String> {
+    let env = hex::decode(&t.package).map_err(|_| "package is not hex".to_string())?;
+    let body = custody_protocol::identity::envelope_body(&env)
+        .map_err(|e| format!("signing package: {e}"))?;
+    Ok(hex::encode(custody_protocol::sign::transcript_digest(
+        &t.key_id,
+        &t.request_id,
+        body,
+    )))
+}
