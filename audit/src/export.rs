@@ -44,9 +44,6 @@ pub struct KeyCreated {
     pub tier: String,
     /// The policy (canonical JSON) every signer was given.
     pub policy: String,
-    /// Successor of this key, for a rotation.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub rotated_from: String,
     /// The ceremony.
     pub transcript: DkgTranscript,
 }
@@ -112,6 +109,9 @@ pub struct Lifecycle {
     /// Who asked (certificate name), when known.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub by: String,
+    /// For a rotation: the key that replaces this one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub successor: String,
 }
 
 /// Body of [`AUTH_DENIED`].

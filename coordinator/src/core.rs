@@ -34,7 +34,13 @@ pub(crate) fn load_identity(config: &Config) -> Result<SharedIdentity, StartErro
 /// Everything the services share.
 #[derive(Debug)]
 pub(crate) struct Core {
+    /// Our name (as in our certificate).
+    pub name: String,
     pub identity: SharedIdentity,
+    /// Our certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// Our audit log: written before what it records is acknowledged.
+    pub audit: custody_audit::AuditLog,
     pub identity_public: IdentityPublic,
     pub ca_der: Vec<u8>,
     pub store: Store,

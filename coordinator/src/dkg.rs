@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use custody_audit::export::{KeyCreated, KEY_CREATED};
+use custody_audit::transcript::{DkgTranscript, Message, Party, DKG_FORMAT};
 use custody_pki::Role;
 use custody_protocol::dkg::{self, DKG_KINDS};
 use custody_protocol::proto::*;
@@ -14,7 +16,6 @@ use custody_protocol::{
     api, with_suite, IdentityPublic, ParticipantId, PublicKeySet, Roster, SessionId, Suite,
 };
 use rand_core::{OsRng, RngCore};
-use serde::Serialize;
 use tonic::Status;
 use tracing::{info, warn};
 
@@ -34,43 +35,10 @@ pub(crate) struct KeySpec {
     pub policy: String,
 }
 
-/// Every public message of a DKG, as relayed: what an auditor needs to replay it.
-/// Round-2 entries are ciphertexts sealed to their recipients.
-#[derive(Debug, Serialize)]
-struct Transcript {
-    format: &'static str,
-    key_id: String,
-    suite: String,
-    threshold: u16,
-    session: String,
-    participants: Vec<TranscriptParticipant>,
-    round1: Vec<TranscriptMessage>,
-    echoes: Vec<TranscriptMessage>,
-    round2: Vec<TranscriptMessage>,
-    confirmations: Vec<TranscriptMessage>,
-    public_key_set: String,
-    public_key: String,
-}
-
-#[derive(Debug, Serialize)]
-struct TranscriptParticipant {
-    id: u16,
-    name: String,
-    certificate: String,
-}
-
-#[derive(Debug, Serialize)]
-struct TranscriptMessage {
-    from: u16,
-    to: u16,
-    envelope: String,
-}
-
-fn msgs(list: &[(ParticipantId, ParticipantId, Vec<u8>)]) -> Vec<TranscriptMessage> {
+fn msgs(list: &BTreeMap<ParticipantId, Vec<u8>>) -> Vec<Message> {
     list.iter()
-        .map(|(f, t, e)| TranscriptMessage {
-            from: f.get(),
-            to: t.get(),
+        .map(|(p, e)| Message {
+            from: p.get(),
             envelope: hex::encode(e),
         })
         .collect()
@@ -350,8 +318,10 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         dkg_session: session.to_string(),
     };
 
-    let transcript = Transcript {
-        format: "custody-dkg-transcript/v0",
+    // Round-2 shares are secret (sealed to their recipients): not in the transcript.
+    let _ = sealed;
+    let transcript = DkgTranscript {
+        format: DKG_FORMAT.into(),
         key_id: key_id.clone(),
         suite: meta.suite.clone(),
         threshold: meta.threshold,
@@ -359,45 +329,40 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         participants: parts
             .iter()
             .zip(&ids)
-            .map(|((p, h), (cert, _))| TranscriptParticipant {
+            .map(|((p, h), (cert, id))| Party {
                 id: p.get(),
                 name: h.name.clone(),
-                certificate: hex::encode(cert),
+                identity: hex::encode(id.to_bytes()),
+                certificate: Some(hex::encode(cert)),
             })
             .collect(),
-        round1: msgs(
-            &round1
-                .iter()
-                .map(|(p, e)| (*p, *p, e.clone()))
-                .collect::<Vec<_>>(),
-        ),
-        echoes: msgs(
-            &echoes
-                .iter()
-                .map(|(p, e)| (*p, *p, e.clone()))
-                .collect::<Vec<_>>(),
-        ),
-        round2: msgs(&sealed),
-        confirmations: msgs(
-            &confirmations
-                .iter()
-                .map(|(p, e)| (*p, *p, e.clone()))
-                .collect::<Vec<_>>(),
-        ),
+        round1: msgs(&round1),
+        echoes: msgs(&echoes),
+        confirmations: msgs(&confirmations.iter().cloned().collect()),
         public_key_set: meta.public_key_set.clone(),
         public_key: meta.public_key.clone(),
     };
+    // The ceremony is in the audit log before the key exists for clients.
+    let entry = KeyCreated {
+        name: meta.name.clone(),
+        tier: meta.tier.clone(),
+        policy: meta.policy.clone(),
+        transcript,
+    };
+    core.audit
+        .append(KEY_CREATED, &entry)
+        .await
+        .map_err(crate::audit::refused)?;
+    // A copy for auditors who replay one ceremony (`custody audit replay FILE`).
     let path = core.transcripts.join(format!("dkg-{key_id}.json"));
-    tokio::task::spawn_blocking(move || -> Result<(), Status> {
-        let json =
-            serde_json::to_vec_pretty(&transcript).map_err(|e| Status::internal(e.to_string()))?;
+    tokio::task::spawn_blocking(move || {
+        let json = serde_json::to_vec_pretty(&entry.transcript).unwrap_or_default();
         if let Err(e) = std::fs::write(&path, json) {
             warn!("transcript {}: {e}", path.display());
         }
-        Ok(())
     })
     .await
-    .map_err(|e| Status::internal(format!("task: {e}")))??;
+    .map_err(|e| Status::internal(format!("task: {e}")))?;
     core.record_key(&meta).await?;
     info!(%key_id, public_key = %meta.public_key, "key created");
     Ok(meta)

@@ -16,6 +16,7 @@
 //!
 //! [`run`] serves until `shutdown` resolves; `custody coordinator` is a thin wrapper.
 
+mod audit;
 pub mod config;
 mod core;
 mod dkg;

@@ -20,6 +20,10 @@ use crate::dkg::{self, KeySpec};
 use crate::signers::SignerHandle;
 use crate::store::{KeyMeta, SignRecord};
 use crate::{signing, StartError};
+use custody_audit::export::{
+    AuthDenied, Lifecycle, Refused, Signature as AuditedSignature, AUTH_DENIED, LIFECYCLE,
+    SIGNATURE, SIGN_REFUSED,
+};
 
 /// Longest key name.
 const MAX_NAME: usize = 128;
@@ -36,7 +40,7 @@ pub(crate) async fn serve(
     config.check().map_err(cfg_err)?;
     let identity = crate::core::load_identity(&config)?;
     let files = config.tls.clone();
-    let (_, ca_der) = custody_pki::server::check_own_certificate(
+    let (cert_der, ca_der) = custody_pki::server::check_own_certificate(
         &files,
         Role::Coordinator,
         &config.name,
@@ -59,7 +63,12 @@ pub(crate) async fn serve(
     let transcripts = config.data_dir.join("transcripts");
     std::fs::create_dir_all(&transcripts)
         .map_err(|e| cfg_err(format!("{}: {e}", transcripts.display())))?;
+    let audit =
+        crate::audit::open(&config.data_dir, &config.name, identity.clone()).map_err(cfg_err)?;
     let core = Arc::new(Core {
+        name: config.name.clone(),
+        cert_der,
+        audit,
         identity_public: identity.public(),
         identity,
         ca_der,
@@ -133,12 +142,41 @@ fn sign_proto(r: &SignRecord, replayed: bool) -> SignResponse {
     }
 }
 
+/// `data` in 1 MiB chunks, as a stream's items.
+pub(crate) fn chunks(data: Vec<u8>) -> Vec<Result<AuditChunk, Status>> {
+    data.chunks(1 << 20)
+        .map(|c| Ok(AuditChunk { data: c.to_vec() }))
+        .collect()
+}
+
 fn store_err(e: crate::store::StoreError) -> Status {
     warn!("store: {e}");
     Status::internal(format!("coordinator storage: {e}"))
 }
 
 impl CustodyService {
+    /// Checks the caller's certificate and role; a refusal is recorded in the audit log.
+    fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        roles: &[Role],
+    ) -> Result<custody_pki::PeerInfo, Status> {
+        custody_pki::authorize(req, roles).inspect_err(|st| {
+            let rpc = req
+                .extensions()
+                .get::<tonic::GrpcMethod>()
+                .map(|m| m.method().to_string())
+                .unwrap_or_default();
+            self.0.audit.record(
+                AUTH_DENIED,
+                &AuthDenied {
+                    rpc,
+                    reason: st.message().to_string(),
+                },
+            );
+        })
+    }
+
     fn spec(&self, r: CreateKeyRequest) -> Result<KeySpec, Status> {
         let core = &self.0;
         let suite: Suite = api::suite("suite", &r.suite)?;
@@ -233,7 +271,7 @@ fn now_ms() -> u64 {
 #[tonic::async_trait]
 impl Custody for CustodyService {
     async fn create_key(&self, req: Request<CreateKeyRequest>) -> Result<Response<Key>, Status> {
-        let caller = custody_pki::authorize(&req, &[Role::Operator])?;
+        let caller = self.authorize(&req, &[Role::Operator])?;
         let spec = self.spec(req.into_inner())?;
         info!(caller = %caller.name, suite = %spec.suite, "create key");
         let meta = dkg::create_key(&self.0, spec).await.inspect_err(|st| {
@@ -243,7 +281,7 @@ impl Custody for CustodyService {
     }
 
     async fn get_key(&self, req: Request<GetKeyRequest>) -> Result<Response<Key>, Status> {
-        custody_pki::authorize(&req, &[Role::Operator, Role::Auditor, Role::PaymentBackend])?;
+        self.authorize(&req, &[Role::Operator, Role::Auditor, Role::PaymentBackend])?;
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
         let k = self.0.key(&r.key_id)?;
@@ -254,7 +292,7 @@ impl Custody for CustodyService {
         &self,
         req: Request<ListKeysRequest>,
     ) -> Result<Response<ListKeysResponse>, Status> {
-        custody_pki::authorize(&req, &[Role::Operator, Role::Auditor, Role::PaymentBackend])?;
+        self.authorize(&req, &[Role::Operator, Role::Auditor, Role::PaymentBackend])?;
         let mut keys: Vec<KeyMeta> = self
             .0
             .keys
@@ -270,7 +308,7 @@ impl Custody for CustodyService {
     }
 
     async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
-        custody_pki::authorize(&req, &[Role::Operator, Role::PaymentBackend])?;
+        self.authorize(&req, &[Role::Operator, Role::PaymentBackend])?;
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
         if r.message.len() > wire::MAX_SIGNING_MESSAGE {
@@ -324,7 +362,7 @@ impl Custody for CustodyService {
         &self,
         req: Request<GetSignatureRequest>,
     ) -> Result<Response<SignResponse>, Status> {
-        custody_pki::authorize(&req, &[Role::Operator, Role::PaymentBackend, Role::Auditor])?;
+        self.authorize(&req, &[Role::Operator, Role::PaymentBackend, Role::Auditor])?;
         let r = req.into_inner();
         api::check_id("request_id", &r.request_id)?;
         let rec = self
@@ -342,10 +380,10 @@ impl Custody for CustodyService {
         &self,
         req: Request<ChangeKeyStateRequest>,
     ) -> Result<Response<Key>, Status> {
-        let caller = custody_pki::authorize(&req, &[Role::Operator])?;
+        let caller = self.authorize(&req, &[Role::Operator])?;
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
-        let meta = apply_event(&self.0, &r.key_id, &r.event).await?;
+        let meta = apply_event(&self.0, &r.key_id, &r.event, &caller.name, "").await?;
         warn!(key_id = %meta.key_id, caller = %caller.name, state = %meta.state, "key lifecycle: {}", r.event);
         Ok(Response::new(key_proto(&meta)))
     }
@@ -354,7 +392,7 @@ impl Custody for CustodyService {
         &self,
         req: Request<RotateKeyRequest>,
     ) -> Result<Response<RotateKeyResponse>, Status> {
-        let caller = custody_pki::authorize(&req, &[Role::Operator])?;
+        let caller = self.authorize(&req, &[Role::Operator])?;
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
         let core = &self.0;
@@ -393,7 +431,7 @@ impl Custody for CustodyService {
         info!(caller = %caller.name, key_id = %old.key_id, "rotate key");
         let mut new = dkg::create_key(core, spec).await?;
         // Then the old key retires on every signer (and here).
-        let mut retired = apply_event(core, &old.key_id, "retire").await.map_err(|st| {
+        let mut retired = apply_event(core, &old.key_id, "retire", &caller.name, &new.key_id).await.map_err(|st| {
             Status::new(
                 st.code(),
                 format!(
@@ -417,11 +455,28 @@ impl Custody for CustodyService {
         }))
     }
 
+    type ExportAuditStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<AuditChunk, Status>> + Send + 'static>,
+    >;
+
+    async fn export_audit(
+        &self,
+        req: Request<ExportAuditRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        let caller = self.authorize(&req, &[Role::Auditor, Role::Operator])?;
+        let nonce = req.into_inner().nonce;
+        api::check_nonce(&nonce)?;
+        let bundle = crate::audit::export(&self.0, &nonce).await?;
+        let json = serde_json::to_vec(&bundle).map_err(|e| Status::internal(e.to_string()))?;
+        info!(caller = %caller.name, bytes = json.len(), "audit log exported");
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks(json)))))
+    }
+
     async fn cluster_status(
         &self,
         req: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        custody_pki::authorize(&req, &[Role::Operator, Role::Auditor])?;
+        self.authorize(&req, &[Role::Operator, Role::Auditor])?;
         let core = &self.0;
         // Probe every signer now (bounded by the connect timeout).
         let mut tasks = Vec::new();
@@ -486,9 +541,53 @@ impl CustodyService {
             )));
         }
         let signed = match &key {
-            AnyKey::Secp(k) => signing::sign(core, k, message, request_id, transfer).await?,
-            AnyKey::Ed(k) => signing::sign(core, k, message, request_id, transfer).await?,
+            AnyKey::Secp(k) => {
+                signing::sign(core, k, message.clone(), request_id, transfer.clone()).await
+            }
+            AnyKey::Ed(k) => {
+                signing::sign(core, k, message.clone(), request_id, transfer.clone()).await
+            }
         };
+        let signed = match signed {
+            Ok(s) => s,
+            Err(st) => {
+                if st.code() == tonic::Code::PermissionDenied {
+                    core.audit.record(
+                        SIGN_REFUSED,
+                        &Refused {
+                            key_id: key_id.to_string(),
+                            request_id: request_id.to_string(),
+                            reason: st.message().to_string(),
+                        },
+                    );
+                }
+                return Err(st);
+            }
+        };
+        // The signature is in the audit log, with every message of its ceremony,
+        // before anyone learns it.
+        let transcript = match &key {
+            AnyKey::Secp(k) => crate::audit::signing_transcript(
+                core,
+                k,
+                request_id,
+                &message,
+                transfer.as_ref(),
+                &signed,
+            ),
+            AnyKey::Ed(k) => crate::audit::signing_transcript(
+                core,
+                k,
+                request_id,
+                &message,
+                transfer.as_ref(),
+                &signed,
+            ),
+        };
+        core.audit
+            .append(SIGNATURE, &AuditedSignature { transcript })
+            .await
+            .map_err(crate::audit::refused)?;
         let rec = SignRecord {
             request_id: request_id.to_string(),
             key_id: key_id.to_string(),
@@ -513,7 +612,13 @@ impl CustodyService {
 
 /// Applies an operator lifecycle event to a key on every one of its signers (each
 /// idempotently, so a retry after a partial failure completes it), then records it.
-async fn apply_event(core: &Arc<Core>, key_id: &str, event_name: &str) -> Result<KeyMeta, Status> {
+async fn apply_event(
+    core: &Arc<Core>,
+    key_id: &str,
+    event_name: &str,
+    by: &str,
+    successor: &str,
+) -> Result<KeyMeta, Status> {
     let r = ChangeKeyStateRequest {
         key_id: key_id.to_string(),
         event: event_name.to_string(),
@@ -581,6 +686,23 @@ async fn apply_event(core: &Arc<Core>, key_id: &str, event_name: &str) -> Result
         )));
     }
     meta.state = next.name().to_string();
+    core.audit
+        .append(
+            LIFECYCLE,
+            &Lifecycle {
+                key_id: meta.key_id.clone(),
+                event: if successor.is_empty() {
+                    r.event.clone()
+                } else {
+                    "rotate".into()
+                },
+                state: meta.state.clone(),
+                by: by.to_string(),
+                successor: successor.to_string(),
+            },
+        )
+        .await
+        .map_err(crate::audit::refused)?;
     core.record_key(&meta).await?;
     Ok(meta)
 }

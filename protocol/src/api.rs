@@ -88,6 +88,17 @@ pub fn culprits(st: &Status) -> Vec<ParticipantId> {
         .unwrap_or_default()
 }
 
+/// Checks an export nonce: 16 to 64 bytes.
+pub fn check_nonce(nonce: &[u8]) -> Result<(), Status> {
+    if !(16..=64).contains(&nonce.len()) {
+        return Err(Status::invalid_argument(format!(
+            "nonce: {} bytes, 16 to 64 required",
+            nonce.len()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

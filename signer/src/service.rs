@@ -21,6 +21,9 @@ use rand_core::OsRng;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use custody_audit::export as ax;
+use custody_audit::AuditLog;
+
 use crate::config::{Config, Fault};
 use crate::store::{self, KeyRecord, KeyState};
 use crate::StartError;
@@ -78,6 +81,8 @@ struct Inner {
     dkg: Mutex<HashMap<SessionId, DkgSession>>,
     nonces: Mutex<HashMap<String, NoncePool>>,
     fault: Option<Fault>,
+    /// Our audit log: written before what it records is acknowledged.
+    audit: AuditLog,
 }
 
 /// The unused nonces of one key, by their encoded commitments, oldest first.
@@ -120,6 +125,26 @@ impl NoncePool {
 #[derive(Clone)]
 struct SignerService(Arc<Inner>);
 
+impl SignerService {
+    /// Only the coordinator may call a signer; a refusal is recorded in the audit log.
+    fn authorize<T>(&self, req: &Request<T>) -> Result<custody_pki::PeerInfo, Status> {
+        custody_pki::authorize(req, &[Role::Coordinator]).inspect_err(|st| {
+            let rpc = req
+                .extensions()
+                .get::<tonic::GrpcMethod>()
+                .map(|m| m.method().to_string())
+                .unwrap_or_default();
+            self.0.audit.record(
+                ax::AUTH_DENIED,
+                &ax::AuthDenied {
+                    rpc,
+                    reason: st.message().to_string(),
+                },
+            );
+        })
+    }
+}
+
 /// Opens the sealer and the signer's sealed identity (created on first start).
 pub(crate) fn open_identity(
     config: &Config,
@@ -156,7 +181,22 @@ pub(crate) async fn serve(
     }
     let db =
         sled::open(config.data_dir.join("db")).map_err(|e| cfg_err(format!("database: {e}")))?;
+    let (audit, opened) = AuditLog::open(
+        &config.data_dir.join("audit.log"),
+        identity.clone(),
+        &config.name,
+        "signer",
+    )
+    .map_err(|e| cfg_err(e.to_string()))?;
+    info!(path = %audit.path().display(), entries = opened.entries, "audit log open");
+    audit.record(
+        ax::DAEMON_STARTED,
+        &ax::Started {
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+    );
     let inner = Inner {
+        audit,
         name: config.name.clone(),
         identity,
         cert_der,
@@ -186,6 +226,12 @@ pub(crate) async fn serve(
     .await?;
     info!(signer = %config.name, "signer stopped");
     Ok(())
+}
+
+/// The action an entry records is refused when the entry cannot be written.
+fn unrecorded(e: custody_audit::AuditError) -> Status {
+    tracing::error!("{e}");
+    Status::unavailable(format!("{e}: refused because it cannot be recorded"))
 }
 
 fn engine_status(context: &str, e: custody_protocol::Error) -> Status {
@@ -290,11 +336,14 @@ impl Inner {
                     // A retry of a request already admitted and counted.
                     return Ok(());
                 }
-                warn!(%key_id, request_id = %request.request_id(), "REFUSED: request id reused for another message");
-                return Err(Status::permission_denied(format!(
-                    "policy of key {key_id}: request id {} was already used for another message",
-                    request.request_id()
-                )));
+                return Err(self.refuse(
+                    key_id,
+                    request.request_id(),
+                    format!(
+                        "policy of key {key_id}: request id {} was already used for another message",
+                        request.request_id()
+                    ),
+                ));
             }
         }
         let status = hot_warm_cold::KeyStatus {
@@ -308,10 +357,11 @@ impl Inner {
         let decision =
             hot_warm_cold::decide(&status, &k.policy, &usage.ledger, request, &[], now, now);
         if let hot_warm_cold::Decision::Deny(reason) = decision {
-            warn!(%key_id, request_id = %request.request_id(), "REFUSED by policy: {reason}");
-            return Err(Status::permission_denied(format!(
-                "policy of key {key_id}: {reason}"
-            )));
+            return Err(self.refuse(
+                key_id,
+                request.request_id(),
+                format!("policy of key {key_id}: {reason}"),
+            ));
         }
         if k.policy.needs_ledger() {
             let mut next = usage.clone();
@@ -333,6 +383,20 @@ impl Inner {
             *usage = next;
         }
         Ok(())
+    }
+
+    /// Refuses a request: logged, recorded in the audit log, `PERMISSION_DENIED`.
+    fn refuse(&self, key_id: &str, request_id: &str, reason: String) -> Status {
+        warn!(%key_id, %request_id, "REFUSED by policy: {reason}");
+        self.audit.record(
+            ax::SIGN_REFUSED,
+            &ax::Refused {
+                key_id: key_id.to_string(),
+                request_id: request_id.to_string(),
+                reason: reason.clone(),
+            },
+        );
+        Status::permission_denied(reason)
     }
 
     fn put(&self, rec: &KeyRecord) -> Result<(), Status> {
@@ -419,7 +483,7 @@ impl Signer for SignerService {
         &self,
         req: Request<DkgStartRequest>,
     ) -> Result<Response<DkgStartResponse>, Status> {
-        let caller = custody_pki::authorize(&req, &[Role::Coordinator])?;
+        let caller = self.authorize(&req)?;
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
         let session = api::session("session", &r.session)?;
@@ -504,7 +568,7 @@ impl Signer for SignerService {
         &self,
         req: Request<DkgRound1Request>,
     ) -> Result<Response<DkgRound1Response>, Status> {
-        custody_pki::authorize(&req, &[Role::Coordinator])?;
+        self.authorize(&req)?;
         let r = req.into_inner();
         let session = api::session("session", &r.session)?;
         let msgs = relayed(&r.round1, "round1.from")?;
@@ -552,7 +616,7 @@ impl Signer for SignerService {
         &self,
         req: Request<DkgRound2Request>,
     ) -> Result<Response<DkgRound2Response>, Status> {
-        custody_pki::authorize(&req, &[Role::Coordinator])?;
+        self.authorize(&req)?;
         let r = req.into_inner();
         let session = api::session("session", &r.session)?;
         let echoes = relayed(&r.echoes, "echoes.from")?;
@@ -586,12 +650,13 @@ impl Signer for SignerService {
                 let pks = share.public().to_bytes();
                 let digest = share.public().digest();
                 let me = share.id();
-                Ok::<_, Status>((Arc::new(share) as SharedShare, confirm, sealed, pks, digest, me))
+                let pk = share.public().public_key();
+                Ok::<_, Status>((Arc::new(share) as SharedShare, confirm, sealed, pks, digest, me, pk))
             })
         })
         .await
         .map_err(|e| internal("dkg task", e))?;
-        let (share, confirmation, sealed, pks, digest, me) = match res {
+        let (share, confirmation, sealed, pks, digest, me, pk) = match res {
             Ok(v) => v,
             Err(st) => {
                 warn!(%key_id, "DKG round 2 failed: {}", st.message());
@@ -619,6 +684,21 @@ impl Signer for SignerService {
                 .unwrap_or(0),
         };
         i.put(&rec)?;
+        // Recorded before the confirmation leaves.
+        i.audit
+            .append(
+                ax::DKG_CONFIRMED,
+                &ax::DkgConfirmed {
+                    key_id: key_id.clone(),
+                    session: session.to_string(),
+                    public_key: hex::encode(pk),
+                    policy_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                        rec.policy.to_json().as_bytes(),
+                    )),
+                },
+            )
+            .await
+            .map_err(unrecorded)?;
         i.put_stage(&session, Stage::Confirmed { share, digest });
         info!(%key_id, "DKG share stored (pending confirmation)");
         Ok(Response::new(DkgRound2Response {
@@ -631,7 +711,7 @@ impl Signer for SignerService {
         &self,
         req: Request<DkgFinalizeRequest>,
     ) -> Result<Response<DkgFinalizeResponse>, Status> {
-        custody_pki::authorize(&req, &[Role::Coordinator])?;
+        self.authorize(&req)?;
         let r = req.into_inner();
         let session = api::session("session", &r.session)?;
         let confirmations = relayed(&r.confirmations, "confirmations.from")?;
@@ -671,7 +751,7 @@ impl Signer for SignerService {
         &self,
         req: Request<CommitRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
-        custody_pki::authorize(&req, &[Role::Coordinator])?;
+        self.authorize(&req)?;
         let r = req.into_inner();
         if r.count == 0 || r.count > MAX_COMMIT_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -705,7 +785,7 @@ impl Signer for SignerService {
         &self,
         req: Request<KeyLifecycleRequest>,
     ) -> Result<Response<KeyLifecycleResponse>, Status> {
-        custody_pki::authorize(&req, &[Role::Coordinator])?;
+        self.authorize(&req)?;
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
         let event = hot_warm_cold::Event::operator_event(&r.event).ok_or_else(|| {
@@ -734,6 +814,20 @@ impl Signer for SignerService {
             .state
             .apply(event)
             .map_err(|e| Status::failed_precondition(format!("key {}: {e}", r.key_id)))?;
+        // In the audit log before it takes effect.
+        i.audit
+            .append(
+                ax::LIFECYCLE,
+                &ax::Lifecycle {
+                    key_id: r.key_id.clone(),
+                    event: r.event.clone(),
+                    state: next.name().to_string(),
+                    by: String::new(),
+                    successor: String::new(),
+                },
+            )
+            .await
+            .map_err(unrecorded)?;
         rec.state = next;
         if next == KeyState::Destroyed {
             // Erase the share; the record stays as a tombstone.
@@ -759,7 +853,7 @@ impl Signer for SignerService {
         req: Request<SignShareRequest>,
     ) -> Result<Response<SignShareResponse>, Status> {
         let t0 = Instant::now();
-        let caller = custody_pki::authorize(&req, &[Role::Coordinator])?;
+        let caller = self.authorize(&req)?;
         let t_auth = t0.elapsed();
         let r = req.into_inner();
         let i = &self.0;
@@ -790,14 +884,40 @@ impl Signer for SignerService {
             request_id: &r.request_id,
             transfer,
         };
-        let r = with_suite!(k.suite, C => sign_with::<C>(i, &k, ask, opened.body, session).map(Response::new));
+        let (resp, issued) =
+            with_suite!(k.suite, C => sign_with::<C>(i, &k, ask, opened.body, session))?;
+        // The share leaves only once its issue is on disk in our audit log.
+        i.audit
+            .append(ax::SHARE_ISSUED, &issued)
+            .await
+            .map_err(unrecorded)?;
         tracing::debug!(
             auth_us = t_auth.as_micros() as u64,
             open_us = (t_open - t_auth).as_micros() as u64,
             sign_us = (t0.elapsed() - t_open).as_micros() as u64,
             "signature share"
         );
-        r
+        Ok(Response::new(resp))
+    }
+
+    type ExportAuditStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<AuditChunk, Status>> + Send + 'static>,
+    >;
+
+    async fn export_audit(
+        &self,
+        req: Request<ExportAuditRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        self.authorize(&req)?;
+        let nonce = req.into_inner().nonce;
+        api::check_nonce(&nonce)?;
+        let log = self.0.audit.export(&nonce).await.map_err(unrecorded)?;
+        info!(bytes = log.len(), "audit log exported");
+        let chunks: Vec<Result<AuditChunk, Status>> = log
+            .chunks(1 << 20)
+            .map(|c| Ok(AuditChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 }
 
@@ -814,7 +934,7 @@ fn sign_with<C: EngineSuite>(
     ask: Ask<'_>,
     body: &[u8],
     session: SessionId,
-) -> Result<SignShareResponse, Status> {
+) -> Result<(SignShareResponse, ax::ShareIssued), Status> {
     let key_id = ask.key_id;
     let share = k
         .share
@@ -829,9 +949,11 @@ fn sign_with<C: EngineSuite>(
     let request = match ask.transfer {
         Some(t) => {
             if package.message() != t.message(key_id) {
-                warn!(%key_id, request_id = %ask.request_id, "REFUSED: signing package message is not the transfer's message");
-                return Err(Status::permission_denied(
-                    "signing package message is not the message of the transfer it claims to be",
+                return Err(i.refuse(
+                    key_id,
+                    ask.request_id,
+                    "signing package message is not the message of the transfer it claims to be"
+                        .into(),
                 ));
             }
             hot_warm_cold::Request::Transfer(t)
@@ -879,7 +1001,13 @@ fn sign_with<C: EngineSuite>(
         share: sig_share,
     };
     let env = identity::signed(&*i.identity, &header, &msg).map_err(|e| internal("encode", e))?;
-    Ok(SignShareResponse { share: env })
+    let issued = ax::ShareIssued {
+        key_id: key_id.to_string(),
+        request_id: ask.request_id.to_string(),
+        session: session.to_string(),
+        transcript: hex::encode(msg.transcript),
+    };
+    Ok((SignShareResponse { share: env }, issued))
 }
 
 type Drawn = (Vec<u8>, Vec<(Vec<u8>, Erased)>);
