@@ -178,6 +178,12 @@ pub struct Summary {
     pub signatures: usize,
     /// Shares matched to the issuing signer's own log entry.
     pub shares_matched: usize,
+    /// DKG participations matched to the participant's own log entry.
+    pub dkg_confirmations_matched: usize,
+    /// Shares a signer recorded issuing that no signature in the coordinator's log
+    /// used: `signer: key/request`. Normal for an attempt that failed and was retried
+    /// with another quorum; otherwise a signature the coordinator did not record.
+    pub unaccounted_shares: Vec<String>,
     /// Requests refused by policy, by writer.
     pub refusals: usize,
     /// Lifecycle transitions recorded.
@@ -263,16 +269,23 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
             format!("{} coordinator logs, expected 1", coordinators.len()),
         ));
     }
-    // What each signer says it issued: (key, request, transcript digest).
+    // What each signer says it issued: (key, request, transcript digest), and which
+    // DKGs it confirmed: (key, session, public key).
     let mut issued: BTreeMap<String, BTreeSet<(String, String, String)>> = BTreeMap::new();
+    let mut confirmed: BTreeMap<String, BTreeSet<(String, String, String)>> = BTreeMap::new();
     for (name, (role, entries)) in &logs {
         if role != "signer" {
             continue;
         }
         let set = issued.entry(name.clone()).or_default();
+        let dkgs = confirmed.entry(name.clone()).or_default();
         for (i, e) in entries.iter().enumerate() {
             let at = || format!("log of {name}, entry {i}");
             match e.kind.as_str() {
+                DKG_CONFIRMED => {
+                    let d: DkgConfirmed = body(e).map_err(|why| fail(at(), why))?;
+                    dkgs.insert((d.key_id, d.session, d.public_key));
+                }
                 SHARE_ISSUED => {
                     let s: ShareIssued = body(e).map_err(|why| fail(at(), why))?;
                     set.insert((s.key_id, s.request_id, s.transcript));
@@ -285,6 +298,7 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
         }
     }
     let (coord_name, (_, entries)) = coordinators[0];
+    let mut used: BTreeSet<(String, String, String, String)> = BTreeSet::new();
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
     for (i, e) in entries.iter().enumerate() {
         let at = || format!("log of {coord_name}, entry {i} ({})", e.kind);
@@ -298,6 +312,25 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
                     .is_some()
                 {
                     return Err(fail(at(), format!("key {} created twice", r.key_id)));
+                }
+                // Every participant recorded, itself, that it took part in exactly this
+                // ceremony for exactly this key (the key id is a label the coordinator
+                // chose; the signers' entries bind it to the session and the key).
+                let t = &k.transcript;
+                for p in &t.participants {
+                    let ok = confirmed.get(&p.name).is_some_and(|set| {
+                        set.contains(&(t.key_id.clone(), t.session.clone(), r.public_key.clone()))
+                    });
+                    if !ok {
+                        return Err(fail(
+                            at(),
+                            format!(
+                                "{} took part in the DKG of {} but its own log does not record it",
+                                p.name, t.key_id
+                            ),
+                        ));
+                    }
+                    summary.dkg_confirmations_matched += 1;
                 }
                 summary.keys.push(r);
             }
@@ -331,12 +364,27 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
                         ));
                     }
                     summary.shares_matched += 1;
+                    used.insert((
+                        signer.name.clone(),
+                        t.key_id.clone(),
+                        t.request_id.clone(),
+                        digest.clone(),
+                    ));
                 }
             }
             SIGN_REFUSED => summary.refusals += 1,
             LIFECYCLE => summary.lifecycle += 1,
             AUTH_DENIED => summary.auth_denied += 1,
             _ => {}
+        }
+    }
+    for (signer, set) in &issued {
+        for (key, request, digest) in set {
+            if !used.contains(&(signer.clone(), key.clone(), request.clone(), digest.clone())) {
+                summary
+                    .unaccounted_shares
+                    .push(format!("{signer}: {key}/{request}"));
+            }
         }
     }
     Ok(summary)

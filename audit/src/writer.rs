@@ -143,13 +143,26 @@ impl AuditLog {
         writer: &str,
         role: &str,
     ) -> Result<(AuditLog, Opened), AuditError> {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
             .map_err(|e| io(path, e))?;
+        Self::open_file(path, file, identity, writer, role)
+    }
+
+    /// Like [`AuditLog::open`] on a file the caller opened (positioned anywhere; it
+    /// must be readable). Tests open a log read-only to get a disk that refuses writes.
+    pub fn open_file(
+        path: &Path,
+        mut file: File,
+        identity: SharedIdentity,
+        writer: &str,
+        role: &str,
+    ) -> Result<(AuditLog, Opened), AuditError> {
+        file.seek(SeekFrom::Start(0)).map_err(|e| io(path, e))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| io(path, e))?;
         let damaged = |index: usize, why: String| AuditError::Damaged {
@@ -312,10 +325,6 @@ impl State {
     /// Signs, writes and syncs `jobs` as one group, then answers each.
     fn write(&mut self, jobs: &mut [Job]) -> Result<(), AuditError> {
         let result = self.write_group(jobs);
-        let failed = |why: &str| AuditError::Failed {
-            path: self.path.display().to_string(),
-            why: why.to_string(),
-        };
         match &result {
             Ok(ends) => {
                 for (job, at) in jobs.iter_mut().zip(ends) {
@@ -325,11 +334,10 @@ impl State {
                 }
             }
             Err(e) => {
-                let why = self.failed.clone().unwrap_or_else(|| e.to_string());
-                tracing::error!(path = %self.path.display(), "audit log cannot be written: {why}");
+                tracing::error!(path = %self.path.display(), "audit log cannot be written: {e}");
                 for job in jobs.iter_mut() {
                     if let Some(r) = job.reply.take() {
-                        let _ = r.send(Err(failed(&why)));
+                        let _ = r.send(Err(e.clone()));
                     }
                 }
             }

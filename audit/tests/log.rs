@@ -106,6 +106,27 @@ fn a_written_log_verifies_and_survives_restarts_and_torn_writes() {
 }
 
 #[test]
+fn a_log_that_cannot_be_written_fails_closed() {
+    let dir = Scratch::new("readonly");
+    let path = dir.0.join("audit.log");
+    let k = key(6);
+    drop(AuditLog::open(&path, shared(&k), "s", "signer").unwrap());
+    // The same log on a disk that refuses writes (a read-only handle).
+    let ro = std::fs::File::open(&path).unwrap();
+    let (log, _) = AuditLog::open_file(&path, ro, shared(&k), "s", "signer").unwrap();
+    let rt = rt();
+    let first = rt.block_on(log.append("share-issued", &serde_json::json!({})));
+    assert!(matches!(first, Err(AuditError::Io { .. })), "{first:?}");
+    // Every later append fails too: nothing is acknowledged after a failed write.
+    let later = rt.block_on(log.append("share-issued", &serde_json::json!({})));
+    assert!(matches!(later, Err(AuditError::Failed { .. })), "{later:?}");
+    assert!(rt.block_on(log.export(b"nonce")).is_err());
+    // Nothing half-written: the log on disk still verifies up to its last entry.
+    let raw = std::fs::read(&path).unwrap();
+    assert_eq!(verify_log(&raw, &k.public().verify, None).unwrap().len(), 1);
+}
+
+#[test]
 fn bad_entries_are_refused_before_writing() {
     let dir = Scratch::new("fields");
     let (log, _) =

@@ -1,5 +1,6 @@
 //! Subcommands.
 
+mod audit;
 mod client;
 mod cluster;
 mod coordinator;
@@ -45,6 +46,9 @@ enum Command {
     Demo(demo::Args),
     /// Verify a signature offline (BIP340 for secp256k1-tr, RFC 8032 for ed25519).
     Verify(verify::Args),
+    /// Audit logs and ceremony transcripts: export, verify, replay.
+    #[command(subcommand)]
+    Audit(audit::Cmd),
 }
 
 /// A command failure: one line naming the cause.
@@ -61,6 +65,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Status(a) => status::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Audit(c) => audit::run(c),
     }
 }
 

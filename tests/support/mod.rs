@@ -121,6 +121,15 @@ impl Cluster {
             .expect("run custody")
     }
 
+    /// Runs the CLI with exactly `args` (offline commands take no `--cluster`).
+    pub fn offline(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run custody")
+    }
+
     /// Runs the CLI, expects success and one JSON value on stdout.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.cli(args);
