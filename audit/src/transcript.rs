@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 /// `format` of a DKG transcript.
 pub const DKG_FORMAT: &str = "custody-dkg-transcript/v1";
+/// `format` of a refresh transcript (a [`DkgTranscript`] with
+/// `previous_public_key_set`).
+pub const REFRESH_FORMAT: &str = "custody-refresh-transcript/v1";
 /// `format` of a signing transcript.
 pub const SIGNING_FORMAT: &str = "custody-signing-transcript/v1";
 
@@ -46,15 +49,18 @@ pub struct Message {
     pub envelope: String,
 }
 
-/// Every public message of a DKG. Round-2 shares are secret (and sealed); they are not
-/// part of a transcript.
+/// Every public message of a DKG or a share refresh. Round-2 shares are secret (and
+/// sealed); they are not part of a transcript.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DkgTranscript {
-    /// [`DKG_FORMAT`].
+    /// [`DKG_FORMAT`] or [`REFRESH_FORMAT`].
     pub format: String,
     /// The key.
     pub key_id: String,
+    /// For a refresh: the public key set before it, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_public_key_set: Option<String>,
     /// `secp256k1-tr` or `ed25519`.
     pub suite: String,
     /// t.
@@ -63,7 +69,8 @@ pub struct DkgTranscript {
     pub session: String,
     /// The participants, ascending by id.
     pub participants: Vec<Party>,
-    /// Round-1 broadcasts (commitments and proofs of knowledge).
+    /// Round-1 broadcasts (commitments and proofs of knowledge; for a refresh,
+    /// commitments to zero-constant polynomials).
     pub round1: Vec<Message>,
     /// Echoes: each participant's hash of every round-1 message it saw.
     pub echoes: Vec<Message>,
@@ -183,6 +190,8 @@ pub struct DkgReplay {
     pub public_key: String,
     /// The re-derived public key set, hex.
     pub public_key_set: String,
+    /// Whether this was a refresh (same group key, new shares).
+    pub refresh: bool,
 }
 
 /// What a signing replay established.
@@ -253,9 +262,23 @@ fn roster(parties: &[Party], trust: &Trust) -> Result<(Roster, Vec<ParticipantId
 /// participant's signed confirmation of exactly that set; then checks that the set and
 /// key the transcript claims are the re-derived ones.
 pub fn replay_dkg(t: &DkgTranscript, trust: &Trust) -> Result<DkgReplay, String> {
-    if t.format != DKG_FORMAT {
-        return Err(format!("format {:?}, expected {DKG_FORMAT:?}", t.format));
-    }
+    let previous = match (t.format.as_str(), &t.previous_public_key_set) {
+        (DKG_FORMAT, None) => None,
+        (REFRESH_FORMAT, Some(p)) => {
+            Some(hex::decode(p).map_err(|_| "previous public key set is not hex".to_string())?)
+        }
+        (DKG_FORMAT | REFRESH_FORMAT, _) => {
+            return Err(
+                "previous_public_key_set is required in a refresh transcript, and only there"
+                    .into(),
+            )
+        }
+        (f, _) => {
+            return Err(format!(
+                "format {f:?}, expected {DKG_FORMAT:?} or {REFRESH_FORMAT:?}"
+            ))
+        }
+    };
     let suite = suite(&t.suite)?;
     let session = SessionId(hex32("session", &t.session)?);
     let (roster, ids) = roster(&t.participants, trust)?;
@@ -264,15 +287,37 @@ pub fn replay_dkg(t: &DkgTranscript, trust: &Trust) -> Result<DkgReplay, String>
     let confirmations = messages(&t.confirmations, "confirmation")?;
     let (r1, ec, cf) = (&round1, &echoes, &confirmations);
     let (set, key) = with_suite!(suite, C => {
-        let public = dkg::replay::<C>(
-            &roster,
-            &session,
-            t.threshold,
-            &ids,
-            r1.iter().map(|(p, e)| (*p, e.as_slice())),
-            ec.iter().map(|(p, e)| (*p, e.as_slice())),
-            cf.iter().map(|(p, e)| (*p, e.as_slice())),
-        )
+        let public = match &previous {
+            None => dkg::replay::<C>(
+                &roster,
+                &session,
+                t.threshold,
+                &ids,
+                r1.iter().map(|(p, e)| (*p, e.as_slice())),
+                ec.iter().map(|(p, e)| (*p, e.as_slice())),
+                cf.iter().map(|(p, e)| (*p, e.as_slice())),
+            ),
+            Some(prev) => {
+                let old = PublicKeySet::<C>::from_bytes(prev).map_err(|e| format!("previous public key set: {e}"))?;
+                if old.threshold() != t.threshold || old.participants() != ids.as_slice() {
+                    return Err("the refresh's threshold or participants are not the key's".into());
+                }
+                let new = dkg::replay_refresh::<C>(
+                    &roster,
+                    &session,
+                    &old,
+                    r1.iter().map(|(p, e)| (*p, e.as_slice())),
+                    ec.iter().map(|(p, e)| (*p, e.as_slice())),
+                    cf.iter().map(|(p, e)| (*p, e.as_slice())),
+                );
+                if let Ok(n) = &new {
+                    if n.public_key() != old.public_key() {
+                        return Err("the refresh changed the group key".into());
+                    }
+                }
+                new
+            }
+        }
         .map_err(|e| describe(&t.participants, e))?;
         (public.to_bytes(), public.public_key())
     });
@@ -293,6 +338,7 @@ pub fn replay_dkg(t: &DkgTranscript, trust: &Trust) -> Result<DkgReplay, String>
         participants: t.participants.iter().map(|p| p.name.clone()).collect(),
         public_key: hex::encode(key),
         public_key_set: hex::encode(set),
+        refresh: previous.is_some(),
     })
 }
 

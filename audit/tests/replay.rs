@@ -48,7 +48,30 @@ fn real_transcripts_replay_clean_in_both_suites() {
             .expect("signature replays");
         assert_eq!(s.signature, c.signing.signature);
         replay_signing(&c.signing, &Trust::Unpinned, None).expect("unpinned replay");
+        let r = replay_dkg(&c.refresh, &trust).expect("refresh replays");
+        assert!(r.refresh);
+        assert_eq!(r.public_key, dkg.public_key, "same group key");
+        assert_ne!(r.public_key_set, dkg.public_key_set, "new verifying shares");
     }
+}
+
+#[test]
+fn a_refresh_must_keep_the_key_it_claims_to_refresh() {
+    let c = secp();
+    let trust = pinned(c);
+    // Claimed as a refresh of another key (another ceremony's key set).
+    let mut t = c.refresh.clone();
+    t.previous_public_key_set = Some(ceremonies::<Secp256K1Sha256TR>(9).dkg.public_key_set);
+    assert!(replay_dkg(&t, &trust).is_err());
+    // A DKG passed off as a refresh, and the reverse.
+    let mut t = c.dkg.clone();
+    t.format = custody_audit::transcript::REFRESH_FORMAT.into();
+    assert!(replay_dkg(&t, &trust).is_err());
+    let mut t = c.refresh.clone();
+    t.format = custody_audit::transcript::DKG_FORMAT.into();
+    assert!(replay_dkg(&t, &trust).is_err());
+    t.previous_public_key_set = None;
+    assert!(replay_dkg(&t, &trust).is_err());
 }
 
 #[test]
@@ -146,6 +169,9 @@ fn lists(c: &Ceremonies) -> Vec<(&'static str, Vec<Message>)> {
         ("round1", c.dkg.round1.clone()),
         ("echoes", c.dkg.echoes.clone()),
         ("confirmations", c.dkg.confirmations.clone()),
+        ("refresh round1", c.refresh.round1.clone()),
+        ("refresh echoes", c.refresh.echoes.clone()),
+        ("refresh confirmations", c.refresh.confirmations.clone()),
         ("shares", c.signing.shares.clone()),
         (
             "package",
@@ -159,8 +185,11 @@ fn lists(c: &Ceremonies) -> Vec<(&'static str, Vec<Message>)> {
 
 fn replays(c: &Ceremonies, which: &str, list: Vec<Message>) -> bool {
     let trust = pinned(c);
-    let (mut dkg, mut signing) = (c.dkg.clone(), c.signing.clone());
+    let (mut dkg, mut signing, mut refresh) = (c.dkg.clone(), c.signing.clone(), c.refresh.clone());
     match which {
+        "refresh round1" => refresh.round1 = list,
+        "refresh echoes" => refresh.echoes = list,
+        "refresh confirmations" => refresh.confirmations = list,
         "round1" => dkg.round1 = list,
         "echoes" => dkg.echoes = list,
         "confirmations" => dkg.confirmations = list,
@@ -171,6 +200,7 @@ fn replays(c: &Ceremonies, which: &str, list: Vec<Message>) -> bool {
         return false;
     };
     replay_signing(&signing, &trust, Some(&d.public_key_set)).is_ok()
+        && replay_dkg(&refresh, &trust).is_ok()
 }
 
 proptest! {
@@ -178,7 +208,7 @@ proptest! {
 
     #[test]
     fn any_flipped_byte_of_any_message_is_detected(
-        which in 0usize..5, msg in any::<prop::sample::Index>(),
+        which in 0usize..8, msg in any::<prop::sample::Index>(),
         at in any::<prop::sample::Index>(), bit in 0u8..8,
     ) {
         let c = secp();
@@ -193,7 +223,7 @@ proptest! {
 
     #[test]
     fn any_truncated_message_is_detected(
-        which in 0usize..5, msg in any::<prop::sample::Index>(), len in any::<prop::sample::Index>(),
+        which in 0usize..8, msg in any::<prop::sample::Index>(), len in any::<prop::sample::Index>(),
     ) {
         let c = secp();
         let (name, mut list) = lists(c).swap_remove(which);
@@ -205,7 +235,7 @@ proptest! {
 
     #[test]
     fn any_dropped_or_reordered_message_is_detected(
-        which in 0usize..5, i in any::<prop::sample::Index>(), j in any::<prop::sample::Index>(), drop in any::<bool>(),
+        which in 0usize..8, i in any::<prop::sample::Index>(), j in any::<prop::sample::Index>(), drop in any::<bool>(),
     ) {
         let c = secp();
         let (name, mut list) = lists(c).swap_remove(which);

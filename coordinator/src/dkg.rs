@@ -322,6 +322,7 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
     let _ = sealed;
     let transcript = DkgTranscript {
         format: DKG_FORMAT.into(),
+        previous_public_key_set: None,
         key_id: key_id.clone(),
         suite: meta.suite.clone(),
         threshold: meta.threshold,

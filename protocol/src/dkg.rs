@@ -657,30 +657,35 @@ pub fn check_confirmations<'a>(
     echo.ok_or_else(|| Error::InvalidParameters("no confirmations".into()))
 }
 
-/// Replays a finished DKG from its public messages, as an auditor does: opens every
-/// signed round-1 broadcast, checks its proof of knowledge, re-derives the group key
-/// and every verifying share from the commitments, checks that every participant
-/// echoed the same round 1 and confirmed exactly the re-derived public key set.
-/// Returns the re-derived set; any failure names the participant at fault.
+/// Opens and checks the round-1 broadcasts and echoes of a finished ceremony (as an
+/// auditor does). Returns every sender's commitment (the identity constant term
+/// prepended for a refresh) and the round-1 digest every participant echoed.
 #[allow(clippy::too_many_arguments)]
-pub fn replay<'a, 'b, 'c, C: EngineSuite>(
+fn replay_rounds<'a, 'b, C: EngineSuite>(
     roster: &Roster,
     session: &SessionId,
+    kinds: Kinds,
     threshold: u16,
     participants: &[ParticipantId],
     round1: impl Inbox<'a>,
     echoes: impl Inbox<'b>,
-    confirmations: impl Inbox<'c>,
-) -> Result<PublicKeySet<C>, Error> {
+) -> Result<
+    (
+        BTreeMap<Identifier<C>, VerifiableSecretSharingCommitment<C>>,
+        [u8; 32],
+    ),
+    Error,
+> {
     validate_set(threshold, participants, None)?;
+    let refresh = kinds.round1 == Kind::RefreshRound1;
+    let coeffs = if refresh { threshold - 1 } else { threshold } as usize;
     let mut all: BTreeMap<ParticipantId, Vec<u8>> = BTreeMap::new();
     let mut commitments = BTreeMap::new();
     for (from, env) in round1 {
         let opened = open_from(roster, from, env)?;
-        let (h, pkg) =
-            wire::decode_with(opened.body, C::SUITE, Kind::DkgRound1, session, |_, r| {
-                Round1Package::<C>::decode_body(r, threshold as usize)
-            })?;
+        let (h, pkg) = wire::decode_with(opened.body, C::SUITE, kinds.round1, session, |_, r| {
+            Round1Package::<C>::decode_body(r, coeffs)
+        })?;
         if !participants.contains(&h.from) {
             return Err(Error::UnknownSender(h.from));
         }
@@ -691,19 +696,28 @@ pub fn replay<'a, 'b, 'c, C: EngineSuite>(
             });
         }
         let id = h.from.to_frost::<C>();
-        frost_core::keys::dkg::verify_proof_of_knowledge(
-            id,
-            pkg.0.commitment(),
-            pkg.0.proof_of_knowledge(),
-        )
-        .map_err(|_| Error::InvalidProofOfKnowledge { culprit: h.from })?;
+        let commitment = if refresh {
+            // As frost's refresh: the constant term is the identity (the group key
+            // cannot move), and there is no proof of knowledge to check.
+            let mut c = vec![CoefficientCommitment::new(C::Group::identity())];
+            c.extend(pkg.0.commitment().coefficients().iter().copied());
+            VerifiableSecretSharingCommitment::new(c)
+        } else {
+            frost_core::keys::dkg::verify_proof_of_knowledge(
+                id,
+                pkg.0.commitment(),
+                pkg.0.proof_of_knowledge(),
+            )
+            .map_err(|_| Error::InvalidProofOfKnowledge { culprit: h.from })?;
+            pkg.0.commitment().clone()
+        };
         if all.insert(h.from, opened.body.to_vec()).is_some() {
             return Err(Error::Duplicate {
                 round: "round 1",
                 culprit: h.from,
             });
         }
-        commitments.insert(id, pkg.0.commitment().clone());
+        commitments.insert(id, commitment);
     }
     if !all.keys().eq(participants.iter()) {
         return Err(Error::WrongParticipants {
@@ -712,11 +726,11 @@ pub fn replay<'a, 'b, 'c, C: EngineSuite>(
             got: all.keys().copied().collect(),
         });
     }
-    let echo = echo_digest(session, Kind::DkgRound1, &all);
+    let echo = echo_digest(session, kinds.round1, &all);
     let mut echoed = Vec::new();
     for (from, env) in echoes {
         let opened = open_from(roster, from, env)?;
-        let (h, d) = wire::decode_with(opened.body, C::SUITE, Kind::DkgEcho, session, |_, r| {
+        let (h, d) = wire::decode_with(opened.body, C::SUITE, kinds.echo, session, |_, r| {
             Digests::decode(r, 1)
         })?;
         if !participants.contains(&h.from) {
@@ -741,15 +755,23 @@ pub fn replay<'a, 'b, 'c, C: EngineSuite>(
             got: echoed,
         });
     }
-    let refs = commitments.iter().map(|(k, v)| (*k, v)).collect();
-    let package = C::post_dkg_public(
-        frost_core::keys::PublicKeyPackage::<C>::from_dkg_commitments(&refs).map_err(frost_err)?,
-    );
-    let public = PublicKeySet::from_frost(threshold, participants.to_vec(), package);
+    Ok((commitments, echo))
+}
+
+/// Checks that every participant confirmed `public` and the round-1 digest `echo`.
+fn replay_confirmations<'c, C: EngineSuite>(
+    roster: &Roster,
+    session: &SessionId,
+    kinds: Kinds,
+    participants: &[ParticipantId],
+    public: &PublicKeySet<C>,
+    echo: [u8; 32],
+    confirmations: impl Inbox<'c>,
+) -> Result<(), Error> {
     let confirmed = check_confirmations(
         roster,
         C::SUITE,
-        DKG_KINDS,
+        kinds,
         session,
         participants,
         &public.digest(),
@@ -760,5 +782,101 @@ pub fn replay<'a, 'b, 'c, C: EngineSuite>(
             "confirmations carry another round-1 digest than the transcript's".into(),
         ));
     }
+    Ok(())
+}
+
+/// Replays a finished DKG from its public messages, as an auditor does: opens every
+/// signed round-1 broadcast, checks its proof of knowledge, re-derives the group key
+/// and every verifying share from the commitments, checks that every participant
+/// echoed the same round 1 and confirmed exactly the re-derived public key set.
+/// Returns the re-derived set; any failure names the participant at fault.
+#[allow(clippy::too_many_arguments)]
+pub fn replay<'a, 'b, 'c, C: EngineSuite>(
+    roster: &Roster,
+    session: &SessionId,
+    threshold: u16,
+    participants: &[ParticipantId],
+    round1: impl Inbox<'a>,
+    echoes: impl Inbox<'b>,
+    confirmations: impl Inbox<'c>,
+) -> Result<PublicKeySet<C>, Error> {
+    let (commitments, echo) = replay_rounds::<C>(
+        roster,
+        session,
+        DKG_KINDS,
+        threshold,
+        participants,
+        round1,
+        echoes,
+    )?;
+    let refs = commitments.iter().map(|(k, v)| (*k, v)).collect();
+    let package = C::post_dkg_public(
+        frost_core::keys::PublicKeyPackage::<C>::from_dkg_commitments(&refs).map_err(frost_err)?,
+    );
+    let public = PublicKeySet::from_frost(threshold, participants.to_vec(), package);
+    replay_confirmations(
+        roster,
+        session,
+        DKG_KINDS,
+        participants,
+        &public,
+        echo,
+        confirmations,
+    )?;
+    Ok(public)
+}
+
+/// Replays a finished refresh of `old` (the key set before it): like [`replay`], with
+/// the new verifying shares re-derived as the old ones plus the zero-constant
+/// refresh polynomials' evaluations, and the group key unchanged by construction.
+/// Returns the new set.
+pub fn replay_refresh<'a, 'b, 'c, C: EngineSuite>(
+    roster: &Roster,
+    session: &SessionId,
+    old: &PublicKeySet<C>,
+    round1: impl Inbox<'a>,
+    echoes: impl Inbox<'b>,
+    confirmations: impl Inbox<'c>,
+) -> Result<PublicKeySet<C>, Error> {
+    let participants = old.participants();
+    let (commitments, echo) = replay_rounds::<C>(
+        roster,
+        session,
+        REFRESH_KINDS,
+        old.threshold(),
+        participants,
+        round1,
+        echoes,
+    )?;
+    let refs = commitments.iter().map(|(k, v)| (*k, v)).collect();
+    let zero =
+        frost_core::keys::PublicKeyPackage::<C>::from_dkg_commitments(&refs).map_err(frost_err)?;
+    let mut shares = BTreeMap::new();
+    for (id, delta) in zero.verifying_shares() {
+        let before = old
+            .frost_package()
+            .verifying_shares()
+            .get(id)
+            .ok_or_else(|| Error::InvalidParameters("refresh of another participant set".into()))?;
+        shares.insert(
+            *id,
+            frost_core::keys::VerifyingShare::new(delta.to_element() + before.to_element()),
+        );
+    }
+    let package = frost_core::keys::PublicKeyPackage::new(
+        shares,
+        *old.verifying_key(),
+        Some(old.threshold()),
+    );
+    let public = PublicKeySet::from_frost(old.threshold(), participants.to_vec(), package);
+    replay_confirmations(
+        roster,
+        session,
+        REFRESH_KINDS,
+        participants,
+        &public,
+        echo,
+        confirmations,
+    )?;
     Ok(public)
 }

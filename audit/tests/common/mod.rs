@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use custody_audit::transcript::{Message, Party, SignedRequest, DKG_FORMAT, SIGNING_FORMAT};
+use custody_audit::transcript::{
+    Message, Party, SignedRequest, DKG_FORMAT, REFRESH_FORMAT, SIGNING_FORMAT,
+};
 use custody_audit::{DkgTranscript, SigningTranscript};
 use custody_protocol::sign::COORDINATOR;
 use custody_protocol::sim::{self, Participants, Step};
@@ -37,6 +39,8 @@ pub struct Ceremonies {
     pub parts: Participants,
     pub dkg: DkgTranscript,
     pub signing: SigningTranscript,
+    /// A refresh of the key after the signature.
+    pub refresh: DkgTranscript,
 }
 
 pub fn ceremonies<C: EngineSuite>(seed: u64) -> Ceremonies {
@@ -70,6 +74,7 @@ pub fn ceremonies<C: EngineSuite>(seed: u64) -> Ceremonies {
     };
     let dkg = DkgTranscript {
         format: DKG_FORMAT.into(),
+        previous_public_key_set: None,
         key_id: sim::SIM_KEY_ID.into(),
         suite: C::SUITE.name().into(),
         threshold: 2,
@@ -135,10 +140,47 @@ pub fn ceremonies<C: EngineSuite>(seed: u64) -> Ceremonies {
         shares: msgs(&share_envs),
         signature: hex::encode(signature),
     };
+    let session = SessionId::random(&mut rng);
+    let mut round1 = BTreeMap::new();
+    let mut echoes = BTreeMap::new();
+    let ceremony = sim::refresh::<C, _>(
+        &parts,
+        shares,
+        session,
+        &mut rng,
+        &mut |step, from, _, m| {
+            match step {
+                Step::Round1 => {
+                    round1.entry(from).or_insert_with(|| m.clone());
+                }
+                Step::Echo => {
+                    echoes.entry(from).or_insert_with(|| m.clone());
+                }
+                _ => {}
+            }
+            true
+        },
+    );
+    let confirmations = ceremony.confirmations.clone();
+    let refreshed = ceremony.shares().expect("honest refresh");
+    let new_public = refreshed.values().next().expect("a share").public().clone();
+    assert_eq!(new_public.public_key(), public.public_key());
+    assert_ne!(new_public.to_bytes(), public.to_bytes());
+    let refresh = DkgTranscript {
+        format: REFRESH_FORMAT.into(),
+        previous_public_key_set: Some(hex::encode(public.to_bytes())),
+        session: hex::encode(session.0),
+        round1: msgs(&round1),
+        echoes: msgs(&echoes),
+        confirmations: msgs(&confirmations.into_iter().collect()),
+        public_key_set: hex::encode(new_public.to_bytes()),
+        ..dkg.clone()
+    };
     Ceremonies {
         parts,
         dkg,
         signing,
+        refresh,
     }
 }
 
