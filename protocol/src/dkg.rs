@@ -657,6 +657,9 @@ pub fn check_confirmations<'a>(
     echo.ok_or_else(|| Error::InvalidParameters("no confirmations".into()))
 }
 
+/// Every sender's commitment in a ceremony.
+type Commitments<C> = BTreeMap<Identifier<C>, VerifiableSecretSharingCommitment<C>>;
+
 /// Opens and checks the round-1 broadcasts and echoes of a finished ceremony (as an
 /// auditor does). Returns every sender's commitment (the identity constant term
 /// prepended for a refresh) and the round-1 digest every participant echoed.
@@ -669,13 +672,7 @@ fn replay_rounds<'a, 'b, C: EngineSuite>(
     participants: &[ParticipantId],
     round1: impl Inbox<'a>,
     echoes: impl Inbox<'b>,
-) -> Result<
-    (
-        BTreeMap<Identifier<C>, VerifiableSecretSharingCommitment<C>>,
-        [u8; 32],
-    ),
-    Error,
-> {
+) -> Result<(Commitments<C>, [u8; 32]), Error> {
     validate_set(threshold, participants, None)?;
     let refresh = kinds.round1 == Kind::RefreshRound1;
     let coeffs = if refresh { threshold - 1 } else { threshold } as usize;
