@@ -301,3 +301,87 @@ fn a_real_cluster_exports_verifiable_logs_and_replayable_ceremonies() {
         "{v}"
     );
 }
+
+#[test]
+fn refresh_keeps_the_key_changes_every_share_and_replays() {
+    let mut c = Cluster::start("refresh", 3, 2);
+    let ca = c.dir.join("pki/ca.pem");
+    for suite in ["secp256k1-tr", "ed25519"] {
+        let k = c.json(&["key", "create", "--suite", suite, "--json"]);
+        let key = k["key_id"].as_str().unwrap().to_string();
+        c.json(&["sign", "--key", &key, "--message", "01", "--json"]);
+        let r = c.json(&["key", "refresh", &key, "--json"]);
+        assert_eq!(r["public_key"], k["public_key"], "same group key");
+        assert_ne!(
+            r["public_key_set"], k["public_key_set"],
+            "every verifying share new"
+        );
+        assert_eq!(r["state"], "active");
+        // It signs as before, under the same public key, with the new shares.
+        for msg in ["02", "03"] {
+            let s = c.json(&["sign", "--key", &key, "--message", msg, "--json"]);
+            assert!(support::verify_independently(
+                suite,
+                &support::hexs(&k["public_key"]),
+                &support::hexs(&s["message"]),
+                &support::hexs(&s["signature"]),
+            ));
+        }
+        // The refresh ceremony alone replays from its transcript file.
+        let file = std::fs::read_dir(c.dir.join("coordinator/transcripts"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains(&format!("refresh-{key}")))
+            .expect("refresh transcript");
+        let out = ok(&c.offline(&[
+            "audit",
+            "replay",
+            file.to_str().unwrap(),
+            "--ca",
+            ca.to_str().unwrap(),
+        ]));
+        assert!(out.contains("refresh (same group key)"), "{out}");
+    }
+
+    // A signer down: the refresh cannot start, nothing changes, the key signs again.
+    let key = c.json(&["key", "list", "--json"])[0]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = c.json(&["key", "show", &key, "--json"]);
+    c.kill("signer-3");
+    let err = c.fails(&["key", "refresh", &key]);
+    assert!(err.contains("UNAVAILABLE"), "{err}");
+    let after = c.json(&["key", "show", &key, "--json"]);
+    assert_eq!(after["state"], "active");
+    assert_eq!(after["public_key_set"], before["public_key_set"]);
+    c.json(&["sign", "--key", &key, "--message", "04", "--json"]);
+    c.restart("signer-3");
+    c.json(&["key", "refresh", &key, "--json"]);
+    c.json(&["sign", "--key", &key, "--message", "05", "--json"]);
+
+    // The export replays every DKG and refresh, and every signature before and after.
+    let file = c.dir.join("export.json");
+    ok(&c.cli(&[
+        "audit",
+        "export",
+        "--as",
+        "auditor",
+        "--out",
+        file.to_str().unwrap(),
+    ]));
+    let json: Value = serde_json::from_str(&ok(&c.offline(&[
+        "audit",
+        "verify",
+        file.to_str().unwrap(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    let s = &json["summary"];
+    let keys = s["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 5, "2 DKGs and 3 refreshes: {json}");
+    assert_eq!(keys.iter().filter(|k| k["refresh"] == true).count(), 3);
+    assert_eq!(s["signatures"], 8, "{json}");
+}

@@ -313,6 +313,7 @@ fn coordinator_relays_round2_shares_it_cannot_read() {
                     participants: participants.clone(),
                     me: p.get() as u32,
                     policy: String::new(),
+                    refresh: false,
                 })
                 .await
                 .expect("dkg start")
@@ -598,6 +599,7 @@ fn malformed_requests_get_invalid_argument_and_daemons_keep_serving() {
                 participants: vec![],
                 me: 1,
                 policy: String::new(),
+                refresh: false,
             })
             .await
             .expect_err("refused");

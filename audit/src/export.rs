@@ -23,6 +23,12 @@ pub const KEY_CREATED: &str = "key-created";
 pub const SIGNATURE: &str = "signature";
 /// Signer entry: it confirmed a DKG and holds a share (body [`DkgConfirmed`]).
 pub const DKG_CONFIRMED: &str = "dkg-confirmed";
+/// Signer entry: it confirmed a refresh and holds the new share, pending (body
+/// [`DkgConfirmed`]).
+pub const REFRESH_CONFIRMED: &str = "refresh-confirmed";
+/// Coordinator entry: every signer confirmed a refresh of a key (body [`KeyCreated`]
+/// with a refresh transcript); it is applied next.
+pub const KEY_REFRESHED: &str = "key-refreshed";
 /// Signer entry: it released a signature share (body [`ShareIssued`]).
 pub const SHARE_ISSUED: &str = "share-issued";
 /// Either: a request was refused by policy (body [`Refused`]).
@@ -282,7 +288,7 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
         for (i, e) in entries.iter().enumerate() {
             let at = || format!("log of {name}, entry {i}");
             match e.kind.as_str() {
-                DKG_CONFIRMED => {
+                DKG_CONFIRMED | REFRESH_CONFIRMED => {
                     let d: DkgConfirmed = body(e).map_err(|why| fail(at(), why))?;
                     dkgs.insert((d.key_id, d.session, d.public_key));
                 }
@@ -303,15 +309,40 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
     for (i, e) in entries.iter().enumerate() {
         let at = || format!("log of {coord_name}, entry {i} ({})", e.kind);
         match e.kind.as_str() {
-            KEY_CREATED => {
+            KEY_CREATED | KEY_REFRESHED => {
                 let k: KeyCreated = body(e).map_err(|why| fail(at(), why))?;
+                let refresh = e.kind == KEY_REFRESHED;
+                if refresh != k.transcript.previous_public_key_set.is_some() {
+                    return Err(fail(at(), "entry kind and transcript format disagree"));
+                }
                 let r = replay_dkg(&k.transcript, trust)
-                    .map_err(|why| fail(at(), format!("DKG replay: {why}")))?;
-                if keys
-                    .insert(r.key_id.clone(), r.public_key_set.clone())
-                    .is_some()
-                {
-                    return Err(fail(at(), format!("key {} created twice", r.key_id)));
+                    .map_err(|why| fail(at(), format!("replay: {why}")))?;
+                let before = keys.insert(r.key_id.clone(), r.public_key_set.clone());
+                match (refresh, before) {
+                    (false, Some(_)) => {
+                        return Err(fail(at(), format!("key {} created twice", r.key_id)))
+                    }
+                    (true, None) => {
+                        return Err(fail(
+                            at(),
+                            format!(
+                                "refresh of key {} whose creation is not in the log",
+                                r.key_id
+                            ),
+                        ))
+                    }
+                    (true, Some(prev))
+                        if Some(&prev) != k.transcript.previous_public_key_set.as_ref() =>
+                    {
+                        return Err(fail(
+                            at(),
+                            format!(
+                                "refresh of key {} from another key set than its current one",
+                                r.key_id
+                            ),
+                        ))
+                    }
+                    _ => {}
                 }
                 // Every participant recorded, itself, that it took part in exactly this
                 // ceremony for exactly this key (the key id is a label the coordinator

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use custody_audit::export::{KeyCreated, KEY_CREATED};
-use custody_audit::transcript::{DkgTranscript, Message, Party, DKG_FORMAT};
+use custody_audit::export::{KeyCreated, Lifecycle, KEY_CREATED, KEY_REFRESHED, LIFECYCLE};
+use custody_audit::transcript::{DkgTranscript, Message, Party, DKG_FORMAT, REFRESH_FORMAT};
 use custody_pki::Role;
-use custody_protocol::dkg::{self, DKG_KINDS};
+use custody_protocol::dkg::{self, DKG_KINDS, REFRESH_KINDS};
 use custody_protocol::proto::*;
 use custody_protocol::{
     api, with_suite, IdentityPublic, ParticipantId, PublicKeySet, Roster, SessionId, Suite,
@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::core::Core;
 use crate::signers::{is_transport, SignerHandle};
-use crate::store::KeyMeta;
+use crate::store::{KeyMeta, PendingRefresh};
 
 /// A validated key-creation request.
 #[derive(Debug)]
@@ -152,50 +152,59 @@ async fn identities(
     Ok(out)
 }
 
-/// Runs a DKG for `spec` and records the key.
-pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMeta, Status> {
-    // Invariant: `Config::check` allows at most MAX_PARTICIPANTS (1024) signers, so
-    // i + 1 fits in a u16 and is non-zero.
-    let parts: Vec<(ParticipantId, Arc<SignerHandle>)> = spec
-        .signers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            (
-                ParticipantId::new(i as u16 + 1).expect("non-zero"),
-                h.clone(),
-            )
-        })
-        .collect();
-    let ids = identities(core, &parts).await?;
+/// The public messages of a DKG or refresh whose confirmations checked.
+struct Rounds {
+    round1: BTreeMap<ParticipantId, Vec<u8>>,
+    echoes: BTreeMap<ParticipantId, Vec<u8>>,
+    confirmations: BTreeMap<ParticipantId, Vec<u8>>,
+    /// The public key set every participant derived.
+    pks: Vec<u8>,
+    public_key: [u8; 32],
+}
+
+/// What a ceremony is about.
+struct Ask<'a> {
+    key_id: &'a str,
+    session: SessionId,
+    suite: Suite,
+    threshold: u16,
+    policy: &'a str,
+    refresh: bool,
+}
+
+/// Steps 1 to 3 of a DKG or refresh: round 1, echoes and sealed shares, confirmations;
+/// then the coordinator checks every confirmation itself (same key set, same round 1).
+async fn rounds(
+    core: &Arc<Core>,
+    parts: &[(ParticipantId, Arc<SignerHandle>)],
+    ids: &[(Vec<u8>, IdentityPublic)],
+    ask: &Ask<'_>,
+) -> Result<Rounds, Status> {
     let mut roster = Roster::new();
-    for ((p, _), (_, id)) in parts.iter().zip(&ids) {
+    for ((p, _), (_, id)) in parts.iter().zip(ids) {
         roster.insert(*p, *id);
     }
-    let mut kid = [0u8; 16];
-    OsRng.fill_bytes(&mut kid);
-    let key_id = format!("k-{}", hex::encode(kid));
-    let session = SessionId::random(&mut OsRng);
     let participants: Vec<Participant> = parts
         .iter()
-        .zip(&ids)
+        .zip(ids)
         .map(|((p, _), (cert, _))| Participant {
             id: p.get() as u32,
             certificate: cert.clone(),
         })
         .collect();
-    info!(%key_id, suite = %spec.suite, t = spec.threshold, n = parts.len(), "DKG starting");
+    let session = ask.session;
 
     // Step 1: round-1 broadcasts.
-    let start = on_all(core, &parts, "start", |p, mut c| {
+    let start = on_all(core, parts, "start", |p, mut c| {
         let req = DkgStartRequest {
-            key_id: key_id.clone(),
+            key_id: ask.key_id.to_string(),
             session: session.0.to_vec(),
-            suite: spec.suite.name().to_string(),
-            threshold: spec.threshold as u32,
+            suite: ask.suite.name().to_string(),
+            threshold: ask.threshold as u32,
             participants: participants.clone(),
             me: p.get() as u32,
-            policy: spec.policy.clone(),
+            policy: ask.policy.to_string(),
+            refresh: ask.refresh,
         };
         async move { c.dkg_start(req).await }
     })
@@ -204,7 +213,7 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         start.into_iter().map(|(p, r)| (p, r.round1)).collect();
 
     // Step 2: everyone's round 1 to everyone; echoes and sealed shares back.
-    let r1 = on_all(core, &parts, "round 1", |p, mut c| {
+    let r1 = on_all(core, parts, "round 1", |p, mut c| {
         let req = DkgRound1Request {
             session: session.0.to_vec(),
             round1: round1
@@ -217,6 +226,7 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
     })
     .await?;
     let mut echoes: BTreeMap<ParticipantId, Vec<u8>> = BTreeMap::new();
+    // Round-2 shares are secret (sealed to their recipients): relayed, never recorded.
     let mut sealed: Vec<(ParticipantId, ParticipantId, Vec<u8>)> = Vec::new();
     for (p, r) in r1 {
         echoes.insert(p, r.echo);
@@ -227,7 +237,7 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
     }
 
     // Step 3: echoes and the shares addressed to each; confirmations back.
-    let r2 = on_all(core, &parts, "round 2", |p, mut c| {
+    let r2 = on_all(core, parts, "round 2", |p, mut c| {
         let req = DkgRound2Request {
             session: session.0.to_vec(),
             echoes: echoes
@@ -244,10 +254,10 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         async move { c.dkg_round2(req).await }
     })
     .await?;
-    let mut confirmations = Vec::new();
+    let mut confirmations = BTreeMap::new();
     let mut key_sets: BTreeMap<Vec<u8>, Vec<ParticipantId>> = BTreeMap::new();
     for (p, r) in r2 {
-        confirmations.push((p, r.confirmation));
+        confirmations.insert(p, r.confirmation);
         key_sets.entry(r.public_key_set).or_default().push(p);
     }
     if key_sets.len() != 1 {
@@ -261,16 +271,21 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
 
     // The coordinator checks the confirmations itself: every participant signed the same
     // key and the same round-1 echo.
-    let (public_key, digest) = with_suite!(spec.suite, C => {
+    let (public_key, digest) = with_suite!(ask.suite, C => {
         let set = PublicKeySet::<C>::from_bytes(&pks)
             .map_err(|e| Status::aborted(format!("DKG: public key set: {e}")))?;
         (set.public_key(), set.digest())
     });
     let ids_list: Vec<ParticipantId> = parts.iter().map(|(p, _)| *p).collect();
+    let kinds = if ask.refresh {
+        REFRESH_KINDS
+    } else {
+        DKG_KINDS
+    };
     dkg::check_confirmations(
         &roster,
-        spec.suite,
-        DKG_KINDS,
+        ask.suite,
+        kinds,
         &session,
         &ids_list,
         &digest,
@@ -281,17 +296,98 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         api::set_culprits(&mut st, &e.culprits());
         st
     })?;
+    Ok(Rounds {
+        round1,
+        echoes,
+        confirmations,
+        pks,
+        public_key,
+    })
+}
 
-    // Step 4: every signer checks every confirmation and activates the key.
-    let all_conf: Vec<(ParticipantId, Vec<u8>)> = confirmations.clone();
-    on_all(core, &parts, "finalize", |p, mut c| {
+/// Step 4: every signer checks every confirmation and activates the key (or its
+/// refreshed share).
+async fn finalize(
+    core: &Arc<Core>,
+    parts: &[(ParticipantId, Arc<SignerHandle>)],
+    session: SessionId,
+    confirmations: &BTreeMap<ParticipantId, Vec<u8>>,
+) -> Result<(), Status> {
+    on_all(core, parts, "finalize", |p, mut c| {
         let req = DkgFinalizeRequest {
             session: session.0.to_vec(),
-            confirmations: all_conf.iter().map(|(q, e)| relayed(*q, p, e)).collect(),
+            confirmations: confirmations
+                .iter()
+                .map(|(q, e)| relayed(*q, p, e))
+                .collect(),
         };
         async move { c.dkg_finalize(req).await }
     })
-    .await?;
+    .await
+    .map(|_| ())
+}
+
+fn parties(
+    parts: &[(ParticipantId, Arc<SignerHandle>)],
+    ids: &[(Vec<u8>, IdentityPublic)],
+) -> Vec<Party> {
+    parts
+        .iter()
+        .zip(ids)
+        .map(|((p, h), (cert, id))| Party {
+            id: p.get(),
+            name: h.name.clone(),
+            identity: hex::encode(id.to_bytes()),
+            certificate: Some(hex::encode(cert)),
+        })
+        .collect()
+}
+
+/// A copy of a transcript for auditors who replay one ceremony (`custody audit replay
+/// FILE`); the audit log holds the authoritative one.
+async fn write_transcript(core: &Core, file: String, t: &DkgTranscript) -> Result<(), Status> {
+    let path = core.transcripts.join(file);
+    let json = serde_json::to_vec_pretty(t).unwrap_or_default();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = std::fs::write(&path, json) {
+            warn!("transcript {}: {e}", path.display());
+        }
+    })
+    .await
+    .map_err(|e| Status::internal(format!("task: {e}")))
+}
+
+/// Runs a DKG for `spec` and records the key.
+pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMeta, Status> {
+    // Invariant: `Config::check` allows at most MAX_PARTICIPANTS (1024) signers, so
+    // i + 1 fits in a u16 and is non-zero.
+    let parts: Vec<(ParticipantId, Arc<SignerHandle>)> = spec
+        .signers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            (
+                ParticipantId::new(i as u16 + 1).expect("non-zero"),
+                h.clone(),
+            )
+        })
+        .collect();
+    let ids = identities(core, &parts).await?;
+    let mut kid = [0u8; 16];
+    OsRng.fill_bytes(&mut kid);
+    let key_id = format!("k-{}", hex::encode(kid));
+    let session = SessionId::random(&mut OsRng);
+    info!(%key_id, suite = %spec.suite, t = spec.threshold, n = parts.len(), "DKG starting");
+    let ask = Ask {
+        key_id: &key_id,
+        session,
+        suite: spec.suite,
+        threshold: spec.threshold,
+        policy: &spec.policy,
+        refresh: false,
+    };
+    let r = rounds(core, &parts, &ids, &ask).await?;
+    finalize(core, &parts, session, &r.confirmations).await?;
 
     let created_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -307,8 +403,8 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
             .iter()
             .map(|(_, id)| hex::encode(id.to_bytes()))
             .collect(),
-        public_key: hex::encode(public_key),
-        public_key_set: hex::encode(&pks),
+        public_key: hex::encode(r.public_key),
+        public_key_set: hex::encode(&r.pks),
         tier: spec.tier,
         policy: spec.policy,
         rotated_from: String::new(),
@@ -316,10 +412,8 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         state: "active".into(),
         created_at,
         dkg_session: session.to_string(),
+        pending_refresh: None,
     };
-
-    // Round-2 shares are secret (sealed to their recipients): not in the transcript.
-    let _ = sealed;
     let transcript = DkgTranscript {
         format: DKG_FORMAT.into(),
         previous_public_key_set: None,
@@ -327,19 +421,10 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         suite: meta.suite.clone(),
         threshold: meta.threshold,
         session: session.to_string(),
-        participants: parts
-            .iter()
-            .zip(&ids)
-            .map(|((p, h), (cert, id))| Party {
-                id: p.get(),
-                name: h.name.clone(),
-                identity: hex::encode(id.to_bytes()),
-                certificate: Some(hex::encode(cert)),
-            })
-            .collect(),
-        round1: msgs(&round1),
-        echoes: msgs(&echoes),
-        confirmations: msgs(&confirmations.iter().cloned().collect()),
+        participants: parties(&parts, &ids),
+        round1: msgs(&r.round1),
+        echoes: msgs(&r.echoes),
+        confirmations: msgs(&r.confirmations),
         public_key_set: meta.public_key_set.clone(),
         public_key: meta.public_key.clone(),
     };
@@ -354,17 +439,214 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         .append(KEY_CREATED, &entry)
         .await
         .map_err(crate::audit::refused)?;
-    // A copy for auditors who replay one ceremony (`custody audit replay FILE`).
-    let path = core.transcripts.join(format!("dkg-{key_id}.json"));
-    tokio::task::spawn_blocking(move || {
-        let json = serde_json::to_vec_pretty(&entry.transcript).unwrap_or_default();
-        if let Err(e) = std::fs::write(&path, json) {
-            warn!("transcript {}: {e}", path.display());
-        }
-    })
-    .await
-    .map_err(|e| Status::internal(format!("task: {e}")))?;
+    write_transcript(core, format!("dkg-{key_id}.json"), &entry.transcript).await?;
     core.record_key(&meta).await?;
     info!(%key_id, public_key = %meta.public_key, "key created");
     Ok(meta)
+}
+
+/// The participants of a stored key, as the DKG numbered them.
+fn members(core: &Core, meta: &KeyMeta) -> Result<Vec<(ParticipantId, Arc<SignerHandle>)>, Status> {
+    meta.signers
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let h = core
+                .signer(name)
+                .ok_or_else(|| Status::internal(format!("signer {name} is not configured")))?;
+            Ok((
+                ParticipantId::new(i as u16 + 1).expect("non-zero"),
+                h.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Refreshes every share of an active key (or completes a refresh every signer
+/// confirmed but not every signer applied). The key does not sign meanwhile.
+pub(crate) async fn refresh_key(
+    core: &Arc<Core>,
+    key_id: &str,
+    by: &str,
+) -> Result<KeyMeta, Status> {
+    let mut meta = core.key(key_id)?.meta().clone();
+    let parts = members(core, &meta)?;
+    if let Some(pending) = meta.pending_refresh.clone() {
+        return complete_refresh(core, meta, &parts, pending, by).await;
+    }
+    match meta.state.as_str() {
+        "active" => {}
+        // A refresh that failed half-way on the signers: abandon it there first.
+        "refreshing" => abandon_refresh(core, &parts, key_id).await?,
+        s => {
+            return Err(Status::failed_precondition(format!(
+                "key {key_id} is {s}; only an active key can be refreshed"
+            )))
+        }
+    }
+    let suite: Suite = meta
+        .suite
+        .parse()
+        .map_err(|e| Status::internal(format!("{e}")))?;
+    // The key stops signing here (and on every signer as it starts its refresh).
+    let before = meta.public_key_set.clone();
+    meta.state = "refreshing".into();
+    lifecycle(core, &meta, "start-refresh", by).await?;
+    core.record_key(&meta).await?;
+
+    let session = SessionId::random(&mut OsRng);
+    info!(%key_id, "refresh starting");
+    let ask = Ask {
+        key_id,
+        session,
+        suite,
+        threshold: meta.threshold,
+        policy: "",
+        refresh: true,
+    };
+    let attempt = async {
+        let ids = identities(core, &parts).await?;
+        let r = rounds(core, &parts, &ids, &ask).await?;
+        if hex::encode(r.public_key) != meta.public_key {
+            return Err(Status::aborted(
+                "refresh: the signers derived another group key",
+            ));
+        }
+        Ok((ids, r))
+    }
+    .await;
+    let (ids, r) = match attempt {
+        Ok(v) => v,
+        Err(st) => {
+            // Nothing was applied anywhere: every signer keeps its old share.
+            warn!(%key_id, "refresh failed: {}", st.message());
+            let _ = abandon_refresh(core, &parts, key_id).await;
+            meta.state = "active".into();
+            lifecycle(core, &meta, "refresh-failed", by).await?;
+            core.record_key(&meta).await?;
+            return Err(st);
+        }
+    };
+    let transcript = DkgTranscript {
+        format: REFRESH_FORMAT.into(),
+        previous_public_key_set: Some(before),
+        key_id: key_id.to_string(),
+        suite: meta.suite.clone(),
+        threshold: meta.threshold,
+        session: session.to_string(),
+        participants: parties(&parts, &ids),
+        round1: msgs(&r.round1),
+        echoes: msgs(&r.echoes),
+        confirmations: msgs(&r.confirmations),
+        public_key_set: hex::encode(&r.pks),
+        public_key: meta.public_key.clone(),
+    };
+    let entry = KeyCreated {
+        name: meta.name.clone(),
+        tier: meta.tier.clone(),
+        policy: meta.policy.clone(),
+        transcript,
+    };
+    // Recorded, and kept durably, before any signer applies it: from here on the
+    // refresh can only be completed, never abandoned.
+    core.audit
+        .append(KEY_REFRESHED, &entry)
+        .await
+        .map_err(crate::audit::refused)?;
+    write_transcript(
+        core,
+        format!("refresh-{key_id}-{}.json", &session.to_string()[..16]),
+        &entry.transcript,
+    )
+    .await?;
+    let pending = PendingRefresh {
+        session: session.to_string(),
+        confirmations: r
+            .confirmations
+            .iter()
+            .map(|(p, e)| (p.get(), hex::encode(e)))
+            .collect(),
+        public_key_set: hex::encode(&r.pks),
+    };
+    meta.pending_refresh = Some(pending.clone());
+    core.record_key(&meta).await?;
+    complete_refresh(core, meta, &parts, pending, by).await
+}
+
+/// Has every signer apply a confirmed refresh, then records the new key set.
+async fn complete_refresh(
+    core: &Arc<Core>,
+    mut meta: KeyMeta,
+    parts: &[(ParticipantId, Arc<SignerHandle>)],
+    pending: PendingRefresh,
+    by: &str,
+) -> Result<KeyMeta, Status> {
+    let session = SessionId(
+        hex::decode(&pending.session)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Status::internal("pending refresh: session"))?,
+    );
+    let confirmations = pending
+        .confirmations
+        .iter()
+        .map(|(p, e)| {
+            let p =
+                ParticipantId::new(*p).ok_or_else(|| Status::internal("pending refresh: id"))?;
+            let e = hex::decode(e).map_err(|_| Status::internal("pending refresh: hex"))?;
+            Ok((p, e))
+        })
+        .collect::<Result<BTreeMap<_, _>, Status>>()?;
+    finalize(core, parts, session, &confirmations)
+        .await
+        .map_err(|st| {
+            Status::unavailable(format!(
+                "refresh of {} is confirmed by every signer but not applied by all ({}); run `custody key refresh {}` again to complete it",
+                meta.key_id,
+                st.message(),
+                meta.key_id
+            ))
+        })?;
+    meta.public_key_set = pending.public_key_set;
+    meta.pending_refresh = None;
+    meta.state = "active".into();
+    lifecycle(core, &meta, "refresh", by).await?;
+    core.record_key(&meta).await?;
+    warn!(key_id = %meta.key_id, "key refreshed: every share replaced, same public key");
+    Ok(meta)
+}
+
+/// Tells every signer to abandon an unfinished refresh of `key_id` (each keeps its
+/// old share). Fails if a signer cannot be told.
+async fn abandon_refresh(
+    core: &Arc<Core>,
+    parts: &[(ParticipantId, Arc<SignerHandle>)],
+    key_id: &str,
+) -> Result<(), Status> {
+    on_all(core, parts, "abandon refresh", |_, mut c| {
+        let req = KeyLifecycleRequest {
+            key_id: key_id.to_string(),
+            event: "refresh-failed".into(),
+        };
+        async move { c.key_lifecycle(req).await }
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn lifecycle(core: &Core, meta: &KeyMeta, event: &str, by: &str) -> Result<(), Status> {
+    core.audit
+        .append(
+            LIFECYCLE,
+            &Lifecycle {
+                key_id: meta.key_id.clone(),
+                event: event.to_string(),
+                state: meta.state.clone(),
+                by: by.to_string(),
+                successor: String::new(),
+            },
+        )
+        .await
+        .map(|_| ())
+        .map_err(crate::audit::refused)
 }

@@ -455,6 +455,15 @@ impl Custody for CustodyService {
         }))
     }
 
+    async fn refresh_key(&self, req: Request<RefreshKeyRequest>) -> Result<Response<Key>, Status> {
+        let caller = self.authorize(&req, &[Role::Operator])?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        info!(caller = %caller.name, key_id = %r.key_id, "refresh key");
+        let meta = dkg::refresh_key(&self.0, &r.key_id, &caller.name).await?;
+        Ok(Response::new(key_proto(&meta)))
+    }
+
     type ExportAuditStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<AuditChunk, Status>> + Send + 'static>,
     >;

@@ -42,6 +42,20 @@ pub struct KeyMeta {
     /// The key that replaced this one by rotation.
     #[serde(default)]
     pub rotated_to: String,
+    /// A refresh every signer confirmed but not every signer applied yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_refresh: Option<PendingRefresh>,
+}
+
+/// A confirmed refresh waiting for every signer to apply it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRefresh {
+    /// Session id, hex.
+    pub session: String,
+    /// Every participant's signed confirmation, hex, by participant id.
+    pub confirmations: Vec<(u16, String)>,
+    /// The new public key set, hex.
+    pub public_key_set: String,
 }
 
 /// A completed signature, kept for idempotency and for `GetSignature`.

@@ -49,6 +49,8 @@ enum Stage {
 
 struct DkgSession {
     key_id: String,
+    /// A refresh of existing key `key_id` rather than a new key.
+    refresh: bool,
     policy: hot_warm_cold::Policy,
     suite: Suite,
     participants: Vec<ParticipantId>,
@@ -452,6 +454,249 @@ impl Inner {
             .ok_or_else(|| Status::not_found("no DKG session with this id"))
     }
 
+    fn is_refresh(&self, session: &SessionId) -> bool {
+        self.dkg
+            .lock()
+            .expect("lock")
+            .get(session)
+            .is_some_and(|s| s.refresh)
+    }
+
+    /// The key whose refresh `session` is (pending or already applied), if any.
+    fn refresh_record(&self, session: &SessionId) -> Result<Option<KeyRecord>, Status> {
+        let hex_session = session.to_string();
+        for item in self.db.iter() {
+            let (_, v) = item.map_err(|e| internal("database", e))?;
+            let rec: KeyRecord =
+                serde_json::from_slice(&v).map_err(|e| internal("database record", e))?;
+            let pending = rec
+                .pending_refresh
+                .as_ref()
+                .is_some_and(|p| p.session == hex_session);
+            if pending || rec.last_refresh == hex_session {
+                return Ok(Some(rec));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Starts refreshing this signer's share of an existing key.
+    async fn start_refresh(
+        self: &Arc<Self>,
+        r: DkgStartRequest,
+        session: SessionId,
+        suite: Suite,
+        threshold: u16,
+        me: ParticipantId,
+        coordinator: custody_protocol::IdentityPublic,
+    ) -> Result<Response<DkgStartResponse>, Status> {
+        let key_id = r.key_id.clone();
+        let mut rec = self
+            .get(&key_id)?
+            .ok_or_else(|| Status::not_found(format!("no key {key_id} on this signer")))?;
+        if rec.suite().map_err(|e| internal("record", e))? != suite || rec.me != me.get() {
+            return Err(Status::invalid_argument(format!(
+                "key {key_id}: suite or participant id is not this signer's"
+            )));
+        }
+        if rec.pending_refresh.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "key {key_id}: a confirmed refresh is pending; complete it first"
+            )));
+        }
+        let mut roster = rec.roster().map_err(|e| internal("record", e))?;
+        let participants = roster.ids();
+        let mut asked: Vec<ParticipantId> = r
+            .participants
+            .iter()
+            .map(|p| api::participant("participants.id", p.id))
+            .collect::<Result<_, _>>()?;
+        asked.sort();
+        if asked != participants {
+            return Err(Status::invalid_argument(format!(
+                "key {key_id}: a refresh takes exactly the key's participants"
+            )));
+        }
+        let next = match rec.state {
+            KeyState::Refreshing => KeyState::Refreshing,
+            s => s
+                .apply(hot_warm_cold::Event::StartRefresh)
+                .map_err(|e| Status::failed_precondition(format!("key {key_id}: {e}")))?,
+        };
+        let loaded = self
+            .keys
+            .lock()
+            .expect("lock")
+            .get(&key_id)
+            .cloned()
+            .ok_or_else(|| Status::failed_precondition(format!("key {key_id} is not loaded")))?;
+        let (stage, round1) = with_suite!(suite, C => {
+            let share = loaded
+                .share
+                .downcast_ref::<KeyShare<C>>()
+                .ok_or_else(|| Status::internal("share type"))?
+                .clone();
+            if share.public().threshold() != threshold {
+                return Err(Status::invalid_argument(format!(
+                    "key {key_id}: threshold is {}, not {threshold}",
+                    share.public().threshold()
+                )));
+            }
+            let (s, m) = dkg::start_refresh::<C, _>(session, share, &*self.identity, &mut OsRng)
+                .map_err(|e| engine_status("refresh start", e))?;
+            (Box::new(s) as Erased, m)
+        });
+        if next != rec.state {
+            self.audit
+                .append(
+                    ax::LIFECYCLE,
+                    &ax::Lifecycle {
+                        key_id: key_id.clone(),
+                        event: "start-refresh".into(),
+                        state: next.name().into(),
+                        by: String::new(),
+                        successor: String::new(),
+                    },
+                )
+                .await
+                .map_err(unrecorded)?;
+            rec.state = next;
+            self.put(&rec)?;
+            *loaded.state.lock().expect("lock") = next;
+        }
+        roster.insert(COORDINATOR, coordinator);
+        let mut dkg = self.dkg.lock().expect("lock");
+        if dkg.contains_key(&session) {
+            return Err(Status::already_exists("DKG session already started"));
+        }
+        dkg.insert(
+            session,
+            DkgSession {
+                key_id: key_id.clone(),
+                refresh: true,
+                policy: rec.policy.clone(),
+                suite,
+                participants,
+                roster,
+                stage: Some(Stage::Round1(stage)),
+                started: Instant::now(),
+            },
+        );
+        info!(%key_id, %suite, %me, "refresh started");
+        Ok(Response::new(DkgStartResponse { round1 }))
+    }
+
+    /// Checks every participant's confirmation of refresh `session` and replaces the
+    /// share with the refreshed one. Idempotent.
+    async fn apply_refresh(
+        &self,
+        mut rec: KeyRecord,
+        session: &SessionId,
+        confirmations: &[(ParticipantId, Vec<u8>)],
+    ) -> Result<(), Status> {
+        let key_id = rec.key_id.clone();
+        let Some(pending) = rec.pending_refresh.clone() else {
+            // Already applied (a retry).
+            return Ok(());
+        };
+        let suite = rec.suite().map_err(|e| internal("record", e))?;
+        let roster = rec.roster().map_err(|e| internal("record", e))?;
+        let pks = hex::decode(&pending.public_key_set).map_err(|e| internal("record", e))?;
+        let digest = with_suite!(suite, C => {
+            custody_protocol::PublicKeySet::<C>::from_bytes(&pks)
+                .map_err(|e| internal("record", e))?
+                .digest()
+        });
+        dkg::check_confirmations(
+            &roster,
+            suite,
+            dkg::REFRESH_KINDS,
+            session,
+            &roster.ids(),
+            &digest,
+            custody_protocol::sim::labelled(confirmations),
+        )
+        .map_err(|e| engine_status("refresh confirmations", e))?;
+        let next = match rec.state {
+            KeyState::Refreshing => rec
+                .state
+                .apply(hot_warm_cold::Event::RefreshCompleted)
+                .map_err(|e| Status::failed_precondition(format!("key {key_id}: {e}")))?,
+            s => s,
+        };
+        rec.sealed_share = pending.sealed_share;
+        rec.public_key_set = pending.public_key_set;
+        rec.pending_refresh = None;
+        rec.last_refresh = session.to_string();
+        rec.state = next;
+        let loaded = self
+            .unseal(&rec)
+            .map_err(|e| internal("refreshed share", e))?;
+        self.audit
+            .append(
+                ax::LIFECYCLE,
+                &ax::Lifecycle {
+                    key_id: key_id.clone(),
+                    event: "refresh".into(),
+                    state: next.name().into(),
+                    by: String::new(),
+                    successor: String::new(),
+                },
+            )
+            .await
+            .map_err(unrecorded)?;
+        self.put(&rec)?;
+        self.keys
+            .lock()
+            .expect("lock")
+            .insert(key_id.clone(), loaded);
+        // Commitments drawn for the old share are given up (nonces never outlive a share).
+        self.nonces.lock().expect("lock").remove(&key_id);
+        self.dkg.lock().expect("lock").remove(session);
+        warn!(%key_id, "key refreshed: the old share is gone");
+        Ok(())
+    }
+
+    /// Abandons an unfinished refresh of `key_id`: the pending share (if any) is
+    /// dropped and the old one signs again. Idempotent.
+    async fn abandon_refresh(&self, key_id: &str) -> Result<KeyState, Status> {
+        let mut rec = self
+            .get(key_id)?
+            .ok_or_else(|| Status::not_found(format!("no key {key_id} on this signer")))?;
+        self.dkg
+            .lock()
+            .expect("lock")
+            .retain(|_, s| !(s.refresh && s.key_id == key_id));
+        if rec.state != KeyState::Refreshing {
+            return Ok(rec.state);
+        }
+        let next = rec
+            .state
+            .apply(hot_warm_cold::Event::RefreshFailed)
+            .map_err(|e| Status::failed_precondition(format!("key {key_id}: {e}")))?;
+        self.audit
+            .append(
+                ax::LIFECYCLE,
+                &ax::Lifecycle {
+                    key_id: key_id.to_string(),
+                    event: "refresh-failed".into(),
+                    state: next.name().into(),
+                    by: String::new(),
+                    successor: String::new(),
+                },
+            )
+            .await
+            .map_err(unrecorded)?;
+        rec.state = next;
+        rec.pending_refresh = None;
+        self.put(&rec)?;
+        if let Some(k) = self.keys.lock().expect("lock").get(key_id) {
+            *k.state.lock().expect("lock") = next;
+        }
+        warn!(%key_id, "refresh abandoned: the old share stays");
+        Ok(next)
+    }
+
     fn put_stage(&self, session: &SessionId, stage: Stage) {
         if let Some(s) = self.dkg.lock().expect("lock").get_mut(session) {
             s.stage = Some(stage);
@@ -494,6 +739,14 @@ impl Signer for SignerService {
         let policy = hot_warm_cold::Policy::from_json(&r.policy)
             .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?;
         let i = self.0.clone();
+        if r.refresh {
+            let coord = caller.identity.ok_or_else(|| {
+                Status::permission_denied("coordinator certificate carries no identity")
+            })?;
+            return i
+                .start_refresh(r, session, suite, threshold, me, coord)
+                .await;
+        }
         if i.get(&r.key_id)?.is_some() {
             return Err(Status::already_exists(format!(
                 "key {} already exists on this signer",
@@ -552,6 +805,7 @@ impl Signer for SignerService {
             session,
             DkgSession {
                 key_id: r.key_id.clone(),
+                refresh: false,
                 policy,
                 suite,
                 participants,
@@ -663,6 +917,38 @@ impl Signer for SignerService {
                 return Err(st);
             }
         };
+        if i.is_refresh(&session) {
+            // The new share waits beside the old one until every confirmation is in.
+            let mut rec = i
+                .get(&key_id)?
+                .ok_or_else(|| Status::not_found(format!("no key {key_id} on this signer")))?;
+            rec.pending_refresh = Some(store::PendingRefresh {
+                session: session.to_string(),
+                sealed_share: hex::encode(sealed),
+                public_key_set: hex::encode(&pks),
+            });
+            i.put(&rec)?;
+            i.audit
+                .append(
+                    ax::REFRESH_CONFIRMED,
+                    &ax::DkgConfirmed {
+                        key_id: key_id.clone(),
+                        session: session.to_string(),
+                        public_key: hex::encode(pk),
+                        policy_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                            rec.policy.to_json().as_bytes(),
+                        )),
+                    },
+                )
+                .await
+                .map_err(unrecorded)?;
+            i.put_stage(&session, Stage::Confirmed { share, digest });
+            info!(%key_id, "refreshed share stored (pending confirmation)");
+            return Ok(Response::new(DkgRound2Response {
+                confirmation,
+                public_key_set: pks,
+            }));
+        }
         // Durable before we confirm.
         let rec = KeyRecord {
             key_id: key_id.clone(),
@@ -682,6 +968,8 @@ impl Signer for SignerService {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            pending_refresh: None,
+            last_refresh: String::new(),
         };
         i.put(&rec)?;
         // Recorded before the confirmation leaves.
@@ -716,6 +1004,11 @@ impl Signer for SignerService {
         let session = api::session("session", &r.session)?;
         let confirmations = relayed(&r.confirmations, "confirmations.from")?;
         let i = self.0.clone();
+        // A refresh completes from its durable record (also after a restart).
+        if let Some(rec) = i.refresh_record(&session)? {
+            i.apply_refresh(rec, &session, &confirmations).await?;
+            return Ok(Response::new(DkgFinalizeResponse {}));
+        }
         let (stage, key_id, suite, participants, roster) = i.take_stage(&session)?;
         let Stage::Confirmed { share, digest } = stage else {
             i.put_stage(&session, stage);
@@ -788,6 +1081,12 @@ impl Signer for SignerService {
         self.authorize(&req)?;
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
+        if r.event == "refresh-failed" {
+            let state = self.0.abandon_refresh(&r.key_id).await?;
+            return Ok(Response::new(KeyLifecycleResponse {
+                state: state.name().into(),
+            }));
+        }
         let event = hot_warm_cold::Event::operator_event(&r.event).ok_or_else(|| {
             Status::invalid_argument(format!(
                 "event: {:?} is not one of suspend, resume, retire, destroy",

@@ -34,6 +34,24 @@ pub struct KeyRecord {
     /// When the key's share was stored (Unix seconds).
     #[serde(default)]
     pub created_at: u64,
+    /// A refreshed share this signer confirmed and has not applied yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_refresh: Option<PendingRefresh>,
+    /// Session id of the last refresh applied, hex.
+    #[serde(default)]
+    pub last_refresh: String,
+}
+
+/// A refreshed share, durable before its confirmation leaves; it replaces the share
+/// when every participant's confirmation arrives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingRefresh {
+    /// Refresh session id, hex.
+    pub session: String,
+    /// The new share, sealed (hex).
+    pub sealed_share: String,
+    /// The new public key set (hex).
+    pub public_key_set: String,
 }
 
 /// What this signer has released for a key: the count of signature shares and the

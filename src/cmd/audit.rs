@@ -132,7 +132,7 @@ fn read_input(path: &PathBuf) -> Result<Input, Error> {
         custody_audit::export::EXPORT_FORMAT => {
             Input::Bundle(serde_json::from_value(v).map_err(parse_err)?)
         }
-        custody_audit::transcript::DKG_FORMAT => {
+        custody_audit::transcript::DKG_FORMAT | custody_audit::transcript::REFRESH_FORMAT => {
             Input::Dkg(serde_json::from_value(v).map_err(parse_err)?)
         }
         custody_audit::transcript::SIGNING_FORMAT => {
@@ -274,7 +274,7 @@ type Replayed = (Vec<DkgReplay>, Vec<SigningReplay>);
 /// Every ceremony in the coordinator's log of `b`, replayed (logs verified as far as
 /// reading them needs: chain and signatures, no export seal).
 fn replay_bundle(b: &Bundle, trust: &Trust) -> Result<Replayed, String> {
-    use custody_audit::export::{KeyCreated, Signature, KEY_CREATED, SIGNATURE};
+    use custody_audit::export::{KeyCreated, Signature, KEY_CREATED, KEY_REFRESHED, SIGNATURE};
     let coord = b
         .parties
         .iter()
@@ -295,11 +295,16 @@ fn replay_bundle(b: &Bundle, trust: &Trust) -> Result<Replayed, String> {
     for (i, e) in entries.iter().enumerate() {
         let at = |why: String| format!("log of {}, entry {i} ({}): {why}", coord.name, e.kind);
         match e.kind.as_str() {
-            KEY_CREATED => {
+            KEY_CREATED | KEY_REFRESHED => {
                 let k: KeyCreated =
                     serde_json::from_slice(&e.body).map_err(|x| at(x.to_string()))?;
                 let r = replay_dkg(&k.transcript, trust).map_err(at)?;
-                sets.insert(r.key_id.clone(), r.public_key_set.clone());
+                let previous = sets.insert(r.key_id.clone(), r.public_key_set.clone());
+                if previous != k.transcript.previous_public_key_set {
+                    return Err(at(
+                        "not the key's current key set (or a key created twice)".into()
+                    ));
+                }
                 dkgs.push(r);
             }
             SIGNATURE => {
@@ -332,7 +337,8 @@ fn report_ceremonies(a: &CheckArgs, how: &str, r: Result<Replayed, String>) -> R
                 println!("identities: {how}");
                 for d in &dkgs {
                     println!(
-                        "DKG {}  {} {}-of-{}  public key {}  replayed: group key and every verifying share re-derived, all {} confirmations check",
+                        "{} {}  {} {}-of-{}  public key {}  replayed: every verifying share re-derived, all {} confirmations check",
+                        if d.refresh { "refresh (same group key)" } else { "DKG" },
                         d.key_id, d.suite, d.threshold, d.participants.len(), d.public_key, d.participants.len()
                     );
                 }
@@ -390,7 +396,8 @@ fn report_bundle(
                 }
                 for d in &s.keys {
                     println!(
-                        "DKG {}  {} {}-of-{}  public key {}: replayed",
+                        "{} {}  {} {}-of-{}  public key {}: replayed",
+                        if d.refresh { "refresh" } else { "DKG" },
                         d.key_id,
                         d.suite,
                         d.threshold,

@@ -55,6 +55,10 @@ pub enum Cmd {
     /// Replace an active key by a new one (new DKG, same suite, threshold, signers,
     /// tier and policy) and retire the old one. Prints both.
     Rotate(StateArgs),
+    /// Refresh every share of an active key (FROST refresh among all its signers): the
+    /// public key stays, old shares become useless. Run it again to complete a refresh
+    /// that a signer could not apply.
+    Refresh(StateArgs),
     /// Show one key.
     Show {
         #[command(flatten)]
@@ -100,6 +104,7 @@ fn key_json(k: &Key) -> serde_json::Value {
         "threshold": k.threshold,
         "signers": k.signers,
         "public_key": hex::encode(&k.public_key),
+        "public_key_set": hex::encode(&k.public_key_set),
         "tier": k.tier,
         "state": k.state,
         "created_at": k.created_at,
@@ -203,6 +208,15 @@ pub fn run(cmd: Cmd) -> Result<(), Error> {
                     println!("retired  {}", key_text(&old));
                     println!("new      {}", key_text(&new));
                 }
+            }
+            Cmd::Refresh(a) => {
+                let mut c = a.conn.connect().await?;
+                let k = c
+                    .refresh_key(custody_protocol::proto::RefreshKeyRequest { key_id: a.key_id })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                print(&k, a.json);
             }
             Cmd::Show { conn, key_id, json } => {
                 let mut c = conn.connect().await?;
