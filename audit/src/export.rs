@@ -231,6 +231,30 @@ fn body<T: serde::de::DeserializeOwned>(e: &Entry) -> Result<T, String> {
 /// and signature in the coordinator's log, and that every share in those signatures
 /// is recorded in the log of the signer that issued it. Stops at the first failure.
 pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
+    let pinned = matches!(trust, Trust::Pinned(_));
+    // Unpinned, the identities are the bundle's own party list, and every transcript
+    // must agree with it.
+    let own;
+    let trust = match trust {
+        Trust::Pinned(_) => trust,
+        Trust::Unpinned => {
+            let mut map = BTreeMap::new();
+            for p in &b.parties {
+                let id: [u8; 64] = hex::decode(&p.identity)
+                    .ok()
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| {
+                        fail(
+                            format!("party {}", p.name),
+                            "identity is not 64 bytes of hex",
+                        )
+                    })?;
+                map.insert(p.name.clone(), id);
+            }
+            own = Trust::Pinned(map);
+            &own
+        }
+    };
     if b.format != EXPORT_FORMAT {
         return Err(fail(
             "bundle",
@@ -239,7 +263,7 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
     }
     let nonce = hex::decode(&b.nonce).map_err(|_| fail("bundle", "nonce is not hex"))?;
     let mut summary = Summary {
-        pinned: matches!(trust, Trust::Pinned(_)),
+        pinned,
         ..Summary::default()
     };
     let mut names = BTreeSet::new();
@@ -262,6 +286,17 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
         let bytes = hex::decode(&p.log).map_err(|_| fail(&at, "log is not hex"))?;
         let entries = verify_log(&bytes, &public, Some(&nonce))
             .map_err(|pr| fail(format!("{at}, entry {}", pr.index), pr.reason))?;
+        let genesis: crate::chain::Genesis =
+            body(&entries[0]).map_err(|why| fail(format!("{at}, entry 0"), why))?;
+        if genesis.writer != p.name || genesis.role != p.role {
+            return Err(fail(
+                format!("{at}, entry 0"),
+                format!(
+                    "the log was opened by {} {}, not by {} {}",
+                    genesis.role, genesis.writer, p.role, p.name
+                ),
+            ));
+        }
         summary.entries.insert(p.name.clone(), entries.len());
         logs.insert(p.name.clone(), (p.role.clone(), entries));
     }
@@ -278,7 +313,7 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
     // What each signer says it issued: (key, request, transcript digest), and which
     // DKGs it confirmed: (key, session, public key).
     let mut issued: BTreeMap<String, BTreeSet<(String, String, String)>> = BTreeMap::new();
-    let mut confirmed: BTreeMap<String, BTreeSet<(String, String, String)>> = BTreeMap::new();
+    let mut confirmed: BTreeMap<String, BTreeSet<Confirmed>> = BTreeMap::new();
     for (name, (role, entries)) in &logs {
         if role != "signer" {
             continue;
@@ -290,7 +325,7 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
             match e.kind.as_str() {
                 DKG_CONFIRMED | REFRESH_CONFIRMED => {
                     let d: DkgConfirmed = body(e).map_err(|why| fail(at(), why))?;
-                    dkgs.insert((d.key_id, d.session, d.public_key));
+                    dkgs.insert((d.key_id, d.session, d.public_key, d.policy_sha256));
                 }
                 SHARE_ISSUED => {
                     let s: ShareIssued = body(e).map_err(|why| fail(at(), why))?;
@@ -348,15 +383,22 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
                 // ceremony for exactly this key (the key id is a label the coordinator
                 // chose; the signers' entries bind it to the session and the key).
                 let t = &k.transcript;
+                let policy = policy_digest(&k.policy).map_err(|why| fail(at(), why))?;
                 for p in &t.participants {
-                    let ok = confirmed.get(&p.name).is_some_and(|set| {
-                        set.contains(&(t.key_id.clone(), t.session.clone(), r.public_key.clone()))
-                    });
+                    let want = (
+                        t.key_id.clone(),
+                        t.session.clone(),
+                        r.public_key.clone(),
+                        policy.clone(),
+                    );
+                    let ok = confirmed
+                        .get(&p.name)
+                        .is_some_and(|set| set.contains(&want));
                     if !ok {
                         return Err(fail(
                             at(),
                             format!(
-                                "{} took part in the DKG of {} but its own log does not record it",
+                                "{} took part in the ceremony of {} but its own log does not record it (with this key and policy)",
                                 p.name, t.key_id
                             ),
                         ));
@@ -419,6 +461,16 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
         }
     }
     Ok(summary)
+}
+
+/// A DKG or refresh a signer recorded: key, session, public key, SHA-256 of the policy.
+type Confirmed = (String, String, String, String);
+
+/// SHA-256 (hex) of a policy in the canonical form signers store it.
+fn policy_digest(policy: &str) -> Result<String, String> {
+    use sha2::Digest;
+    let p = hot_warm_cold::Policy::from_json(policy).map_err(|e| format!("policy: {e}"))?;
+    Ok(hex::encode(sha2::Sha256::digest(p.to_json().as_bytes())))
 }
 
 fn trust_check(trust: &Trust, p: &Party) -> Result<[u8; 32], String> {

@@ -162,7 +162,7 @@ impl Trust {
         if let Trust::Pinned(map) = self {
             match map.get(&p.name) {
                 None => return Err(format!("{} is not among the trusted identities", p.name)),
-                Some(k) if k[..32] != public.verify => {
+                Some(k) if *k != public.to_bytes() => {
                     return Err(format!(
                         "{}: identity in the transcript is not its trusted identity",
                         p.name
@@ -376,7 +376,11 @@ impl SigningTranscript {
             } => {
                 let amount: u128 = amount
                     .parse()
-                    .map_err(|_| format!("transfer amount {amount:?} is not an integer"))?;
+                    .ok()
+                    .filter(|a: &u128| a.to_string() == *amount)
+                    .ok_or_else(|| {
+                        format!("transfer amount {amount:?} is not a canonical decimal integer")
+                    })?;
                 let t = hot_warm_cold::Transfer {
                     asset: asset.clone(),
                     amount,
@@ -480,6 +484,12 @@ fn replay_signing_with<C: EngineSuite>(
             ShareMessage::<C>::decode_body(r)
         })
         .map_err(err)?;
+        if h.to != Some(COORDINATOR) {
+            return Err(format!(
+                "the share of participant {} is not addressed to the coordinator",
+                h.from
+            ));
+        }
         if m.transcript != digest {
             return Err(describe(
                 &t.signers,

@@ -71,7 +71,11 @@ pub(crate) fn signing_transcript<C: EngineSuite>(
         request: match transfer {
             Some(t) => SignedRequest::Transfer {
                 asset: t.asset.clone(),
-                amount: t.amount.clone(),
+                // Canonical decimal (the signers parsed it; "+5" and "05" are 5).
+                amount: t
+                    .amount
+                    .parse::<u128>()
+                    .map_or_else(|_| t.amount.clone(), |a| a.to_string()),
                 destination: t.destination.clone(),
                 memo: t.memo.clone(),
             },

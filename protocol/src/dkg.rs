@@ -733,6 +733,12 @@ fn replay_rounds<'a, 'b, C: EngineSuite>(
         if !participants.contains(&h.from) {
             return Err(Error::UnknownSender(h.from));
         }
+        if h.to.is_some() {
+            return Err(Error::Misaddressed {
+                sender: h.from,
+                to: h.to.map_or(0, ParticipantId::get),
+            });
+        }
         if echoed.contains(&h.from) {
             return Err(Error::Duplicate {
                 round: "echo",
