@@ -1059,6 +1059,19 @@ fn as_rogue_coordinator(
     request_id: &str,
     transfer: Option<Transfer>,
 ) -> Vec<Result<(), tonic::Status>> {
+    as_rogue_coordinator_with(c, key, n, message, request_id, transfer, vec![])
+}
+
+/// [`as_rogue_coordinator`], presenting `approvals` too.
+fn as_rogue_coordinator_with(
+    c: &Cluster,
+    key: &str,
+    n: u16,
+    message: Vec<u8>,
+    request_id: &str,
+    transfer: Option<Transfer>,
+    approvals: Vec<Approval>,
+) -> Vec<Result<(), tonic::Status>> {
     use custody_protocol::sign::{CommitmentBatch, SigningPackage, COORDINATOR};
     use custody_protocol::wire::{self, Header, Kind};
     use custody_protocol::{identity, ParticipantId, Roster, SessionId};
@@ -1134,6 +1147,7 @@ fn as_rogue_coordinator(
                     package: package.clone(),
                     request_id: request_id.into(),
                     transfer: transfer.clone(),
+                    approvals: approvals.clone(),
                 })
                 .await;
             out.push(r.map(|_| ()));
@@ -1219,4 +1233,170 @@ fn lifecycle_is_enforced_by_every_signer() {
         })
         .expect_err("no share, no commitments");
     assert_eq!(st.code(), Code::NotFound, "{st:?}");
+}
+
+#[test]
+fn warm_keys_sign_after_approvals_and_a_time_lock_that_every_signer_checks() {
+    let c = Cluster::start("warm", 3, 2);
+    // Three approvers; two must approve.
+    let mut approvers = Vec::new();
+    for i in 1..=4 {
+        let file = c.dir.join(format!("approver-{i}.json"));
+        let out = c.offline(&["approver", "keygen", "--out", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pk = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        approvers.push((file, pk));
+    }
+    let policy = serde_json::json!({
+        "tier": "warm", "allow_raw": false, "allowlist": null,
+        "assets": { "BTC": { "per_request": 100, "per_window": 1000, "window_secs": 3600 } },
+        "approvals": { "required": 2, "approvers": [&approvers[0].1, &approvers[1].1, &approvers[2].1] },
+        "time_lock_secs": 2, "max_age_secs": null, "max_signatures": null,
+    });
+    let policy_file = c.dir.join("warm.json");
+    std::fs::write(&policy_file, policy.to_string()).unwrap();
+    let k = c.json(&[
+        "key",
+        "create",
+        "--suite",
+        "secp256k1-tr",
+        "--policy",
+        policy_file.to_str().unwrap(),
+        "--json",
+    ]);
+    let key = k["key_id"].as_str().unwrap().to_string();
+    assert_eq!(k["tier"], "warm");
+
+    let transfer = ["--asset", "BTC", "--amount", "10", "--destination", "bob"];
+    let mut args = vec!["sign", "--key", key.as_str()];
+    args.extend(transfer);
+    args.extend(["--request-id", "w-1", "--json"]);
+    let r = c.json(&args);
+    assert_eq!(r["state"], "waiting-approvals", "{r}");
+    assert_eq!(
+        (r["approvals"].as_u64(), r["required"].as_u64()),
+        (Some(0), Some(2))
+    );
+    let approve = |i: usize| {
+        c.cli(&[
+            "approve",
+            "w-1",
+            "--key",
+            approvers[i].0.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let out = approve(0);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["approvals"], 1, "{r}");
+    // Not an approver of this key; an approval twice counts once.
+    let out = approve(3);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&approve(0).stdout).unwrap()["approvals"],
+        1
+    );
+    let r: Value = serde_json::from_slice(&approve(1).stdout).unwrap();
+    assert_eq!(r["approvals"], 2, "{r}");
+    // Signed once the time lock is over (by the coordinator's background task).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let signed = loop {
+        let r = c.json(&["request", "show", "w-1", "--json"]);
+        if r["state"] == "signed" {
+            break r;
+        }
+        assert!(r["state"] != "refused", "{r}");
+        assert!(Instant::now() < deadline, "not signed: {r}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let sig = hexs(&signed["signature"]);
+    assert!(verify_independently(
+        "secp256k1-tr",
+        &hexs(&k["public_key"]),
+        &hexs(&signed["message"]),
+        &sig
+    ));
+    // The same request again returns the signature.
+    let r = c.json(&args);
+    assert_eq!(hexs(&r["signature"]), sig);
+    let list = c.json(&["request", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // A compromised coordinator, talking to the signers itself: without approvals,
+    // every signer refuses; with two valid approvals but a request the signers have
+    // just seen, every signer's own time lock refuses it.
+    let t = Transfer {
+        asset: "BTC".into(),
+        amount: "20".into(),
+        destination: "mallory".into(),
+        memo: String::new(),
+    };
+    let message = hot_warm_cold::Transfer::from_proto(&t, "w-rogue")
+        .unwrap()
+        .message(&key)
+        .to_vec();
+    for r in as_rogue_coordinator(&c, &key, 3, message.clone(), "w-rogue", Some(t.clone())) {
+        let st = r.expect_err("no approvals");
+        assert!(st.message().contains("approvals"), "{st:?}");
+    }
+    let digest = custody_protocol::hash::TaggedHash::new("custody/v1/approval")
+        .part(key.as_bytes())
+        .part(&message)
+        .finish();
+    let approvals: Vec<Approval> = approvers[..2]
+        .iter()
+        .map(|(file, _)| {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+            let seed: [u8; 32] = hexs(&v["secret_key"]).try_into().unwrap();
+            let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+            use ed25519_dalek::Signer;
+            Approval {
+                approver: sk.verifying_key().to_bytes().to_vec(),
+                signature: sk.sign(&digest).to_bytes().to_vec(),
+            }
+        })
+        .collect();
+    for r in as_rogue_coordinator_with(&c, &key, 3, message, "w-rogue", Some(t), approvals) {
+        let st = r.expect_err("time lock");
+        assert!(st.message().contains("time lock"), "{st:?}");
+    }
+
+    // The audit export verifies, approvals checked against the key's approver set.
+    let file = c.dir.join("export.json");
+    let out = c.cli(&[
+        "audit",
+        "export",
+        "--as",
+        "auditor",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = c.dir.join("pki/ca.pem");
+    let out = c.offline(&[
+        "audit",
+        "verify",
+        file.to_str().unwrap(),
+        "--ca",
+        ca.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -31,6 +31,13 @@ pub const REFRESH_CONFIRMED: &str = "refresh-confirmed";
 pub const KEY_REFRESHED: &str = "key-refreshed";
 /// Signer entry: it released a signature share (body [`ShareIssued`]).
 pub const SHARE_ISSUED: &str = "share-issued";
+/// Signer entry: it first saw a request of a time-locked key (body [`RequestSeen`]).
+pub const REQUEST_SEEN: &str = "request-seen";
+/// Coordinator entry: a request waits for approvals or a time lock (body
+/// [`RequestCreated`]).
+pub const REQUEST_CREATED: &str = "request-created";
+/// Coordinator entry: an approver approved a request (body [`Approved`]).
+pub const APPROVED: &str = "approval";
 /// Either: a request was refused by policy (body [`Refused`]).
 pub const SIGN_REFUSED: &str = "sign-refused";
 /// Either: a key's lifecycle state changed (body [`Lifecycle`]).
@@ -88,6 +95,44 @@ pub struct ShareIssued {
     pub session: String,
     /// The transcript digest the share confirms, hex.
     pub transcript: String,
+}
+
+/// Body of [`REQUEST_SEEN`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSeen {
+    /// The key.
+    pub key_id: String,
+    /// The request.
+    pub request_id: String,
+    /// When this signer first saw it (Unix seconds, its clock).
+    pub first_seen: u64,
+}
+
+/// Body of [`REQUEST_CREATED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestCreated {
+    /// The key.
+    pub key_id: String,
+    /// The request.
+    pub request_id: String,
+    /// What approvers sign, hex.
+    pub approval_digest: String,
+    /// The request itself.
+    pub request: crate::transcript::SignedRequest,
+}
+
+/// Body of [`APPROVED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approved {
+    /// The key.
+    pub key_id: String,
+    /// The request.
+    pub request_id: String,
+    /// The approval.
+    pub approval: crate::transcript::ApprovalRecord,
 }
 
 /// Body of [`SIGN_REFUSED`].
@@ -340,6 +385,7 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
     }
     let (coord_name, (_, entries)) = coordinators[0];
     let mut used: BTreeSet<(String, String, String, String)> = BTreeSet::new();
+    let mut policies: BTreeMap<String, hot_warm_cold::Policy> = BTreeMap::new();
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
     for (i, e) in entries.iter().enumerate() {
         let at = || format!("log of {coord_name}, entry {i} ({})", e.kind);
@@ -384,6 +430,10 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
                 // chose; the signers' entries bind it to the session and the key).
                 let t = &k.transcript;
                 let policy = policy_digest(&k.policy).map_err(|why| fail(at(), why))?;
+                policies.insert(
+                    t.key_id.clone(),
+                    hot_warm_cold::Policy::from_json(&k.policy).map_err(|why| fail(at(), why))?,
+                );
                 for p in &t.participants {
                     let want = (
                         t.key_id.clone(),
@@ -410,6 +460,24 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
             SIGNATURE => {
                 let s: Signature = body(e).map_err(|why| fail(at(), why))?;
                 let t = &s.transcript;
+                // Approvals: enough valid ones from the key's approver set.
+                if let Some(policy) = policies.get(&t.key_id) {
+                    if let Some(rule) = &policy.approvals {
+                        let approvals = t.checked_approvals().map_err(|why| fail(at(), why))?;
+                        let digest = t.approval_digest().map_err(|why| fail(at(), why))?;
+                        let valid =
+                            hot_warm_cold::decide::valid_approvals(policy, &digest, &approvals);
+                        if valid < rule.required as usize {
+                            return Err(fail(
+                                at(),
+                                format!(
+                                    "{valid} valid approvals from the key's approvers, its policy requires {}",
+                                    rule.required
+                                ),
+                            ));
+                        }
+                    }
+                }
                 let set = keys.get(&t.key_id).ok_or_else(|| {
                     fail(
                         at(),

@@ -105,6 +105,17 @@ pub enum SignedRequest {
     },
 }
 
+/// One approver's signature over a request's approval digest
+/// (`TaggedHash("custody/v1/approval", key id, message)`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRecord {
+    /// The approver's Ed25519 public key, hex.
+    pub approver: String,
+    /// The signature, hex.
+    pub signature: String,
+}
+
 /// Every public message of one signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +130,9 @@ pub struct SigningTranscript {
     pub request_id: String,
     /// The request.
     pub request: SignedRequest,
+    /// The approvals the signers were given (keys whose policy needs approvals).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalRecord>,
     /// Session id, hex.
     pub session: String,
     /// The coordinator (it signs the signing package).
@@ -362,6 +376,43 @@ fn describe(parties: &[Party], e: custody_protocol::Error) -> String {
 }
 
 impl SigningTranscript {
+    /// What approvers sign: `TaggedHash("custody/v1/approval", key id, message)`.
+    pub fn approval_digest(&self) -> Result<[u8; 32], String> {
+        Ok(
+            custody_protocol::hash::TaggedHash::new("custody/v1/approval")
+                .part(self.key_id.as_bytes())
+                .part(&self.message()?)
+                .finish(),
+        )
+    }
+
+    /// The approvals, each checked: well formed, a valid signature over
+    /// [`SigningTranscript::approval_digest`], no approver twice.
+    pub fn checked_approvals(&self) -> Result<Vec<hot_warm_cold::Approval>, String> {
+        let digest = self.approval_digest()?;
+        let mut out: Vec<hot_warm_cold::Approval> = Vec::new();
+        for a in &self.approvals {
+            let approver: [u8; 32] = hex::decode(&a.approver)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| format!("approval by {}: not a 32-byte key", a.approver))?;
+            let signature = hex::decode(&a.signature)
+                .map_err(|_| format!("approval by {}: signature is not hex", a.approver))?;
+            let approval = hot_warm_cold::Approval {
+                approver,
+                signature,
+            };
+            if !approval.verifies(&digest) {
+                return Err(format!("approval by {} does not verify", a.approver));
+            }
+            if out.iter().any(|o| o.approver == approver) {
+                return Err(format!("approval by {} appears twice", a.approver));
+            }
+            out.push(approval);
+        }
+        Ok(out)
+    }
+
     /// The message the signers signed, recomputed from the request.
     pub fn message(&self) -> Result<Vec<u8>, String> {
         match &self.request {
@@ -428,6 +479,7 @@ pub fn replay_signing(
     }
     roster.insert(COORDINATOR, trust.check(&t.coordinator)?);
     let message = t.message()?;
+    t.checked_approvals()?;
     let package_env = hex::decode(&t.package).map_err(|_| "package is not hex".to_string())?;
     let shares = messages(&t.shares, "share")?;
     let set =

@@ -257,3 +257,34 @@ fn the_clean_lists_replay() {
         assert!(replays(c, name, list), "{name}");
     }
 }
+
+#[test]
+fn approvals_in_a_signing_transcript_must_verify() {
+    use ed25519_dalek::Signer;
+    let c = secp();
+    let trust = pinned(c);
+    let mut t = c.signing.clone();
+    let sk = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let digest = t.approval_digest().unwrap();
+    t.approvals.push(custody_audit::transcript::ApprovalRecord {
+        approver: hex::encode(sk.verifying_key().to_bytes()),
+        signature: hex::encode(sk.sign(&digest).to_bytes()),
+    });
+    replay_signing(&t, &trust, None).expect("a valid approval");
+    let mut bad = t.clone();
+    let mut sig = hex::decode(&bad.approvals[0].signature).unwrap();
+    sig[3] ^= 1;
+    bad.approvals[0].signature = hex::encode(sig);
+    assert!(replay_signing(&bad, &trust, None)
+        .unwrap_err()
+        .contains("does not verify"));
+    let mut twice = t.clone();
+    twice.approvals.push(t.approvals[0].clone());
+    assert!(replay_signing(&twice, &trust, None)
+        .unwrap_err()
+        .contains("twice"));
+    // An approval of another request does not verify for this one.
+    let mut other = t.clone();
+    other.request_id = "another".into();
+    assert!(replay_signing(&other, &trust, None).is_err());
+}

@@ -46,6 +46,7 @@ pub(crate) fn signing_transcript<C: EngineSuite>(
     request_id: &str,
     message: &[u8],
     transfer: Option<&Transfer>,
+    approvals: &[custody_protocol::proto::Approval],
     signed: &Signed,
 ) -> SigningTranscript {
     let party = |p: custody_protocol::ParticipantId| Party {
@@ -83,6 +84,13 @@ pub(crate) fn signing_transcript<C: EngineSuite>(
                 message: hex::encode(message),
             },
         },
+        approvals: approvals
+            .iter()
+            .map(|a| custody_audit::transcript::ApprovalRecord {
+                approver: hex::encode(&a.approver),
+                signature: hex::encode(&a.signature),
+            })
+            .collect(),
         session: signed.session.to_string(),
         coordinator: Party {
             id: COORDINATOR.get(),

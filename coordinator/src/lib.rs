@@ -20,6 +20,7 @@ mod audit;
 pub mod config;
 mod core;
 mod dkg;
+mod requests;
 mod service;
 pub mod signers;
 mod signing;

@@ -93,6 +93,7 @@ pub(crate) async fn serve(
     let (listener, addr) = custody_pki::server::listen(config.listen, &config.data_dir).await?;
     info!(coordinator = %config.name, %addr, keys = n_keys, signers = core.signers.len(), "coordinator listening");
     on_ready(addr);
+    crate::requests::spawn_ticker(core.clone());
     let svc = CustodyServer::new(CustodyService(core))
         .max_decoding_message_size(2 << 20)
         .max_encoding_message_size(4 << 20);
@@ -131,8 +132,10 @@ fn key_proto(m: &KeyMeta) -> Key {
     }
 }
 
-fn sign_proto(r: &SignRecord, replayed: bool) -> SignResponse {
+pub(crate) fn sign_proto(r: &SignRecord, replayed: bool) -> SignResponse {
     SignResponse {
+        state: "signed".into(),
+        pending: None,
         request_id: r.request_id.clone(),
         key_id: r.key_id.clone(),
         signature: hex::decode(&r.signature).unwrap_or_default(),
@@ -149,7 +152,7 @@ pub(crate) fn chunks(data: Vec<u8>) -> Vec<Result<AuditChunk, Status>> {
         .collect()
 }
 
-fn store_err(e: crate::store::StoreError) -> Status {
+pub(crate) fn store_err(e: crate::store::StoreError) -> Status {
     warn!("store: {e}");
     Status::internal(format!("coordinator storage: {e}"))
 }
@@ -195,11 +198,10 @@ impl CustodyService {
                 policy.tier.name()
             )));
         }
-        if tier != hot_warm_cold::Tier::Hot {
-            return Err(Status::unimplemented(format!(
-                "tier: {} keys need the approval flow, which this version does not have yet; use hot",
-                tier.name()
-            )));
+        if tier == hot_warm_cold::Tier::Cold {
+            return Err(Status::unimplemented(
+                "tier: cold keys need air-gapped signers, which this version does not have yet; use hot or warm",
+            ));
         }
         let tier = tier.name().to_string();
         if r.name.len() > MAX_NAME || r.name.chars().any(char::is_control) {
@@ -455,6 +457,67 @@ impl Custody for CustodyService {
         }))
     }
 
+    async fn approve(
+        &self,
+        req: Request<ApproveRequest>,
+    ) -> Result<Response<SigningRequest>, Status> {
+        let caller = self.authorize(&req, &[Role::Approver, Role::Operator])?;
+        let r = req.into_inner();
+        api::check_id("request_id", &r.request_id)?;
+        let approval = r
+            .approval
+            .ok_or_else(|| Status::invalid_argument("approval: missing"))?;
+        crate::requests::approve(&self.0, &r.request_id, approval, &caller.name)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_request(
+        &self,
+        req: Request<GetRequestRequest>,
+    ) -> Result<Response<SigningRequest>, Status> {
+        self.authorize(
+            &req,
+            &[
+                Role::Operator,
+                Role::Approver,
+                Role::Auditor,
+                Role::PaymentBackend,
+            ],
+        )?;
+        let r = req.into_inner();
+        api::check_id("request_id", &r.request_id)?;
+        let w = self
+            .0
+            .store
+            .waiting(&r.request_id)
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                Status::not_found(format!("request {}: no such request", r.request_id))
+            })?;
+        Ok(Response::new(crate::requests::to_proto(&self.0, &w)))
+    }
+
+    async fn list_requests(
+        &self,
+        req: Request<ListRequestsRequest>,
+    ) -> Result<Response<ListRequestsResponse>, Status> {
+        self.authorize(&req, &[Role::Operator, Role::Approver, Role::Auditor])?;
+        let mut all = self.0.store.all_waiting().map_err(store_err)?;
+        all.sort_by_key(|w| std::cmp::Reverse(w.created_at));
+        // Every request still waiting, and the 100 most recent others.
+        let (mut open, done): (Vec<_>, Vec<_>) = all
+            .into_iter()
+            .partition(|w| w.state == "waiting-approvals" || w.state == "time-locked");
+        open.extend(done.into_iter().take(100));
+        Ok(Response::new(ListRequestsResponse {
+            requests: open
+                .iter()
+                .map(|w| crate::requests::to_proto(&self.0, w))
+                .collect(),
+        }))
+    }
+
     async fn refresh_key(&self, req: Request<RefreshKeyRequest>) -> Result<Response<Key>, Status> {
         let caller = self.authorize(&req, &[Role::Operator])?;
         let r = req.into_inner();
@@ -533,9 +596,8 @@ impl CustodyService {
         transfer: Option<Transfer>,
     ) -> Result<SignResponse, Status> {
         let core = &self.0;
-        let message_hex = hex::encode(&message);
         if let Some(rec) = core.store.request(request_id).map_err(store_err)? {
-            if rec.key_id == key_id && rec.message == message_hex {
+            if rec.key_id == key_id && rec.message == hex::encode(&message) {
                 return Ok(sign_proto(&rec, true));
             }
             return Err(Status::failed_precondition(format!(
@@ -549,74 +611,113 @@ impl CustodyService {
                 key.meta().state
             )));
         }
-        let signed = match &key {
-            AnyKey::Secp(k) => {
-                signing::sign(core, k, message.clone(), request_id, transfer.clone()).await
-            }
-            AnyKey::Ed(k) => {
-                signing::sign(core, k, message.clone(), request_id, transfer.clone()).await
-            }
-        };
-        let signed = match signed {
-            Ok(s) => s,
-            Err(st) => {
-                if st.code() == tonic::Code::PermissionDenied {
-                    core.audit.record(
-                        SIGN_REFUSED,
-                        &Refused {
-                            key_id: key_id.to_string(),
-                            request_id: request_id.to_string(),
-                            reason: st.message().to_string(),
-                        },
-                    );
-                }
-                return Err(st);
-            }
-        };
-        // The signature is in the audit log, with every message of its ceremony,
-        // before anyone learns it.
-        let transcript = match &key {
-            AnyKey::Secp(k) => crate::audit::signing_transcript(
-                core,
-                k,
-                request_id,
-                &message,
-                transfer.as_ref(),
-                &signed,
-            ),
-            AnyKey::Ed(k) => crate::audit::signing_transcript(
-                core,
-                k,
-                request_id,
-                &message,
-                transfer.as_ref(),
-                &signed,
-            ),
-        };
-        core.audit
-            .append(SIGNATURE, &AuditedSignature { transcript })
-            .await
-            .map_err(crate::audit::refused)?;
-        let rec = SignRecord {
-            request_id: request_id.to_string(),
-            key_id: key_id.to_string(),
-            message: message_hex,
-            signature: hex::encode(signed.signature),
-            signers: signed.signers.iter().map(|p| p.get()).collect(),
-            session: signed.session.to_string(),
-            created_at_ms: now_ms(),
-        };
-        let t0 = std::time::Instant::now();
-        core.store
-            .put_request(rec.clone())
-            .await
-            .map_err(store_err)?;
-        tracing::debug!(
-            store_us = t0.elapsed().as_micros() as u64,
-            "signing result stored"
-        );
+        let policy = hot_warm_cold::Policy::from_json(&key.meta().policy)
+            .map_err(|e| Status::internal(format!("key {key_id} policy: {e}")))?;
+        if policy.approvals.is_some() {
+            // It waits for approvals (and its time lock) before anyone signs.
+            return crate::requests::submit(core, &key, &policy, request_id, message, transfer)
+                .await;
+        }
+        let rec = sign_and_record(core, &key, request_id, message, transfer, vec![]).await?;
         Ok(sign_proto(&rec, false))
     }
+}
+
+/// Signs with `key` and records the result: the whole ceremony in the audit log, then
+/// the result in the store, before anyone learns the signature.
+pub(crate) async fn sign_and_record(
+    core: &Arc<Core>,
+    key: &AnyKey,
+    request_id: &str,
+    message: Vec<u8>,
+    transfer: Option<Transfer>,
+    approvals: Vec<custody_protocol::proto::Approval>,
+) -> Result<SignRecord, Status> {
+    let key_id = &key.meta().key_id;
+    let message_hex = hex::encode(&message);
+    let signed = match key {
+        AnyKey::Secp(k) => {
+            signing::sign(
+                core,
+                k,
+                message.clone(),
+                request_id,
+                transfer.clone(),
+                approvals.clone(),
+            )
+            .await
+        }
+        AnyKey::Ed(k) => {
+            signing::sign(
+                core,
+                k,
+                message.clone(),
+                request_id,
+                transfer.clone(),
+                approvals.clone(),
+            )
+            .await
+        }
+    };
+    let signed = match signed {
+        Ok(s) => s,
+        Err(st) => {
+            if st.code() == tonic::Code::PermissionDenied {
+                core.audit.record(
+                    SIGN_REFUSED,
+                    &Refused {
+                        key_id: key_id.to_string(),
+                        request_id: request_id.to_string(),
+                        reason: st.message().to_string(),
+                    },
+                );
+            }
+            return Err(st);
+        }
+    };
+    let transcript = match key {
+        AnyKey::Secp(k) => crate::audit::signing_transcript(
+            core,
+            k,
+            request_id,
+            &message,
+            transfer.as_ref(),
+            &approvals,
+            &signed,
+        ),
+        AnyKey::Ed(k) => crate::audit::signing_transcript(
+            core,
+            k,
+            request_id,
+            &message,
+            transfer.as_ref(),
+            &approvals,
+            &signed,
+        ),
+    };
+    core.audit
+        .append(SIGNATURE, &AuditedSignature { transcript })
+        .await
+        .map_err(crate::audit::refused)?;
+    let rec = SignRecord {
+        request_id: request_id.to_string(),
+        key_id: key_id.to_string(),
+        message: message_hex,
+        signature: hex::encode(signed.signature),
+        signers: signed.signers.iter().map(|p| p.get()).collect(),
+        session: signed.session.to_string(),
+        created_at_ms: now_ms(),
+    };
+    let t0 = std::time::Instant::now();
+    core.store
+        .put_request(rec.clone())
+        .await
+        .map_err(store_err)?;
+    tracing::debug!(
+        store_us = t0.elapsed().as_micros() as u64,
+        "signing result stored"
+    );
+    Ok(rec)
 }
 
 /// Applies an operator lifecycle event to a key on every one of its signers (each

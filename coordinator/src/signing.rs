@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use custody_protocol::proto::{CommitRequest, SignShareRequest, Transfer};
+use custody_protocol::proto::{Approval, CommitRequest, SignShareRequest, Transfer};
 use custody_protocol::sign::{
     self, CommitmentBatch, Commitments, ShareMessage, SignatureShare, SigningPackage, COORDINATOR,
 };
@@ -40,6 +40,7 @@ pub(crate) struct Signed {
 struct Ask {
     request_id: String,
     transfer: Option<Transfer>,
+    approvals: Vec<Approval>,
     session: SessionId,
     /// The signed signing package.
     package: Vec<u8>,
@@ -214,6 +215,7 @@ async fn request_share<C: EngineSuite>(
         package: ask.package.clone(),
         request_id: ask.request_id.clone(),
         transfer: ask.transfer.clone(),
+        approvals: ask.approvals.clone(),
     };
     let resp = match call(core.timeouts.sign(), handle, client.sign_share(req)).await {
         Ok(r) => r,
@@ -260,6 +262,7 @@ pub(crate) async fn sign<C: EngineSuite>(
     message: Vec<u8>,
     request_id: &str,
     transfer: Option<Transfer>,
+    approvals: Vec<Approval>,
 ) -> Result<Signed, Status> {
     let t = key.public.threshold() as usize;
     let n = key.members.len();
@@ -329,6 +332,7 @@ pub(crate) async fn sign<C: EngineSuite>(
         let ask = Arc::new(Ask {
             request_id: request_id.to_string(),
             transfer: transfer.clone(),
+            approvals: approvals.clone(),
             session,
             transcript: sign::transcript_digest(&key.meta.key_id, request_id, &package_msg),
             package: identity::seal_envelope(&*core.identity, &package_msg)

@@ -58,6 +58,27 @@ pub struct PendingRefresh {
     pub public_key_set: String,
 }
 
+/// A request of a key whose policy needs approvals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingRequest {
+    /// Request id.
+    pub request_id: String,
+    /// Key.
+    pub key_id: String,
+    /// The message to sign, hex.
+    pub message: String,
+    /// The transfer, when it is one: (asset, amount, destination, memo).
+    pub transfer: Option<(String, String, String, String)>,
+    /// Approvals so far: (approver, signature), hex.
+    pub approvals: Vec<(String, String)>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// waiting-approvals, time-locked, signed or refused.
+    pub state: String,
+    /// Why the last attempt did not sign.
+    pub last_error: String,
+}
+
 /// A completed signature, kept for idempotency and for `GetSignature`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignRecord {
@@ -102,6 +123,7 @@ pub struct Store {
     db: sled::Db,
     keys: sled::Tree,
     requests: sled::Tree,
+    waiting: sled::Tree,
     committer: std::sync::mpsc::Sender<Pending>,
 }
 
@@ -118,6 +140,7 @@ impl Store {
             .map_err(sled::Error::Io)?;
         Ok(Store {
             keys: db.open_tree("keys")?,
+            waiting: db.open_tree("waiting")?,
             requests,
             db,
             committer: tx,
@@ -159,6 +182,30 @@ impl Store {
             Ok(Err(e)) => Err(StoreError::Write(e)),
             Err(_) => Err(StoreError::Committer),
         }
+    }
+
+    /// Stores a request that waits for approvals (or its latest state) durably.
+    pub fn put_waiting(&self, w: &WaitingRequest) -> Result<(), StoreError> {
+        self.waiting
+            .insert(w.request_id.as_bytes(), serde_json::to_vec(w)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A request of a key that needs approvals, by request id.
+    pub fn waiting(&self, request_id: &str) -> Result<Option<WaitingRequest>, StoreError> {
+        match self.waiting.get(request_id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every request of keys that need approvals.
+    pub fn all_waiting(&self) -> Result<Vec<WaitingRequest>, StoreError> {
+        self.waiting
+            .iter()
+            .map(|r| Ok(serde_json::from_slice(&r?.1)?))
+            .collect()
     }
 
     /// A signing result by request id.

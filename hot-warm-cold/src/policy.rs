@@ -59,8 +59,39 @@ pub struct AssetLimits {
 pub struct ApprovalRule {
     /// How many distinct approvers must sign.
     pub required: u16,
-    /// The approvers' Ed25519 public keys (32 bytes each, hex in configs).
+    /// The approvers' Ed25519 public keys (32 bytes each; hex strings in JSON).
+    #[serde(with = "hex_keys")]
     pub approvers: BTreeSet<[u8; 32]>,
+}
+
+/// A set of 32-byte keys as a JSON array of lowercase hex strings.
+mod hex_keys {
+    use std::collections::BTreeSet;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(keys: &BTreeSet<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(keys.iter().map(hex::encode))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeSet<[u8; 32]>, D::Error> {
+        let list = Vec::<String>::deserialize(d)?;
+        let mut out = BTreeSet::new();
+        for h in list {
+            let k: [u8; 32] = hex::decode(&h)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!("approver {h:?}: not 32 bytes of hex"))
+                })?;
+            if !out.insert(k) {
+                return Err(serde::de::Error::custom(format!(
+                    "approver {h} listed twice"
+                )));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// What a key may sign.

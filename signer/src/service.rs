@@ -323,6 +323,7 @@ impl Inner {
         key_id: &str,
         k: &Loaded,
         request: &hot_warm_cold::Request,
+        approvals: &[hot_warm_cold::Approval],
     ) -> Result<(), Status> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -356,8 +357,22 @@ impl Inner {
         };
         // No approvals and no time lock for hot keys yet: warm and cold keys cannot be
         // created until their approval flow exists.
-        let decision =
-            hot_warm_cold::decide(&status, &k.policy, &usage.ledger, request, &[], now, now);
+        // A time lock counts from when this signer first saw the request (a proposal
+        // before, or now), on its own clock.
+        let first_seen = if k.policy.time_lock_secs > 0 {
+            self.first_seen(key_id, request, now)?
+        } else {
+            now
+        };
+        let decision = hot_warm_cold::decide(
+            &status,
+            &k.policy,
+            &usage.ledger,
+            request,
+            approvals,
+            first_seen,
+            now,
+        );
         if let hot_warm_cold::Decision::Deny(reason) = decision {
             return Err(self.refuse(
                 key_id,
@@ -385,6 +400,49 @@ impl Inner {
             *usage = next;
         }
         Ok(())
+    }
+
+    /// When this signer first saw `request` (recorded durably the first time; the same
+    /// request id for another message is refused).
+    fn first_seen(
+        &self,
+        key_id: &str,
+        request: &hot_warm_cold::Request,
+        now: u64,
+    ) -> Result<u64, Status> {
+        let digest = hex::encode(
+            custody_protocol::hash::TaggedHash::new("custody/v1/proposed-request")
+                .part(&request.message(key_id))
+                .finish(),
+        );
+        let tree = self
+            .db
+            .open_tree("proposed")
+            .map_err(|e| internal("database", e))?;
+        let k = format!("{key_id}\0{}", request.request_id());
+        if let Some(v) = tree
+            .get(k.as_bytes())
+            .map_err(|e| internal("database", e))?
+        {
+            let (t, d): (u64, String) =
+                serde_json::from_slice(&v).map_err(|e| internal("database record", e))?;
+            if d != digest {
+                return Err(self.refuse(
+                    key_id,
+                    request.request_id(),
+                    format!(
+                        "request id {} was already proposed for another message",
+                        request.request_id()
+                    ),
+                ));
+            }
+            return Ok(t);
+        }
+        let v = serde_json::to_vec(&(now, digest)).map_err(|e| internal("encode", e))?;
+        tree.insert(k.as_bytes(), v)
+            .map_err(|e| internal("database", e))?;
+        self.db.flush().map_err(|e| internal("database flush", e))?;
+        Ok(now)
     }
 
     /// Refuses a request: logged, recorded in the audit log, `PERMISSION_DENIED`.
@@ -1178,10 +1236,12 @@ impl Signer for SignerService {
             .map_err(|e| engine_status("signing package", e))?;
         let session = opened.header.session;
         let t_open = t0.elapsed();
+        let approvals = approvals_of(&r.approvals)?;
         let ask = Ask {
             key_id: &r.key_id,
             request_id: &r.request_id,
             transfer,
+            approvals,
         };
         let (resp, issued) =
             with_suite!(k.suite, C => sign_with::<C>(i, &k, ask, opened.body, session))?;
@@ -1197,6 +1257,49 @@ impl Signer for SignerService {
             "signature share"
         );
         Ok(Response::new(resp))
+    }
+
+    async fn propose(
+        &self,
+        req: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        api::check_id("request_id", &r.request_id)?;
+        let i = &self.0;
+        if !i.keys.lock().expect("lock").contains_key(&r.key_id) {
+            return Err(Status::not_found(format!("no active key {}", r.key_id)));
+        }
+        let request = match &r.transfer {
+            Some(t) => hot_warm_cold::Request::Transfer(
+                hot_warm_cold::Transfer::from_proto(t, &r.request_id)
+                    .map_err(Status::invalid_argument)?,
+            ),
+            None => hot_warm_cold::Request::Raw {
+                request_id: r.request_id.clone(),
+                message: r.message.clone(),
+            },
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let first_seen = i.first_seen(&r.key_id, &request, now)?;
+        if first_seen == now {
+            i.audit
+                .append(
+                    ax::REQUEST_SEEN,
+                    &ax::RequestSeen {
+                        key_id: r.key_id.clone(),
+                        request_id: r.request_id.clone(),
+                        first_seen,
+                    },
+                )
+                .await
+                .map_err(unrecorded)?;
+        }
+        Ok(Response::new(ProposeResponse { first_seen }))
     }
 
     type ExportAuditStream = std::pin::Pin<
@@ -1220,11 +1323,38 @@ impl Signer for SignerService {
     }
 }
 
+/// Approvals as the engine takes them; malformed ones are refused.
+fn approvals_of(
+    list: &[custody_protocol::proto::Approval],
+) -> Result<Vec<hot_warm_cold::Approval>, Status> {
+    if list.len() > 256 {
+        return Err(Status::invalid_argument("approvals: at most 256"));
+    }
+    list.iter()
+        .map(|a| {
+            let approver: [u8; 32] =
+                a.approver.as_slice().try_into().map_err(|_| {
+                    Status::invalid_argument("approvals.approver: must be 32 bytes")
+                })?;
+            if a.signature.len() != 64 {
+                return Err(Status::invalid_argument(
+                    "approvals.signature: must be 64 bytes",
+                ));
+            }
+            Ok(hot_warm_cold::Approval {
+                approver,
+                signature: a.signature.clone(),
+            })
+        })
+        .collect()
+}
+
 /// What the coordinator asks this signer to sign.
 struct Ask<'a> {
     key_id: &'a str,
     request_id: &'a str,
     transfer: Option<hot_warm_cold::Transfer>,
+    approvals: Vec<hot_warm_cold::Approval>,
 }
 
 fn sign_with<C: EngineSuite>(
@@ -1281,7 +1411,7 @@ fn sign_with<C: EngineSuite>(
         .map_err(|_| Status::internal("nonce type"))?;
     // Check, then persist, then sign: the nonces are already gone whatever the policy
     // says, and the use is durable before the share exists.
-    i.admit(key_id, k, &request)?;
+    i.admit(key_id, k, &request, &ask.approvals)?;
     let mut sig_share = nonces
         .sign(share, &package)
         .map_err(|e| engine_status("sign", e))?;

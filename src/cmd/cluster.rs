@@ -275,6 +275,7 @@ pub fn init(layout: &Layout, signers: u16, threshold: u16, hsm: Hsm) -> Result<C
         ("operator", Role::Operator),
         ("auditor", Role::Auditor),
         ("payment-backend", Role::PaymentBackend),
+        ("approver", Role::Approver),
     ] {
         ca.issue(&pki, name, role, None)?;
     }

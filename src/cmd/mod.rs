@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod dev;
 mod key;
+mod request;
 mod sign;
 mod signer;
 mod status;
@@ -46,6 +47,14 @@ enum Command {
     Demo(demo::Args),
     /// Verify a signature offline (BIP340 for secp256k1-tr, RFC 8032 for ed25519).
     Verify(verify::Args),
+    /// Requests of keys that need approvals (warm keys): show, list.
+    #[command(subcommand)]
+    Request(request::Cmd),
+    /// Approve a request with an approver key (checks what it signs itself).
+    Approve(request::ApproveArgs),
+    /// Approver keys (Ed25519).
+    #[command(subcommand)]
+    Approver(request::ApproverCmd),
     /// Audit logs and ceremony transcripts: export, verify, replay.
     #[command(subcommand)]
     Audit(audit::Cmd),
@@ -66,6 +75,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Demo(a) => demo::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Audit(c) => audit::run(c),
+        Command::Request(c) => request::run(c),
+        Command::Approve(a) => request::approve(a),
+        Command::Approver(c) => request::keygen(c),
     }
 }
 

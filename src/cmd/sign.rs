@@ -54,6 +54,12 @@ pub struct GetArgs {
 }
 
 fn print(r: &SignResponse, json: bool) {
+    if let Some(p) = &r.pending {
+        if r.state == "pending" {
+            super::request::print(p, json);
+            return;
+        }
+    }
     if json {
         println!(
             "{}",

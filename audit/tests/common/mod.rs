@@ -129,6 +129,7 @@ pub fn ceremonies<C: EngineSuite>(seed: u64) -> Ceremonies {
         request: SignedRequest::Raw {
             message: hex::encode(&message),
         },
+        approvals: vec![],
         session: hex::encode(session.0),
         coordinator: party(COORDINATOR, "coordinator", &parts.coordinator),
         signers: signers

@@ -1,0 +1,445 @@
+//! Requests of keys whose policy needs approvals (warm keys): they wait, durably, for
+//! enough approver signatures and for their time lock, then sign. The coordinator
+//! only keeps the books: every signer verifies the approvals and counts the time lock
+//! itself, from when it first saw the request (`Propose`), on its own clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use custody_audit::export::{Approved, RequestCreated, APPROVED, REQUEST_CREATED};
+use custody_audit::transcript::{ApprovalRecord, SignedRequest};
+use custody_protocol::proto::{Approval, ProposeRequest, SignResponse, SigningRequest, Transfer};
+use tonic::{Code, Status};
+use tracing::{info, warn};
+
+use crate::core::{AnyKey, Core};
+use crate::service::{sign_and_record, sign_proto, store_err};
+use crate::store::WaitingRequest;
+
+/// How often waiting requests whose approvals are complete are looked at.
+const TICK: Duration = Duration::from_secs(1);
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn transfer_of(w: &WaitingRequest) -> Option<Transfer> {
+    w.transfer
+        .as_ref()
+        .map(|(asset, amount, destination, memo)| Transfer {
+            asset: asset.clone(),
+            amount: amount.clone(),
+            destination: destination.clone(),
+            memo: memo.clone(),
+        })
+}
+
+fn approvals_of(w: &WaitingRequest) -> Vec<Approval> {
+    w.approvals
+        .iter()
+        .map(|(a, s)| Approval {
+            approver: hex::decode(a).unwrap_or_default(),
+            signature: hex::decode(s).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// What approvers sign for `w`.
+fn approval_digest(w: &WaitingRequest) -> [u8; 32] {
+    custody_protocol::hash::TaggedHash::new("custody/v1/approval")
+        .part(w.key_id.as_bytes())
+        .part(&hex::decode(&w.message).unwrap_or_default())
+        .finish()
+}
+
+/// Distinct valid approvals from the key's approver set.
+fn valid(w: &WaitingRequest, policy: &hot_warm_cold::Policy) -> usize {
+    let approvals: Vec<hot_warm_cold::Approval> = approvals_of(w)
+        .into_iter()
+        .filter_map(|a| {
+            Some(hot_warm_cold::Approval {
+                approver: a.approver.try_into().ok()?,
+                signature: a.signature,
+            })
+        })
+        .collect();
+    hot_warm_cold::decide::valid_approvals(policy, &approval_digest(w), &approvals)
+}
+
+fn required(policy: &hot_warm_cold::Policy) -> usize {
+    policy.approvals.as_ref().map_or(0, |r| r.required as usize)
+}
+
+/// Whether `w` may be tried now: enough approvals and its time lock over.
+fn ready(w: &WaitingRequest, policy: &hot_warm_cold::Policy) -> bool {
+    valid(w, policy) >= required(policy)
+        && now() >= w.created_at.saturating_add(policy.time_lock_secs)
+}
+
+/// The request as clients see it.
+pub(crate) fn to_proto(core: &Core, w: &WaitingRequest) -> SigningRequest {
+    let policy = core
+        .key(&w.key_id)
+        .ok()
+        .and_then(|k| hot_warm_cold::Policy::from_json(&k.meta().policy).ok());
+    let result = if w.state == "signed" {
+        core.store
+            .request(&w.request_id)
+            .ok()
+            .flatten()
+            .map(|r| sign_proto(&r, true))
+    } else {
+        None
+    };
+    SigningRequest {
+        request_id: w.request_id.clone(),
+        key_id: w.key_id.clone(),
+        message: hex::decode(&w.message).unwrap_or_default(),
+        transfer: transfer_of(w),
+        state: w.state.clone(),
+        approval_digest: approval_digest(w).to_vec(),
+        approvals: policy.as_ref().map_or(0, |p| valid(w, p)) as u32,
+        required: policy.as_ref().map_or(0, required) as u32,
+        approved_by: w
+            .approvals
+            .iter()
+            .map(|(a, _)| hex::decode(a).unwrap_or_default())
+            .collect(),
+        created_at: w.created_at,
+        unlocks_at: w
+            .created_at
+            .saturating_add(policy.as_ref().map_or(0, |p| p.time_lock_secs)),
+        last_error: w.last_error.clone(),
+        result: result.map(Box::new),
+    }
+}
+
+fn pending_response(core: &Core, w: &WaitingRequest) -> SignResponse {
+    SignResponse {
+        state: "pending".into(),
+        pending: Some(Box::new(to_proto(core, w))),
+        request_id: w.request_id.clone(),
+        key_id: w.key_id.clone(),
+        signature: vec![],
+        signers: vec![],
+        replayed: false,
+        message: hex::decode(&w.message).unwrap_or_default(),
+    }
+}
+
+async fn put(core: &Core, w: &WaitingRequest) -> Result<(), Status> {
+    let (store, w) = (core.store.clone(), w.clone());
+    tokio::task::spawn_blocking(move || store.put_waiting(&w))
+        .await
+        .map_err(|e| Status::internal(format!("task: {e}")))?
+        .map_err(store_err)
+}
+
+/// A new (or repeated) request of a key that needs approvals: recorded durably, told
+/// to every signer, and answered with what it waits for.
+pub(crate) async fn submit(
+    core: &Arc<Core>,
+    key: &AnyKey,
+    policy: &hot_warm_cold::Policy,
+    request_id: &str,
+    message: Vec<u8>,
+    transfer: Option<Transfer>,
+) -> Result<SignResponse, Status> {
+    let meta = key.meta();
+    if let Some(w) = core.store.waiting(request_id).map_err(store_err)? {
+        if w.key_id != meta.key_id || w.message != hex::encode(&message) {
+            return Err(Status::failed_precondition(format!(
+                "request_id {request_id} was already used for another key or message"
+            )));
+        }
+        let w = attempt(core, w).await?;
+        return Ok(match core.store.request(request_id).map_err(store_err)? {
+            Some(rec) if w.state == "signed" => sign_proto(&rec, false),
+            _ => pending_response(core, &w),
+        });
+    }
+    let w = WaitingRequest {
+        request_id: request_id.to_string(),
+        key_id: meta.key_id.clone(),
+        message: hex::encode(&message),
+        transfer: transfer.as_ref().map(|t| {
+            (
+                t.asset.clone(),
+                // Canonical decimal, as the signers parse it.
+                t.amount
+                    .parse::<u128>()
+                    .map_or_else(|_| t.amount.clone(), |a| a.to_string()),
+                t.destination.clone(),
+                t.memo.clone(),
+            )
+        }),
+        approvals: vec![],
+        created_at: now(),
+        state: "waiting-approvals".into(),
+        last_error: String::new(),
+    };
+    core.audit
+        .append(
+            REQUEST_CREATED,
+            &RequestCreated {
+                key_id: w.key_id.clone(),
+                request_id: w.request_id.clone(),
+                approval_digest: hex::encode(approval_digest(&w)),
+                request: match &w.transfer {
+                    Some((asset, amount, destination, memo)) => SignedRequest::Transfer {
+                        asset: asset.clone(),
+                        amount: amount.clone(),
+                        destination: destination.clone(),
+                        memo: memo.clone(),
+                    },
+                    None => SignedRequest::Raw {
+                        message: w.message.clone(),
+                    },
+                },
+            },
+        )
+        .await
+        .map_err(crate::audit::refused)?;
+    put(core, &w).await?;
+    if policy.time_lock_secs > 0 {
+        propose(core, key, &w).await;
+    }
+    info!(request_id = %w.request_id, key_id = %w.key_id, "request waits for {} approvals", required(policy));
+    Ok(pending_response(core, &w))
+}
+
+/// Tells every signer of the key about the request, so each starts its time lock now.
+/// Best effort: a signer that misses it starts counting when it first sees it.
+async fn propose(core: &Arc<Core>, key: &AnyKey, w: &WaitingRequest) {
+    let mut tasks = Vec::new();
+    for name in &key.meta().signers {
+        let Some(h) = core.signer(name).cloned() else {
+            continue;
+        };
+        let req = ProposeRequest {
+            key_id: w.key_id.clone(),
+            request_id: w.request_id.clone(),
+            message: if w.transfer.is_some() {
+                vec![]
+            } else {
+                hex::decode(&w.message).unwrap_or_default()
+            },
+            transfer: transfer_of(w),
+        };
+        let timeout = core.timeouts.sign();
+        tasks.push(tokio::spawn(async move {
+            let r = match h.client() {
+                Ok(mut c) => match tokio::time::timeout(timeout, c.propose(req)).await {
+                    Ok(r) => r.map(tonic::Response::into_inner),
+                    Err(_) => Err(Status::deadline_exceeded("no answer")),
+                },
+                Err(e) => Err(e),
+            };
+            h.observe(&r);
+            if let Err(st) = r {
+                warn!(signer = %h.name, "proposal not delivered: {}", st.message());
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Adds an approval (verified here too, for a clear answer; every signer verifies it
+/// again) and signs when the request is ready.
+pub(crate) async fn approve(
+    core: &Arc<Core>,
+    request_id: &str,
+    approval: Approval,
+    by: &str,
+) -> Result<SigningRequest, Status> {
+    let mut w = core
+        .store
+        .waiting(request_id)
+        .map_err(store_err)?
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "request {request_id}: no such request waiting for approvals"
+            ))
+        })?;
+    let key = core.key(&w.key_id)?;
+    let policy = hot_warm_cold::Policy::from_json(&key.meta().policy)
+        .map_err(|e| Status::internal(format!("key policy: {e}")))?;
+    let rule = policy
+        .approvals
+        .as_ref()
+        .ok_or_else(|| Status::failed_precondition("the key's policy takes no approvals"))?;
+    let approver: [u8; 32] = approval
+        .approver
+        .as_slice()
+        .try_into()
+        .map_err(|_| Status::invalid_argument("approval.approver: must be 32 bytes"))?;
+    if approval.signature.len() != 64 {
+        return Err(Status::invalid_argument(
+            "approval.signature: must be 64 bytes",
+        ));
+    }
+    if !rule.approvers.contains(&approver) {
+        return Err(Status::permission_denied(format!(
+            "approver {} is not an approver of key {}",
+            hex::encode(approver),
+            w.key_id
+        )));
+    }
+    let a = hot_warm_cold::Approval {
+        approver,
+        signature: approval.signature.clone(),
+    };
+    if !a.verifies(&approval_digest(&w)) {
+        return Err(Status::invalid_argument(
+            "approval.signature: does not verify over this request's approval digest",
+        ));
+    }
+    let approver_hex = hex::encode(approver);
+    if w.state == "signed" || w.state == "refused" {
+        return Ok(to_proto(core, &w));
+    }
+    if !w.approvals.iter().any(|(a, _)| *a == approver_hex) {
+        core.audit
+            .append(
+                APPROVED,
+                &Approved {
+                    key_id: w.key_id.clone(),
+                    request_id: w.request_id.clone(),
+                    approval: ApprovalRecord {
+                        approver: approver_hex.clone(),
+                        signature: hex::encode(&approval.signature),
+                    },
+                },
+            )
+            .await
+            .map_err(crate::audit::refused)?;
+        w.approvals
+            .push((approver_hex, hex::encode(&approval.signature)));
+        put(core, &w).await?;
+        info!(%request_id, caller = %by, "approval {} of {}", valid(&w, &policy), rule.required);
+    }
+    let w = attempt(core, w).await?;
+    Ok(to_proto(core, &w))
+}
+
+/// Signs `w` if it is ready, under the request's lock; records the outcome.
+async fn attempt(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRequest, Status> {
+    let lock = core
+        .inflight
+        .lock()
+        .expect("lock")
+        .entry(w.request_id.clone())
+        .or_default()
+        .clone();
+    let r = {
+        let _guard = lock.lock().await;
+        attempt_locked(core, w).await
+    };
+    core.inflight
+        .lock()
+        .expect("lock")
+        .remove(&r.as_ref().map(|w| w.request_id.clone()).unwrap_or_default());
+    r
+}
+
+async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRequest, Status> {
+    // Another attempt may have finished while we waited for the lock.
+    let mut w = core
+        .store
+        .waiting(&w.request_id)
+        .map_err(store_err)?
+        .unwrap_or(w);
+    if w.state == "signed" || w.state == "refused" {
+        return Ok(w);
+    }
+    let key = core.key(&w.key_id)?;
+    let policy = hot_warm_cold::Policy::from_json(&key.meta().policy)
+        .map_err(|e| Status::internal(format!("key policy: {e}")))?;
+    let enough = valid(&w, &policy) >= required(&policy);
+    if !ready(&w, &policy) {
+        let state = if enough {
+            "time-locked"
+        } else {
+            "waiting-approvals"
+        };
+        if w.state != state {
+            w.state = state.into();
+            put(core, &w).await?;
+        }
+        return Ok(w);
+    }
+    if key.meta().state != "active" {
+        w.last_error = format!("key is {}", key.meta().state);
+        put(core, &w).await?;
+        return Ok(w);
+    }
+    let message = hex::decode(&w.message).unwrap_or_default();
+    match sign_and_record(
+        core,
+        &key,
+        &w.request_id,
+        message,
+        transfer_of(&w),
+        approvals_of(&w),
+    )
+    .await
+    {
+        Ok(_) => {
+            w.state = "signed".into();
+            w.last_error.clear();
+            info!(request_id = %w.request_id, "approved request signed");
+        }
+        // A signer's own time lock has not passed yet (it saw the request later):
+        // try again later.
+        Err(st) if st.code() == Code::PermissionDenied && st.message().contains("time lock") => {
+            w.state = "time-locked".into();
+            w.last_error = st.message().to_string();
+        }
+        Err(st) if st.code() == Code::PermissionDenied => {
+            w.state = "refused".into();
+            w.last_error = st.message().to_string();
+        }
+        Err(st) => {
+            w.last_error = format!("{:?}: {}", st.code(), st.message());
+        }
+    }
+    put(core, &w).await?;
+    Ok(w)
+}
+
+/// Signs waiting requests as their time locks end (and retries those a signer's
+/// own time lock held back).
+pub(crate) fn spawn_ticker(core: Arc<Core>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(all) = core.store.all_waiting() else {
+                continue;
+            };
+            for w in all {
+                if w.state != "time-locked" && w.state != "waiting-approvals" {
+                    continue;
+                }
+                let Ok(key) = core.key(&w.key_id) else {
+                    continue;
+                };
+                let Ok(policy) = hot_warm_cold::Policy::from_json(&key.meta().policy) else {
+                    continue;
+                };
+                if !ready(&w, &policy) {
+                    continue;
+                }
+                if let Err(st) = attempt(&core, w).await {
+                    warn!("waiting request: {}", st.message());
+                }
+            }
+        }
+    });
+}
