@@ -1400,3 +1400,273 @@ fn warm_keys_sign_after_approvals_and_a_time_lock_that_every_signer_checks() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn policy_limits_retire_keys_automatically_and_say_so() {
+    let c = Cluster::start("limits", 3, 2);
+    let policy = |max_age: Value, max_sigs: Value| {
+        serde_json::json!({
+            "tier": "hot", "allow_raw": true, "allowlist": null, "assets": {},
+            "approvals": null, "time_lock_secs": 0,
+            "max_age_secs": max_age, "max_signatures": max_sigs,
+        })
+        .to_string()
+    };
+    // At most two signatures (t = n, so every signer counts every one).
+    let file = c.dir.join("two.json");
+    std::fs::write(&file, policy(Value::Null, 2.into())).unwrap();
+    let k = c.json(&[
+        "key",
+        "create",
+        "--suite",
+        "ed25519",
+        "--threshold",
+        "3",
+        "--policy",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    let key = k["key_id"].as_str().unwrap().to_string();
+    for m in ["01", "02"] {
+        c.json(&["sign", "--key", &key, "--message", m, "--json"]);
+    }
+    let err = c.fails(&["sign", "--key", &key, "--message", "03"]);
+    assert!(
+        err.contains("PERMISSION_DENIED") && err.contains("rotate it"),
+        "{err}"
+    );
+    // A key one second old at most: retired by the coordinator's own clock.
+    let file = c.dir.join("young.json");
+    std::fs::write(&file, policy(1.into(), Value::Null)).unwrap();
+    let k = c.json(&[
+        "key",
+        "create",
+        "--suite",
+        "secp256k1-tr",
+        "--policy",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    let young = k["key_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for key in [&key, &young] {
+        loop {
+            let k = c.json(&["key", "show", key, "--json"]);
+            if k["state"] == "retired" {
+                let why = k["state_reason"].as_str().unwrap();
+                assert!(why.starts_with("retired automatically"), "{k}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "not retired: {k}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(c.log("coordinator").contains("retired automatically"));
+    let err = c.fails(&["sign", "--key", &young, "--message", "04"]);
+    assert!(
+        err.contains("FAILED_PRECONDITION") && err.contains("retired"),
+        "{err}"
+    );
+}
+
+#[test]
+fn policy_changes_need_the_admins_that_every_signer_checks() {
+    let c = Cluster::start("policy", 3, 2);
+    let mut admins = Vec::new();
+    for i in 1..=3 {
+        let file = c.dir.join(format!("admin-{i}.json"));
+        let out = c.offline(&["approver", "keygen", "--out", file.to_str().unwrap()]);
+        assert!(out.status.success());
+        admins.push((
+            file,
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ));
+    }
+    let policy = |per_request: u64| {
+        serde_json::json!({
+            "tier": "hot", "allow_raw": false, "allowlist": null,
+            "assets": { "BTC": { "per_request": per_request, "per_window": 1000, "window_secs": 3600 } },
+            "approvals": null, "time_lock_secs": 0, "max_age_secs": null, "max_signatures": null,
+            "admins": { "required": 2, "approvers": [&admins[0].1, &admins[1].1, &admins[2].1] },
+        })
+        .to_string()
+    };
+    let (v1, v2) = (c.dir.join("v1.json"), c.dir.join("v2.json"));
+    std::fs::write(&v1, policy(10)).unwrap();
+    std::fs::write(&v2, policy(50)).unwrap();
+    let k = c.json(&[
+        "key",
+        "create",
+        "--suite",
+        "ed25519",
+        "--policy",
+        v1.to_str().unwrap(),
+        "--json",
+    ]);
+    let key = k["key_id"].as_str().unwrap().to_string();
+    let pay = |id: &str| {
+        c.cli(&[
+            "sign",
+            "--key",
+            &key,
+            "--asset",
+            "BTC",
+            "--amount",
+            "20",
+            "--destination",
+            "bob",
+            "--request-id",
+            id,
+            "--json",
+        ])
+    };
+    let out = pay("p-20a");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("per-request limit"));
+
+    let r = c.json(&[
+        "key",
+        "policy",
+        &key,
+        "--policy",
+        v2.to_str().unwrap(),
+        "--request-id",
+        "pc-1",
+        "--json",
+    ]);
+    assert_eq!(
+        (r["kind"].as_str(), r["state"].as_str()),
+        (Some("policy-change"), Some("waiting-approvals")),
+        "{r}"
+    );
+    assert_eq!(r["required"], 2);
+
+    // A compromised coordinator asks the signers directly, with one admin's approval
+    // (or none): every signer refuses.
+    let current = hot_warm_cold::Policy::from_json(&policy(10)).unwrap();
+    let new = hot_warm_cold::Policy::from_json(&policy(50)).unwrap();
+    let digest = new.change_digest(&key, &current.digest());
+    let one: Vec<Approval> = admins[..1]
+        .iter()
+        .map(|(file, _)| {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+            let seed: [u8; 32] = hexs(&v["secret_key"]).try_into().unwrap();
+            let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+            use ed25519_dalek::Signer;
+            Approval {
+                approver: sk.verifying_key().to_bytes().to_vec(),
+                signature: sk.sign(&digest).to_bytes().to_vec(),
+            }
+        })
+        .collect();
+    rt().block_on(async {
+        for i in 1..=3 {
+            let mut s = SignerClient::new(
+                c.channel(&c.addr(&format!("signer-{i}")), Some("coordinator"))
+                    .await
+                    .expect("channel"),
+            );
+            for approvals in [vec![], one.clone()] {
+                let st = s
+                    .set_policy(SetPolicyRequest {
+                        key_id: key.clone(),
+                        policy: policy(900),
+                        approvals,
+                    })
+                    .await
+                    .expect_err("refused");
+                assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+                assert!(st.message().contains("admin approvals"), "{st:?}");
+            }
+        }
+    });
+
+    let approve = |i: usize| {
+        let out = c.cli(&[
+            "approve",
+            "pc-1",
+            "--key",
+            admins[i].0.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(approve(0)["approvals"], 1);
+    let r = approve(2);
+    assert_eq!(r["state"], "applied", "{r}");
+    let shown = c.json(&["key", "show", &key, "--json"]);
+    assert_eq!(
+        shown["policy"]["assets"]["BTC"]["per_request"], 50,
+        "{shown}"
+    );
+    let out = pay("p-20b");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The old approvals do not apply again: they were for the policy that is gone.
+    let r = c.json(&[
+        "key",
+        "policy",
+        &key,
+        "--policy",
+        v1.to_str().unwrap(),
+        "--request-id",
+        "pc-2",
+        "--json",
+    ]);
+    assert_eq!(r["state"], "waiting-approvals");
+
+    // A key whose policy names no admins never changes.
+    let k = c.json(&["key", "create", "--suite", "ed25519", "--json"]);
+    let err = c.fails(&[
+        "key",
+        "policy",
+        k["key_id"].as_str().unwrap(),
+        "--policy",
+        v2.to_str().unwrap(),
+        "--request-id",
+        "pc-3",
+    ]);
+    assert!(
+        err.contains("FAILED_PRECONDITION") && err.contains("no admins"),
+        "{err}"
+    );
+
+    // The auditor sees the change, with its approvals checked against the old policy.
+    let file = c.dir.join("export.json");
+    let out = c.cli(&[
+        "audit",
+        "export",
+        "--as",
+        "auditor",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = c.dir.join("pki/ca.pem");
+    let out = c.offline(&[
+        "audit",
+        "verify",
+        file.to_str().unwrap(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["policy_changes"], 1, "{v}");
+}

@@ -38,6 +38,10 @@ pub const REQUEST_SEEN: &str = "request-seen";
 pub const REQUEST_CREATED: &str = "request-created";
 /// Coordinator entry: an approver approved a request (body [`Approved`]).
 pub const APPROVED: &str = "approval";
+/// Coordinator entry: a policy change was proposed (body [`PolicyChangeRequested`]).
+pub const POLICY_CHANGE_REQUESTED: &str = "policy-change-requested";
+/// Either: a key's policy changed, approved by its admins (body [`PolicyChanged`]).
+pub const POLICY_CHANGED: &str = "policy-changed";
 /// Either: a request was refused by policy (body [`Refused`]).
 pub const SIGN_REFUSED: &str = "sign-refused";
 /// Either: a key's lifecycle state changed (body [`Lifecycle`]).
@@ -133,6 +137,34 @@ pub struct Approved {
     pub request_id: String,
     /// The approval.
     pub approval: crate::transcript::ApprovalRecord,
+}
+
+/// Body of [`POLICY_CHANGE_REQUESTED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyChangeRequested {
+    /// The key.
+    pub key_id: String,
+    /// The change request.
+    pub request_id: String,
+    /// The proposed policy (canonical JSON).
+    pub policy: String,
+    /// SHA-256 of the current policy, hex.
+    pub current_policy_sha256: String,
+}
+
+/// Body of [`POLICY_CHANGED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyChanged {
+    /// The key.
+    pub key_id: String,
+    /// SHA-256 of the policy before, hex.
+    pub previous_policy_sha256: String,
+    /// The new policy (canonical JSON).
+    pub policy: String,
+    /// The admins' approvals of the change.
+    pub approvals: Vec<crate::transcript::ApprovalRecord>,
 }
 
 /// Body of [`SIGN_REFUSED`].
@@ -239,6 +271,8 @@ pub struct Summary {
     pub refusals: usize,
     /// Lifecycle transitions recorded.
     pub lifecycle: usize,
+    /// Policy changes, each checked against the admins of the policy it replaced.
+    pub policy_changes: usize,
     /// Authentication failures recorded.
     pub auth_denied: usize,
     /// Whether identities were pinned.
@@ -512,6 +546,41 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
                         digest.clone(),
                     ));
                 }
+            }
+            POLICY_CHANGED => {
+                let c: PolicyChanged = body(e).map_err(|why| fail(at(), why))?;
+                let current = policies.get(&c.key_id).ok_or_else(|| {
+                    fail(
+                        at(),
+                        format!(
+                            "policy change of key {} whose creation is not in the log",
+                            c.key_id
+                        ),
+                    )
+                })?;
+                if hex::encode(current.digest()) != c.previous_policy_sha256 {
+                    return Err(fail(
+                        at(),
+                        "the change does not start from the key's current policy",
+                    ));
+                }
+                let new =
+                    hot_warm_cold::Policy::from_json(&c.policy).map_err(|why| fail(at(), why))?;
+                let approvals = c
+                    .approvals
+                    .iter()
+                    .map(|a| {
+                        Some(hot_warm_cold::Approval {
+                            approver: hex::decode(&a.approver).ok()?.try_into().ok()?,
+                            signature: hex::decode(&a.signature).ok()?,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| fail(at(), "an approval is not hex"))?;
+                new.change_approved(current, &c.key_id, &approvals)
+                    .map_err(|why| fail(at(), why))?;
+                policies.insert(c.key_id.clone(), new);
+                summary.policy_changes += 1;
             }
             SIGN_REFUSED => summary.refusals += 1,
             LIFECYCLE => summary.lifecycle += 1,

@@ -412,6 +412,7 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         state: "active".into(),
         created_at,
         dkg_session: session.to_string(),
+        state_reason: String::new(),
         pending_refresh: None,
     };
     let transcript = DkgTranscript {

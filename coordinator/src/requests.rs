@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use custody_audit::export::{Approved, RequestCreated, APPROVED, REQUEST_CREATED};
+use custody_audit::export::{
+    Approved, PolicyChangeRequested, PolicyChanged, RequestCreated, APPROVED, POLICY_CHANGED,
+    POLICY_CHANGE_REQUESTED, REQUEST_CREATED,
+};
 use custody_audit::transcript::{ApprovalRecord, SignedRequest};
 use custody_protocol::proto::{Approval, ProposeRequest, SignResponse, SigningRequest, Transfer};
 use tonic::{Code, Status};
@@ -47,36 +50,69 @@ fn approvals_of(w: &WaitingRequest) -> Vec<Approval> {
         .collect()
 }
 
-/// What approvers sign for `w`.
+/// What approvers sign for `w`: for a signature, `TaggedHash("custody/v1/approval",
+/// key id, message)`; for a policy change, [`hot_warm_cold::Policy::change_digest`].
 fn approval_digest(w: &WaitingRequest) -> [u8; 32] {
+    if w.is_policy_change() {
+        let current: [u8; 32] = hex::decode(&w.current_policy)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or_default();
+        return hot_warm_cold::Policy::from_json(&w.new_policy)
+            .map(|p| p.change_digest(&w.key_id, &current))
+            .unwrap_or_default();
+    }
     custody_protocol::hash::TaggedHash::new("custody/v1/approval")
         .part(w.key_id.as_bytes())
         .part(&hex::decode(&w.message).unwrap_or_default())
         .finish()
 }
 
-/// Distinct valid approvals from the key's approver set.
+/// Who approves `w`: the key's approvers for a signature, its admins for a policy
+/// change.
+fn rule<'a>(
+    w: &WaitingRequest,
+    policy: &'a hot_warm_cold::Policy,
+) -> Option<&'a hot_warm_cold::ApprovalRule> {
+    if w.is_policy_change() {
+        policy.admins.as_ref()
+    } else {
+        policy.approvals.as_ref()
+    }
+}
+
+/// Distinct valid approvals from the approvers of `w`.
 fn valid(w: &WaitingRequest, policy: &hot_warm_cold::Policy) -> usize {
-    let approvals: Vec<hot_warm_cold::Approval> = approvals_of(w)
+    let Some(rule) = rule(w, policy) else {
+        return 0;
+    };
+    let digest = approval_digest(w);
+    approvals_of(w)
         .into_iter()
         .filter_map(|a| {
-            Some(hot_warm_cold::Approval {
+            let a = hot_warm_cold::Approval {
                 approver: a.approver.try_into().ok()?,
                 signature: a.signature,
-            })
+            };
+            (rule.approvers.contains(&a.approver) && a.verifies(&digest)).then_some(a.approver)
         })
-        .collect();
-    hot_warm_cold::decide::valid_approvals(policy, &approval_digest(w), &approvals)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
 }
 
-fn required(policy: &hot_warm_cold::Policy) -> usize {
-    policy.approvals.as_ref().map_or(0, |r| r.required as usize)
+fn required(w: &WaitingRequest, policy: &hot_warm_cold::Policy) -> usize {
+    rule(w, policy).map_or(0, |r| r.required as usize)
 }
 
-/// Whether `w` may be tried now: enough approvals and its time lock over.
+/// Whether `w` may be tried now: enough approvals and (for a signature) its time lock
+/// over.
 fn ready(w: &WaitingRequest, policy: &hot_warm_cold::Policy) -> bool {
-    valid(w, policy) >= required(policy)
-        && now() >= w.created_at.saturating_add(policy.time_lock_secs)
+    let lock = if w.is_policy_change() {
+        0
+    } else {
+        policy.time_lock_secs
+    };
+    valid(w, policy) >= required(w, policy) && now() >= w.created_at.saturating_add(lock)
 }
 
 /// The request as clients see it.
@@ -102,18 +138,29 @@ pub(crate) fn to_proto(core: &Core, w: &WaitingRequest) -> SigningRequest {
         state: w.state.clone(),
         approval_digest: approval_digest(w).to_vec(),
         approvals: policy.as_ref().map_or(0, |p| valid(w, p)) as u32,
-        required: policy.as_ref().map_or(0, required) as u32,
+        required: policy.as_ref().map_or(0, |p| required(w, p)) as u32,
         approved_by: w
             .approvals
             .iter()
             .map(|(a, _)| hex::decode(a).unwrap_or_default())
             .collect(),
         created_at: w.created_at,
-        unlocks_at: w
-            .created_at
-            .saturating_add(policy.as_ref().map_or(0, |p| p.time_lock_secs)),
+        unlocks_at: if w.is_policy_change() {
+            w.created_at
+        } else {
+            w.created_at
+                .saturating_add(policy.as_ref().map_or(0, |p| p.time_lock_secs))
+        },
         last_error: w.last_error.clone(),
         result: result.map(Box::new),
+        kind: if w.is_policy_change() {
+            "policy-change"
+        } else {
+            "sign"
+        }
+        .into(),
+        new_policy: w.new_policy.clone(),
+        current_policy_digest: hex::decode(&w.current_policy).unwrap_or_default(),
     }
 }
 
@@ -180,6 +227,9 @@ pub(crate) async fn submit(
         created_at: now(),
         state: "waiting-approvals".into(),
         last_error: String::new(),
+        kind: "sign".into(),
+        new_policy: String::new(),
+        current_policy: String::new(),
     };
     core.audit
         .append(
@@ -207,7 +257,7 @@ pub(crate) async fn submit(
     if policy.time_lock_secs > 0 {
         propose(core, key, &w).await;
     }
-    info!(request_id = %w.request_id, key_id = %w.key_id, "request waits for {} approvals", required(policy));
+    info!(request_id = %w.request_id, key_id = %w.key_id, "request waits for {} approvals", required(&w, policy));
     Ok(pending_response(core, &w))
 }
 
@@ -269,10 +319,9 @@ pub(crate) async fn approve(
     let key = core.key(&w.key_id)?;
     let policy = hot_warm_cold::Policy::from_json(&key.meta().policy)
         .map_err(|e| Status::internal(format!("key policy: {e}")))?;
-    let rule = policy
-        .approvals
-        .as_ref()
-        .ok_or_else(|| Status::failed_precondition("the key's policy takes no approvals"))?;
+    let rule = rule(&w, &policy).ok_or_else(|| {
+        Status::failed_precondition("the key's policy takes no approvals for this")
+    })?;
     let approver: [u8; 32] = approval
         .approver
         .as_slice()
@@ -300,7 +349,7 @@ pub(crate) async fn approve(
         ));
     }
     let approver_hex = hex::encode(approver);
-    if w.state == "signed" || w.state == "refused" {
+    if matches!(w.state.as_str(), "signed" | "refused" | "applied") {
         return Ok(to_proto(core, &w));
     }
     if !w.approvals.iter().any(|(a, _)| *a == approver_hex) {
@@ -354,13 +403,33 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
         .waiting(&w.request_id)
         .map_err(store_err)?
         .unwrap_or(w);
-    if w.state == "signed" || w.state == "refused" {
+    if matches!(w.state.as_str(), "signed" | "refused" | "applied") {
         return Ok(w);
     }
     let key = core.key(&w.key_id)?;
     let policy = hot_warm_cold::Policy::from_json(&key.meta().policy)
         .map_err(|e| Status::internal(format!("key policy: {e}")))?;
-    let enough = valid(&w, &policy) >= required(&policy);
+    if w.is_policy_change() {
+        if hex::encode(policy.digest()) != w.current_policy {
+            w.state = "refused".into();
+            w.last_error = "the key's policy changed since this change was proposed".into();
+        } else if valid(&w, &policy) >= required(&w, &policy) {
+            match apply_policy(core, &key, &w).await {
+                Ok(()) => {
+                    w.state = "applied".into();
+                    w.last_error.clear();
+                }
+                Err(st) if st.code() == Code::PermissionDenied => {
+                    w.state = "refused".into();
+                    w.last_error = st.message().to_string();
+                }
+                Err(st) => w.last_error = format!("{:?}: {}", st.code(), st.message()),
+            }
+        }
+        put(core, &w).await?;
+        return Ok(w);
+    }
+    let enough = valid(&w, &policy) >= required(&w, &policy);
     if !ready(&w, &policy) {
         let state = if enough {
             "time-locked"
@@ -412,14 +481,194 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
     Ok(w)
 }
 
+/// Has every signer of the key take the new policy of `w` (each verifies the admins'
+/// approvals itself), then records it.
+async fn apply_policy(core: &Arc<Core>, key: &AnyKey, w: &WaitingRequest) -> Result<(), Status> {
+    let mut tasks = Vec::new();
+    for name in &key.meta().signers {
+        let h = core
+            .signer(name)
+            .ok_or_else(|| Status::internal(format!("signer {name} is not configured")))?
+            .clone();
+        let req = custody_protocol::proto::SetPolicyRequest {
+            key_id: w.key_id.clone(),
+            policy: w.new_policy.clone(),
+            approvals: approvals_of(w),
+        };
+        let timeout = core.timeouts.dkg();
+        tasks.push(tokio::spawn(async move {
+            let r = match h.client() {
+                Ok(mut c) => match tokio::time::timeout(timeout, c.set_policy(req)).await {
+                    Ok(r) => r.map(tonic::Response::into_inner),
+                    Err(_) => Err(Status::deadline_exceeded("no answer")),
+                },
+                Err(e) => Err(e),
+            };
+            h.observe(&r);
+            (h.name.clone(), r)
+        }));
+    }
+    let mut failures = Vec::new();
+    let mut refused = None;
+    for t in tasks {
+        let (name, r) = t
+            .await
+            .map_err(|e| Status::internal(format!("task: {e}")))?;
+        match r {
+            Ok(_) => {}
+            Err(st) if st.code() == Code::PermissionDenied => {
+                refused = Some(format!("{name}: {}", st.message()))
+            }
+            Err(st) => failures.push(format!("{name}: {}", st.message())),
+        }
+    }
+    if let Some(why) = refused {
+        return Err(Status::permission_denied(why));
+    }
+    if !failures.is_empty() {
+        return Err(Status::unavailable(format!(
+            "not every signer took the new policy yet ({}); retrying",
+            failures.join("; ")
+        )));
+    }
+    let mut meta = key.meta().clone();
+    let previous = meta.policy.clone();
+    meta.policy = w.new_policy.clone();
+    core.audit
+        .append(
+            POLICY_CHANGED,
+            &PolicyChanged {
+                key_id: w.key_id.clone(),
+                previous_policy_sha256: hex::encode(
+                    hot_warm_cold::Policy::from_json(&previous)
+                        .map(|p| p.digest())
+                        .unwrap_or_default(),
+                ),
+                policy: w.new_policy.clone(),
+                approvals: w
+                    .approvals
+                    .iter()
+                    .map(|(a, s)| ApprovalRecord {
+                        approver: a.clone(),
+                        signature: s.clone(),
+                    })
+                    .collect(),
+            },
+        )
+        .await
+        .map_err(crate::audit::refused)?;
+    core.record_key(&meta).await?;
+    warn!(key_id = %w.key_id, request_id = %w.request_id, "policy changed (approved by its admins)");
+    Ok(())
+}
+
+/// Proposes a new policy for a key; it applies once enough of the key's admins approve.
+pub(crate) async fn propose_policy(
+    core: &Arc<Core>,
+    key_id: &str,
+    new_policy: &str,
+    request_id: &str,
+) -> Result<SigningRequest, Status> {
+    let key = core.key(key_id)?;
+    let current = hot_warm_cold::Policy::from_json(&key.meta().policy)
+        .map_err(|e| Status::internal(format!("key policy: {e}")))?;
+    if current.admins.is_none() {
+        return Err(Status::failed_precondition(format!(
+            "key {key_id}: its policy names no admins, so it cannot change"
+        )));
+    }
+    if new_policy.trim().is_empty() {
+        return Err(Status::invalid_argument("policy: empty"));
+    }
+    let new = hot_warm_cold::Policy::from_json(new_policy)
+        .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?;
+    if new.tier == hot_warm_cold::Tier::Cold {
+        return Err(Status::unimplemented(
+            "tier: cold keys are not supported yet",
+        ));
+    }
+    if let Some(w) = core.store.waiting(request_id).map_err(store_err)? {
+        if w.key_id != key_id || w.new_policy != new.to_json() {
+            return Err(Status::failed_precondition(format!(
+                "request_id {request_id} was already used for another request"
+            )));
+        }
+        return Ok(to_proto(core, &w));
+    }
+    if core.store.request(request_id).map_err(store_err)?.is_some() {
+        return Err(Status::failed_precondition(format!(
+            "request_id {request_id} was already used for a signature"
+        )));
+    }
+    let w = WaitingRequest {
+        request_id: request_id.to_string(),
+        key_id: key_id.to_string(),
+        message: String::new(),
+        transfer: None,
+        approvals: vec![],
+        created_at: now(),
+        state: "waiting-approvals".into(),
+        last_error: String::new(),
+        kind: "policy-change".into(),
+        new_policy: new.to_json(),
+        current_policy: hex::encode(current.digest()),
+    };
+    core.audit
+        .append(
+            POLICY_CHANGE_REQUESTED,
+            &PolicyChangeRequested {
+                key_id: w.key_id.clone(),
+                request_id: w.request_id.clone(),
+                policy: w.new_policy.clone(),
+                current_policy_sha256: w.current_policy.clone(),
+            },
+        )
+        .await
+        .map_err(crate::audit::refused)?;
+    put(core, &w).await?;
+    info!(%request_id, %key_id, "policy change waits for {} admin approvals", required(&w, &current));
+    Ok(to_proto(core, &w))
+}
+
+/// Retires active keys past their policy's maximum age (every signer refuses them
+/// already; this says so).
+async fn retire_old_keys(core: &Arc<Core>) {
+    let keys: Vec<_> = core
+        .keys
+        .read()
+        .expect("lock")
+        .values()
+        .map(|k| k.meta().clone())
+        .collect();
+    for meta in keys {
+        if meta.state != "active" {
+            continue;
+        }
+        let Ok(policy) = hot_warm_cold::Policy::from_json(&meta.policy) else {
+            continue;
+        };
+        let Some(max) = policy.max_age_secs else {
+            continue;
+        };
+        let age = now().saturating_sub(meta.created_at);
+        if age > max {
+            let why = format!("key is {age} s old, policy allows {max} s");
+            if let Err(st) = crate::service::retire_by_policy(core, &meta.key_id, &why).await {
+                warn!(key_id = %meta.key_id, "automatic retirement not complete: {}", st.message());
+            }
+        }
+    }
+}
+
 /// Signs waiting requests as their time locks end (and retries those a signer's
-/// own time lock held back).
+/// own time lock held back); retires keys past their maximum age.
 pub(crate) fn spawn_ticker(core: Arc<Core>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            retire_old_keys(&core).await;
             let Ok(all) = core.store.all_waiting() else {
                 continue;
             };

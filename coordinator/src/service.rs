@@ -129,6 +129,7 @@ fn key_proto(m: &KeyMeta) -> Key {
         },
         rotated_from: m.rotated_from.clone(),
         rotated_to: m.rotated_to.clone(),
+        state_reason: m.state_reason.clone(),
     }
 }
 
@@ -472,6 +473,20 @@ impl Custody for CustodyService {
             .map(Response::new)
     }
 
+    async fn change_policy(
+        &self,
+        req: Request<ChangePolicyRequest>,
+    ) -> Result<Response<SigningRequest>, Status> {
+        let caller = self.authorize(&req, &[Role::Operator])?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        api::check_id("request_id", &r.request_id)?;
+        info!(caller = %caller.name, key_id = %r.key_id, "policy change proposed");
+        crate::requests::propose_policy(&self.0, &r.key_id, &r.policy, &r.request_id)
+            .await
+            .map(Response::new)
+    }
+
     async fn get_request(
         &self,
         req: Request<GetRequestRequest>,
@@ -662,6 +677,16 @@ pub(crate) async fn sign_and_record(
     let signed = match signed {
         Ok(s) => s,
         Err(st) => {
+            if st.code() == tonic::Code::PermissionDenied && st.message().ends_with("rotate it") {
+                // A signer says the key is past its age or signature limit.
+                let (core, key_id, why) =
+                    (core.clone(), key_id.to_string(), st.message().to_string());
+                tokio::spawn(async move {
+                    if let Err(e) = retire_by_policy(&core, &key_id, &why).await {
+                        warn!(%key_id, "automatic retirement not complete: {}", e.message());
+                    }
+                });
+            }
             if st.code() == tonic::Code::PermissionDenied {
                 core.audit.record(
                     SIGN_REFUSED,
@@ -722,6 +747,22 @@ pub(crate) async fn sign_and_record(
 
 /// Applies an operator lifecycle event to a key on every one of its signers (each
 /// idempotently, so a retry after a partial failure completes it), then records it.
+/// Retires `key_id` because a policy limit is reached, and says so (log, audit log,
+/// the key's `state_reason`). Every signer refuses past the limit anyway; this makes
+/// the state visible and final.
+pub(crate) async fn retire_by_policy(
+    core: &Arc<Core>,
+    key_id: &str,
+    why: &str,
+) -> Result<(), Status> {
+    let reason = format!("retired automatically: {why}");
+    let mut meta = apply_event(core, key_id, "retire", "policy", "").await?;
+    meta.state_reason = reason.clone();
+    core.record_key(&meta).await?;
+    warn!(%key_id, "key {reason}; rotate it to keep signing");
+    Ok(())
+}
+
 async fn apply_event(
     core: &Arc<Core>,
     key_id: &str,

@@ -42,6 +42,9 @@ pub struct KeyMeta {
     /// The key that replaced this one by rotation.
     #[serde(default)]
     pub rotated_to: String,
+    /// Why the key is in its state, when the system moved it there.
+    #[serde(default)]
+    pub state_reason: String,
     /// A refresh every signer confirmed but not every signer applied yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_refresh: Option<PendingRefresh>,
@@ -77,6 +80,22 @@ pub struct WaitingRequest {
     pub state: String,
     /// Why the last attempt did not sign.
     pub last_error: String,
+    /// "" or "sign": a signature; "policy-change": a new policy for the key.
+    #[serde(default)]
+    pub kind: String,
+    /// For a policy change: the proposed policy (canonical JSON).
+    #[serde(default)]
+    pub new_policy: String,
+    /// For a policy change: SHA-256 of the policy it replaces, hex.
+    #[serde(default)]
+    pub current_policy: String,
+}
+
+impl WaitingRequest {
+    /// Whether this is a policy change (not a signature).
+    pub fn is_policy_change(&self) -> bool {
+        self.kind == "policy-change"
+    }
 }
 
 /// A completed signature, kept for idempotency and for `GetSignature`.

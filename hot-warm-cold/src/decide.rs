@@ -84,7 +84,7 @@ pub enum DenyReason {
         max_secs: u64,
     },
     /// The key has made as many signatures as its policy allows.
-    #[error("key has made {count} signatures, policy allows {max}: rotate or refresh it")]
+    #[error("key has made {count} signatures, policy allows {max}: rotate it")]
     TooManySignatures {
         /// Count.
         count: u64,

@@ -112,8 +112,13 @@ pub struct Policy {
     pub time_lock_secs: u64,
     /// Largest key age in seconds; older keys refuse to sign (rotate them).
     pub max_age_secs: Option<u64>,
-    /// Largest number of signatures; past it the key refuses (rotate or refresh it).
+    /// Largest number of signatures; past it the key refuses (rotate it). Each
+    /// signer counts the shares it released.
     pub max_signatures: Option<u64>,
+    /// Who may change this policy: k of a named set of admin keys, whose approvals
+    /// of the change every signer verifies. `None`: the policy never changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admins: Option<ApprovalRule>,
 }
 
 /// Why a policy is not coherent.
@@ -148,7 +153,55 @@ impl Policy {
             time_lock_secs: 0,
             max_age_secs: None,
             max_signatures: None,
+            admins: None,
         }
+    }
+
+    /// SHA-256 of the canonical JSON form.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.to_json().as_bytes()).into()
+    }
+
+    /// What admins sign to change `current` (this key's policy now) into `self`:
+    /// `TaggedHash("custody/v1/policy-change", key id, SHA-256 of the current
+    /// canonical policy, the new canonical policy)`. Bound to the current policy, an
+    /// approval cannot be replayed once the policy has moved on.
+    pub fn change_digest(&self, key_id: &str, current: &[u8; 32]) -> [u8; 32] {
+        custody_protocol::hash::TaggedHash::new("custody/v1/policy-change")
+            .part(key_id.as_bytes())
+            .part(current)
+            .part(self.to_json().as_bytes())
+            .finish()
+    }
+
+    /// Whether `approvals` change `current` into `self` for `key_id`: `current` must
+    /// name admins, and at least their required number of distinct admins must have
+    /// signed [`Policy::change_digest`].
+    pub fn change_approved(
+        &self,
+        current: &Policy,
+        key_id: &str,
+        approvals: &[crate::request::Approval],
+    ) -> Result<(), String> {
+        let rule = current
+            .admins
+            .as_ref()
+            .ok_or("the key's policy names no admins: it cannot be changed")?;
+        let digest = self.change_digest(key_id, &current.digest());
+        let valid = approvals
+            .iter()
+            .filter(|a| rule.approvers.contains(&a.approver) && a.verifies(&digest))
+            .map(|a| a.approver)
+            .collect::<BTreeSet<_>>()
+            .len();
+        if valid < rule.required as usize {
+            return Err(format!(
+                "{valid} valid admin approvals of this policy change, {} required",
+                rule.required
+            ));
+        }
+        Ok(())
     }
 
     /// A policy from its JSON form, checked; the empty string is the development
@@ -188,6 +241,14 @@ impl Policy {
     pub fn check(&self) -> Result<(), PolicyError> {
         if self.tier != Tier::Hot && self.approvals.is_none() {
             return Err(PolicyError::ApprovalsRequired(self.tier.name()));
+        }
+        if let Some(rule) = &self.admins {
+            if rule.required == 0 || rule.required as usize > rule.approvers.len() {
+                return Err(PolicyError::BadApprovalRule {
+                    required: rule.required,
+                    approvers: rule.approvers.len(),
+                });
+            }
         }
         if let Some(rule) = &self.approvals {
             if rule.required == 0 || rule.required as usize > rule.approvers.len() {

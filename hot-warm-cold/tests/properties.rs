@@ -92,6 +92,7 @@ fn limited_policy() -> Policy {
         time_lock_secs: 0,
         max_age_secs: None,
         max_signatures: None,
+        admins: None,
     }
 }
 

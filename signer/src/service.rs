@@ -1259,6 +1259,81 @@ impl Signer for SignerService {
         Ok(Response::new(resp))
     }
 
+    async fn set_policy(
+        &self,
+        req: Request<SetPolicyRequest>,
+    ) -> Result<Response<SetPolicyResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        if r.policy.trim().is_empty() {
+            return Err(Status::invalid_argument("policy: empty"));
+        }
+        let new = hot_warm_cold::Policy::from_json(&r.policy)
+            .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?;
+        let approvals = approvals_of(&r.approvals)?;
+        let i = &self.0;
+        let mut rec = i
+            .get(&r.key_id)?
+            .ok_or_else(|| Status::not_found(format!("no key {} on this signer", r.key_id)))?;
+        if rec.policy == new {
+            // Already applied (a retry).
+            return Ok(Response::new(SetPolicyResponse {
+                policy_digest: new.digest().to_vec(),
+            }));
+        }
+        if rec.state == KeyState::Destroyed {
+            return Err(Status::failed_precondition(format!(
+                "key {} is destroyed",
+                r.key_id
+            )));
+        }
+        // The admins named in the policy this signer enforces now must approve.
+        new.change_approved(&rec.policy, &r.key_id, &approvals)
+            .map_err(|why| {
+                i.refuse(
+                    &r.key_id,
+                    "policy-change",
+                    format!("policy change of key {}: {why}", r.key_id),
+                )
+            })?;
+        i.audit
+            .append(
+                ax::POLICY_CHANGED,
+                &ax::PolicyChanged {
+                    key_id: r.key_id.clone(),
+                    previous_policy_sha256: hex::encode(rec.policy.digest()),
+                    policy: new.to_json(),
+                    approvals: r
+                        .approvals
+                        .iter()
+                        .map(|a| custody_audit::transcript::ApprovalRecord {
+                            approver: hex::encode(&a.approver),
+                            signature: hex::encode(&a.signature),
+                        })
+                        .collect(),
+                },
+            )
+            .await
+            .map_err(unrecorded)?;
+        rec.policy = new.clone();
+        i.put(&rec)?;
+        let mut keys = i.keys.lock().expect("lock");
+        if let Some(k) = keys.get(&r.key_id).cloned() {
+            keys.insert(
+                r.key_id.clone(),
+                Loaded {
+                    policy: Arc::new(new.clone()),
+                    ..k
+                },
+            );
+        }
+        warn!(key_id = %r.key_id, "policy changed (approved by its admins)");
+        Ok(Response::new(SetPolicyResponse {
+            policy_digest: new.digest().to_vec(),
+        }))
+    }
+
     async fn propose(
         &self,
         req: Request<ProposeRequest>,

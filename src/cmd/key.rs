@@ -59,6 +59,23 @@ pub enum Cmd {
     /// public key stays, old shares become useless. Run it again to complete a refresh
     /// that a signer could not apply.
     Refresh(StateArgs),
+    /// Propose a new policy for a key; it applies once enough of the admins named in
+    /// the key's current policy approve (`custody approve REQUEST_ID --key ADMIN.key`).
+    Policy {
+        #[command(flatten)]
+        conn: Conn,
+        /// The key id.
+        key_id: String,
+        /// The new policy (JSON file).
+        #[arg(long)]
+        policy: std::path::PathBuf,
+        /// Id of this change request (what admins approve).
+        #[arg(long)]
+        request_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one key.
     Show {
         #[command(flatten)]
@@ -111,6 +128,7 @@ fn key_json(k: &Key) -> serde_json::Value {
         "policy": serde_json::from_str::<serde_json::Value>(&k.policy).unwrap_or(serde_json::Value::Null),
         "rotated_from": k.rotated_from,
         "rotated_to": k.rotated_to,
+        "state_reason": k.state_reason,
     })
 }
 
@@ -129,7 +147,11 @@ fn key_text(k: &Key) -> String {
         } else {
             format!("  name {:?}", k.name)
         }
-    )
+    ) + &if k.state_reason.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", k.state_reason)
+    }
 }
 
 pub fn run(cmd: Cmd) -> Result<(), Error> {
@@ -217,6 +239,27 @@ pub fn run(cmd: Cmd) -> Result<(), Error> {
                     .map_err(status)?
                     .into_inner();
                 print(&k, a.json);
+            }
+            Cmd::Policy {
+                conn,
+                key_id,
+                policy,
+                request_id,
+                json,
+            } => {
+                let text = std::fs::read_to_string(&policy)
+                    .map_err(|e| format!("--policy {}: {e}", policy.display()))?;
+                let mut c = conn.connect().await?;
+                let r = c
+                    .change_policy(custody_protocol::proto::ChangePolicyRequest {
+                        key_id,
+                        policy: text,
+                        request_id,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                super::request::print(&r, json);
             }
             Cmd::Show { conn, key_id, json } => {
                 let mut c = conn.connect().await?;

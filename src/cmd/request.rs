@@ -161,25 +161,11 @@ pub fn approve(a: ApproveArgs) -> Result<(), Error> {
             .await
             .map_err(status)?
             .into_inner();
-        // What we sign, computed here from the request itself, not taken from the
-        // coordinator: TaggedHash("custody/v1/approval", key id, message), where a
-        // transfer's message is derived from its fields.
-        let message = match &r.transfer {
-            Some(t) => hot_warm_cold::Transfer::from_proto(t, &r.request_id)
-                .map_err(|e| format!("the request's transfer is invalid: {e}"))?
-                .message(&r.key_id)
-                .to_vec(),
-            None => r.message.clone(),
+        let digest = if r.kind == "policy-change" {
+            policy_change_digest(&mut c, &r).await?
+        } else {
+            sign_digest(&r)?
         };
-        if message != r.message {
-            return Err(
-                "the coordinator's message is not the request's: refusing to approve".into(),
-            );
-        }
-        let digest = custody_protocol::hash::TaggedHash::new("custody/v1/approval")
-            .part(r.key_id.as_bytes())
-            .part(&message)
-            .finish();
         if !a.json {
             eprintln!("approving {}", describe(&r));
         }
@@ -200,7 +186,63 @@ pub fn approve(a: ApproveArgs) -> Result<(), Error> {
     })
 }
 
+/// What an admin signs to approve a policy change: computed from the proposed policy
+/// and the key's current policy as this client reads them.
+async fn policy_change_digest(
+    c: &mut custody_protocol::proto::custody_client::CustodyClient<tonic::transport::Channel>,
+    r: &SigningRequest,
+) -> Result<[u8; 32], Error> {
+    let key = c
+        .get_key(custody_protocol::proto::GetKeyRequest {
+            key_id: r.key_id.clone(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let current = hot_warm_cold::Policy::from_json(&key.policy)
+        .map_err(|e| format!("the key's current policy: {e}"))?;
+    if current.digest().as_slice() != r.current_policy_digest.as_slice() {
+        return Err(
+            "the key's policy is not the one this change replaces: refusing to approve".into(),
+        );
+    }
+    let new = hot_warm_cold::Policy::from_json(&r.new_policy)
+        .map_err(|e| format!("the proposed policy: {e}"))?;
+    Ok(new.change_digest(&r.key_id, &current.digest()))
+}
+
+/// What an approver signs for a signing request: `TaggedHash("custody/v1/approval",
+/// key id, message)`, the message computed here from the request's own fields.
+fn sign_digest(r: &SigningRequest) -> Result<[u8; 32], Error> {
+    {
+        let message = match &r.transfer {
+            Some(t) => hot_warm_cold::Transfer::from_proto(t, &r.request_id)
+                .map_err(|e| format!("the request's transfer is invalid: {e}"))?
+                .message(&r.key_id)
+                .to_vec(),
+            None => r.message.clone(),
+        };
+        if message != r.message {
+            return Err(
+                "the coordinator's message is not the request's: refusing to approve".into(),
+            );
+        }
+        Ok(
+            custody_protocol::hash::TaggedHash::new("custody/v1/approval")
+                .part(r.key_id.as_bytes())
+                .part(&message)
+                .finish(),
+        )
+    }
+}
+
 fn describe(r: &SigningRequest) -> String {
+    if r.kind == "policy-change" {
+        return format!(
+            "request {} on key {}: change its policy to {}",
+            r.request_id, r.key_id, r.new_policy
+        );
+    }
     match &r.transfer {
         Some(t) => format!(
             "request {} on key {}: transfer {} {} to {}{}",
@@ -258,6 +300,8 @@ fn to_json(r: &SigningRequest) -> serde_json::Value {
         "unlocks_at": r.unlocks_at,
         "last_error": r.last_error,
         "signature": r.result.as_ref().map(|s| hex::encode(&s.signature)),
+        "kind": r.kind,
+        "new_policy": serde_json::from_str::<serde_json::Value>(&r.new_policy).ok(),
     })
 }
 
