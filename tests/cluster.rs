@@ -1670,3 +1670,204 @@ fn policy_changes_need_the_admins_that_every_signer_checks() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["summary"]["policy_changes"], 1, "{v}");
 }
+
+#[test]
+fn cold_keys_sign_with_air_gapped_signers_over_files() {
+    let mut c = Cluster::start("cold", 3, 2);
+    let approver = c.dir.join("approver.json");
+    let out = c.offline(&["approver", "keygen", "--out", approver.to_str().unwrap()]);
+    assert!(out.status.success());
+    let pk = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let policy = serde_json::json!({
+        "tier": "cold", "allow_raw": false, "allowlist": ["vault"],
+        "assets": { "BTC": { "per_request": 1000, "per_window": 5000, "window_secs": 86400 } },
+        "approvals": { "required": 1, "approvers": [pk] },
+        "time_lock_secs": 0, "max_age_secs": null, "max_signatures": null,
+    });
+    let file = c.dir.join("cold.json");
+    std::fs::write(&file, policy.to_string()).unwrap();
+    // The key ceremony runs with the signers connected; then they go offline.
+    let k = c.json(&[
+        "key",
+        "create",
+        "--suite",
+        "secp256k1-tr",
+        "--policy",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    let key = k["key_id"].as_str().unwrap().to_string();
+    assert_eq!(k["tier"], "cold");
+    let r = c.json(&[
+        "sign",
+        "--key",
+        &key,
+        "--asset",
+        "BTC",
+        "--amount",
+        "700",
+        "--destination",
+        "vault",
+        "--request-id",
+        "c-1",
+        "--json",
+    ]);
+    assert_eq!(r["state"], "waiting-approvals", "{r}");
+    let out = c.cli(&[
+        "approve",
+        "c-1",
+        "--key",
+        approver.to_str().unwrap(),
+        "--json",
+    ]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["state"], "awaiting-cold-commitments", "{r}");
+    for s in ["signer-1", "signer-3"] {
+        c.kill(s);
+    }
+    let offline = |req: &std::path::Path, resp: &std::path::Path| {
+        let name = req.file_name().unwrap().to_string_lossy().to_string();
+        let signer = name.split('.').nth(2).unwrap().to_string();
+        let config = c.dir.join(&signer).join("signer.toml");
+        c.offline(&[
+            "signer",
+            "offline",
+            "--config",
+            config.to_str().unwrap(),
+            "--request",
+            req.to_str().unwrap(),
+            "--response",
+            resp.to_str().unwrap(),
+        ])
+    };
+    let trip = |n: u32| -> Vec<std::path::PathBuf> {
+        let dir = c.dir.join(format!("trip-{n}"));
+        let out = c.cli(&[
+            "cold",
+            "export",
+            "c-1",
+            "--out",
+            dir.to_str().unwrap(),
+            "--signers",
+            "signer-1,signer-3",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let files: Vec<std::path::PathBuf> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(std::path::PathBuf::from)
+            .collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+        files
+            .iter()
+            .map(|req| {
+                let resp = req.with_extension("response");
+                let out = offline(req, &resp);
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                resp
+            })
+            .collect()
+    };
+    // Trip 1: commitments.
+    let responses = trip(1);
+    let mut args = vec!["cold", "import"];
+    let paths: Vec<String> = responses
+        .iter()
+        .map(|p| p.to_string_lossy().to_string())
+        .collect();
+    args.extend(paths.iter().map(String::as_str));
+    args.push("--json");
+    let r = c.json(&args);
+    assert_eq!(r["state"], "awaiting-cold-shares", "{r}");
+    // Trip 2: shares; the last one signs.
+    let responses = trip(2);
+    let mut args = vec!["cold", "import"];
+    let paths: Vec<String> = responses
+        .iter()
+        .map(|p| p.to_string_lossy().to_string())
+        .collect();
+    args.extend(paths.iter().map(String::as_str));
+    args.push("--json");
+    let r = c.json(&args);
+    assert_eq!(r["state"], "signed", "{r}");
+    assert!(verify_independently(
+        "secp256k1-tr",
+        &hexs(&k["public_key"]),
+        &hexs(&r["message"]),
+        &hexs(&r["signature"])
+    ));
+
+    // An offline signer asked again for the same package answers the same share; the
+    // nonces were marked used: a request file whose signature was tampered with is
+    // refused before anything else.
+    let req = c
+        .dir
+        .join("trip-2")
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "json") && p.to_string_lossy().contains("signer-1")
+        });
+    let req = req.expect("a sign request");
+    let again = c.dir.join("again.response");
+    assert!(offline(&req, &again).status.success());
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(req.with_extension("response")).unwrap()
+    );
+    let mut forged: Value = serde_json::from_slice(&std::fs::read(&req).unwrap()).unwrap();
+    forged["request"]["transfer"]["destination"] = "mallory".into();
+    let forged_file = c.dir.join("trip-2/c-1.sign.signer-1.forged.json");
+    std::fs::write(&forged_file, forged.to_string()).unwrap();
+    let out = offline(&forged_file, &c.dir.join("forged.response"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not verify"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Back online, the audit export covers the offline shares too.
+    for s in ["signer-1", "signer-3"] {
+        c.restart(s);
+    }
+    let export = c.dir.join("export.json");
+    let out = c.cli(&[
+        "audit",
+        "export",
+        "--as",
+        "auditor",
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = c.dir.join("pki/ca.pem");
+    let out = c.offline(&[
+        "audit",
+        "verify",
+        export.to_str().unwrap(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["signatures"], 1, "{v}");
+    assert_eq!(v["summary"]["shares_matched"], 2, "{v}");
+}

@@ -10,6 +10,7 @@
 //! The formats are specified in `docs/audit-format.md`.
 
 pub mod chain;
+pub mod cold;
 pub mod entry;
 pub mod export;
 pub mod transcript;

@@ -17,6 +17,7 @@
 //! [`run`] serves until `shutdown` resolves; `custody coordinator` is a thin wrapper.
 
 mod audit;
+mod cold;
 pub mod config;
 mod core;
 mod dkg;

@@ -29,7 +29,7 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn transfer_of(w: &WaitingRequest) -> Option<Transfer> {
+pub(crate) fn transfer_of(w: &WaitingRequest) -> Option<Transfer> {
     w.transfer
         .as_ref()
         .map(|(asset, amount, destination, memo)| Transfer {
@@ -40,7 +40,7 @@ fn transfer_of(w: &WaitingRequest) -> Option<Transfer> {
         })
 }
 
-fn approvals_of(w: &WaitingRequest) -> Vec<Approval> {
+pub(crate) fn approvals_of(w: &WaitingRequest) -> Vec<Approval> {
     w.approvals
         .iter()
         .map(|(a, s)| Approval {
@@ -177,7 +177,7 @@ fn pending_response(core: &Core, w: &WaitingRequest) -> SignResponse {
     }
 }
 
-async fn put(core: &Core, w: &WaitingRequest) -> Result<(), Status> {
+pub(crate) async fn put(core: &Core, w: &WaitingRequest) -> Result<(), Status> {
     let (store, w) = (core.store.clone(), w.clone());
     tokio::task::spawn_blocking(move || store.put_waiting(&w))
         .await
@@ -230,6 +230,7 @@ pub(crate) async fn submit(
         kind: "sign".into(),
         new_policy: String::new(),
         current_policy: String::new(),
+        cold: None,
     };
     core.audit
         .append(
@@ -447,6 +448,15 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
         put(core, &w).await?;
         return Ok(w);
     }
+    if key.meta().tier == "cold" {
+        // Approved: its signers are offline; operators carry the files
+        // (`custody cold export` / `custody cold import`).
+        if w.state != "awaiting-cold-commitments" && w.state != "awaiting-cold-shares" {
+            w.state = "awaiting-cold-commitments".into();
+            put(core, &w).await?;
+        }
+        return Ok(w);
+    }
     let message = hex::decode(&w.message).unwrap_or_default();
     match sign_and_record(
         core,
@@ -582,11 +592,6 @@ pub(crate) async fn propose_policy(
     }
     let new = hot_warm_cold::Policy::from_json(new_policy)
         .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?;
-    if new.tier == hot_warm_cold::Tier::Cold {
-        return Err(Status::unimplemented(
-            "tier: cold keys are not supported yet",
-        ));
-    }
     if let Some(w) = core.store.waiting(request_id).map_err(store_err)? {
         if w.key_id != key_id || w.new_policy != new.to_json() {
             return Err(Status::failed_precondition(format!(
@@ -612,6 +617,7 @@ pub(crate) async fn propose_policy(
         kind: "policy-change".into(),
         new_policy: new.to_json(),
         current_policy: hex::encode(current.digest()),
+        cold: None,
     };
     core.audit
         .append(

@@ -199,11 +199,7 @@ impl CustodyService {
                 policy.tier.name()
             )));
         }
-        if tier == hot_warm_cold::Tier::Cold {
-            return Err(Status::unimplemented(
-                "tier: cold keys need air-gapped signers, which this version does not have yet; use hot or warm",
-            ));
-        }
+
         let tier = tier.name().to_string();
         if r.name.len() > MAX_NAME || r.name.chars().any(char::is_control) {
             return Err(Status::invalid_argument(format!(
@@ -487,6 +483,28 @@ impl Custody for CustodyService {
             .map(Response::new)
     }
 
+    async fn cold_export(
+        &self,
+        req: Request<ColdExportRequest>,
+    ) -> Result<Response<ColdExportResponse>, Status> {
+        self.authorize(&req, &[Role::Operator])?;
+        let r = req.into_inner();
+        api::check_id("request_id", &r.request_id)?;
+        let files = crate::cold::export(&self.0, &r.request_id, r.signers).await?;
+        Ok(Response::new(ColdExportResponse { files }))
+    }
+
+    async fn cold_import(
+        &self,
+        req: Request<ColdImportRequest>,
+    ) -> Result<Response<SigningRequest>, Status> {
+        self.authorize(&req, &[Role::Operator])?;
+        let r = req.into_inner();
+        crate::cold::import(&self.0, &r.content)
+            .await
+            .map(Response::new)
+    }
+
     async fn get_request(
         &self,
         req: Request<GetRequestRequest>,
@@ -649,7 +667,6 @@ pub(crate) async fn sign_and_record(
     approvals: Vec<custody_protocol::proto::Approval>,
 ) -> Result<SignRecord, Status> {
     let key_id = &key.meta().key_id;
-    let message_hex = hex::encode(&message);
     let signed = match key {
         AnyKey::Secp(k) => {
             signing::sign(
@@ -700,6 +717,22 @@ pub(crate) async fn sign_and_record(
             return Err(st);
         }
     };
+    record_signature(core, key, request_id, message, transfer, approvals, signed).await
+}
+
+/// Records a finished signature: its whole ceremony in the audit log, then the result
+/// in the store, before anyone learns it.
+pub(crate) async fn record_signature(
+    core: &Arc<Core>,
+    key: &AnyKey,
+    request_id: &str,
+    message: Vec<u8>,
+    transfer: Option<Transfer>,
+    approvals: Vec<custody_protocol::proto::Approval>,
+    signed: signing::Signed,
+) -> Result<SignRecord, Status> {
+    let key_id = &key.meta().key_id;
+    let message_hex = hex::encode(&message);
     let transcript = match key {
         AnyKey::Secp(k) => crate::audit::signing_transcript(
             core,

@@ -89,6 +89,24 @@ pub struct WaitingRequest {
     /// For a policy change: SHA-256 of the policy it replaces, hex.
     #[serde(default)]
     pub current_policy: String,
+    /// For a cold key: the offline signers' progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold: Option<ColdProgress>,
+}
+
+/// Where an air-gapped signature is between its trips.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColdProgress {
+    /// The chosen signers (t of them), by name.
+    pub signers: Vec<String>,
+    /// Each chosen signer's commitment envelope, hex, by participant id.
+    pub commitments: Vec<(u16, String)>,
+    /// Signing session, hex (once the package exists).
+    pub session: String,
+    /// The coordinator-signed package, hex (once every commitment is in).
+    pub package: String,
+    /// Each signer's share envelope, hex, by participant id.
+    pub shares: Vec<(u16, String)>,
 }
 
 impl WaitingRequest {

@@ -159,6 +159,23 @@ pub fn commit<C: EngineSuite, R: RngCore + CryptoRng>(
 }
 
 impl<C: EngineSuite> Nonces<C> {
+    /// The nonces as bytes, **only** to seal them at rest between the two trips of an
+    /// air-gapped (cold) signature; the caller must mark them used durably before it
+    /// releases the share they make.
+    pub fn to_secret_bytes(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        self.inner
+            .serialize()
+            .map(zeroize::Zeroizing::new)
+            .map_err(frost_err)
+    }
+
+    /// Inverse of [`Nonces::to_secret_bytes`].
+    pub fn from_secret_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let inner = SigningNonces::<C>::deserialize(bytes).map_err(frost_err)?;
+        let commitments = SigningCommitments::from(&inner);
+        Ok(Nonces { inner, commitments })
+    }
+
     /// The commitments these nonces answer to.
     pub fn commitments(&self) -> Commitments<C> {
         Commitments(self.commitments)

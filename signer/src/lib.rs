@@ -44,3 +44,10 @@ pub async fn run(
 ) -> Result<(), StartError> {
     service::serve(config, shutdown, on_ready).await
 }
+
+/// Answers one request file of an air-gapped (cold) signature and returns the response
+/// file's bytes. Opens the signer's state without listening anywhere; the signer
+/// daemon must not run meanwhile.
+pub async fn offline(config: &Config, request: &[u8]) -> Result<Vec<u8>, String> {
+    service::offline(config, request).await
+}

@@ -161,13 +161,11 @@ pub(crate) fn open_identity(
     )
 }
 
-pub(crate) async fn serve(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_ready: impl FnOnce(std::net::SocketAddr) + Send,
-) -> Result<(), StartError> {
+/// Opens the signer's state (identity, sealer, database, audit log, keys), without
+/// listening anywhere.
+fn open_inner(config: &Config) -> Result<Inner, StartError> {
     let cfg_err = |e: String| StartError::Config(e);
-    let (identity, sealer) = open_identity(&config)?;
+    let (identity, sealer) = open_identity(config)?;
     let files = config.tls.clone();
     let (cert_der, ca_der) = custody_pki::server::check_own_certificate(
         &files,
@@ -210,7 +208,19 @@ pub(crate) async fn serve(
         nonces: Mutex::new(HashMap::new()),
         fault: config.fault_injection,
     };
-    let loaded = inner.load_keys().map_err(cfg_err)?;
+    inner.load_keys().map_err(cfg_err)?;
+    Ok(inner)
+}
+
+pub(crate) async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(std::net::SocketAddr) + Send,
+) -> Result<(), StartError> {
+    let cfg_err = |e: String| StartError::Config(e);
+    let files = config.tls.clone();
+    let inner = open_inner(&config)?;
+    let loaded = inner.keys.lock().expect("lock").len();
     let svc = SignerService(Arc::new(inner));
 
     let tls = files.server().map_err(|e| cfg_err(e.to_string()))?;
@@ -1560,4 +1570,319 @@ fn corrupt<C: EngineSuite>(share: &sign::SignatureShare<C>) -> sign::SignatureSh
     bytes[C::SCALAR_LEN / 2] ^= 1;
     let mut r = wire::Reader::new(&bytes);
     sign::SignatureShare::<C>::decode_body(&mut r).unwrap_or(*share)
+}
+
+/// What an offline signer keeps about one cold request between its two trips.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ColdNonces {
+    /// The nonces, sealed (hex); emptied once used.
+    sealed: String,
+    /// Our commitment (encoded body, hex).
+    commitment: String,
+    /// The commitment envelope we answered with (hex).
+    envelope: String,
+    /// Whether the nonces were used (durably, before the share left).
+    used: bool,
+    /// The package they were used for, and the share envelope made (hex).
+    package: String,
+    share: String,
+}
+
+fn cold_aad(signer: &str, key_id: &str, request_id: &str) -> Vec<u8> {
+    format!("custody/v1/cold-nonces\0{signer}\0{key_id}\0{request_id}").into_bytes()
+}
+
+/// Answers one request file of an air-gapped signature (`custody signer offline`),
+/// without listening anywhere. The daemon must not run meanwhile (it holds the
+/// database).
+pub(crate) async fn offline(config: &Config, request: &[u8]) -> Result<Vec<u8>, String> {
+    use custody_audit::cold::{
+        ColdRequest, ColdResponse, COLD_REQUEST_FORMAT, COLD_RESPONSE_FORMAT,
+    };
+    use custody_audit::transcript::SignedRequest;
+    let req: ColdRequest =
+        serde_json::from_slice(request).map_err(|e| format!("request file: {e}"))?;
+    if req.format != COLD_REQUEST_FORMAT {
+        return Err(format!(
+            "request file: format {:?}, expected {COLD_REQUEST_FORMAT:?}",
+            req.format
+        ));
+    }
+    if req.signer != config.name {
+        return Err(format!(
+            "this request is for {}, not for {}",
+            req.signer, config.name
+        ));
+    }
+    let i = open_inner(config).map_err(|e| e.to_string())?;
+    // The coordinator's certificate (our CA, role coordinator) and its signature.
+    let cert = hex::decode(&req.coordinator_certificate)
+        .map_err(|_| "coordinator_certificate: not hex".to_string())?;
+    let info = custody_pki::verify_issued_by(&cert, &i.ca_der)
+        .map_err(|e| format!("coordinator certificate: {e}"))?;
+    if info.role != Role::Coordinator {
+        return Err(format!(
+            "the request is signed by a {} certificate, not a coordinator's",
+            info.role
+        ));
+    }
+    let coord = info
+        .identity
+        .ok_or("coordinator certificate carries no identity")?;
+    let sig: [u8; 64] = hex::decode(&req.signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("signature: not 64 bytes of hex")?;
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&coord.verify)
+        .map_err(|_| "coordinator identity key is invalid")?;
+    vk.verify_strict(
+        &req.signed_bytes()?,
+        &ed25519_dalek::Signature::from_bytes(&sig),
+    )
+    .map_err(|_| "the coordinator's signature over the request does not verify".to_string())?;
+    api::check_id("key_id", &req.key_id).map_err(|s| s.message().to_string())?;
+    api::check_id("request_id", &req.request_id).map_err(|s| s.message().to_string())?;
+    let k = i
+        .keys
+        .lock()
+        .expect("lock")
+        .get(&req.key_id)
+        .cloned()
+        .ok_or_else(|| format!("no active key {} on this signer", req.key_id))?;
+    let request = match &req.request {
+        SignedRequest::Transfer {
+            asset,
+            amount,
+            destination,
+            memo,
+        } => hot_warm_cold::Request::Transfer(hot_warm_cold::Transfer {
+            asset: asset.clone(),
+            amount: amount
+                .parse()
+                .map_err(|_| format!("transfer amount {amount:?} is not a number"))?,
+            destination: destination.clone(),
+            request_id: req.request_id.clone(),
+            memo: memo.clone(),
+        }),
+        SignedRequest::Raw { message } => hot_warm_cold::Request::Raw {
+            request_id: req.request_id.clone(),
+            message: hex::decode(message).map_err(|_| "request message: not hex")?,
+        },
+    };
+    let approvals: Vec<custody_protocol::proto::Approval> = req
+        .approvals
+        .iter()
+        .map(|a| custody_protocol::proto::Approval {
+            approver: hex::decode(&a.approver).unwrap_or_default(),
+            signature: hex::decode(&a.signature).unwrap_or_default(),
+        })
+        .collect();
+    let approvals = approvals_of(&approvals).map_err(|s| s.message().to_string())?;
+    let envelope = match req.kind.as_str() {
+        "commit" => cold_commit(&i, &k, &req.key_id, &request)?,
+        "sign" => {
+            cold_sign(
+                &i,
+                &k,
+                &req.key_id,
+                &request,
+                &approvals,
+                coord,
+                &req.package,
+            )
+            .await?
+        }
+        other => return Err(format!("kind {other:?} is neither commit nor sign")),
+    };
+    let resp = ColdResponse {
+        format: COLD_RESPONSE_FORMAT.into(),
+        kind: req.kind.clone(),
+        signer: config.name.clone(),
+        key_id: req.key_id.clone(),
+        request_id: req.request_id.clone(),
+        envelope: hex::encode(envelope),
+    };
+    serde_json::to_vec_pretty(&resp).map_err(|e| e.to_string())
+}
+
+fn cold_tree(i: &Inner) -> Result<sled::Tree, String> {
+    i.db.open_tree("cold").map_err(|e| format!("database: {e}"))
+}
+
+fn put_cold(i: &Inner, id: &str, rec: &ColdNonces) -> Result<(), String> {
+    let v = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
+    cold_tree(i)?
+        .insert(id.as_bytes(), v)
+        .map_err(|e| format!("database: {e}"))?;
+    i.db.flush().map_err(|e| format!("database flush: {e}"))?;
+    Ok(())
+}
+
+fn get_cold(i: &Inner, id: &str) -> Result<Option<ColdNonces>, String> {
+    match cold_tree(i)?
+        .get(id.as_bytes())
+        .map_err(|e| format!("database: {e}"))?
+    {
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| format!("database record: {e}")),
+        None => Ok(None),
+    }
+}
+
+/// Trip 1: draw nonces, seal them at rest, answer with the commitment (the same one
+/// again if asked twice).
+fn cold_commit(
+    i: &Inner,
+    k: &Loaded,
+    key_id: &str,
+    request: &hot_warm_cold::Request,
+) -> Result<Vec<u8>, String> {
+    let id = format!("{key_id}\0{}", request.request_id());
+    if let Some(rec) = get_cold(i, &id)? {
+        return hex::decode(&rec.envelope).map_err(|e| e.to_string());
+    }
+    // The time lock counts from now on this signer, if the request is new to it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    i.first_seen(key_id, request, now)
+        .map_err(|s| s.message().to_string())?;
+    let (sealed, tag, env) = with_suite!(k.suite, C => {
+        let share = k.share.downcast_ref::<KeyShare<C>>().ok_or("share type")?;
+        let (nonces, commitments) = sign::commit(share, &mut OsRng);
+        let secret = nonces.to_secret_bytes().map_err(|e| e.to_string())?;
+        let sealed = i
+            .sealer
+            .seal(&cold_aad(&i.name, key_id, request.request_id()), &secret)
+            .map_err(|e| format!("seal nonces: {e}"))?;
+        let mut w = wire::Writer::default();
+        wire::Body::encode_body(&commitments, &mut w).map_err(|e| e.to_string())?;
+        let header = Header {
+            suite: C::SUITE,
+            kind: Kind::CommitmentBatch,
+            session: SessionId([0; 32]),
+            from: share.id(),
+            to: Some(COORDINATOR),
+        };
+        let env = identity::signed(&*i.identity, &header, &sign::CommitmentBatch(vec![commitments]))
+            .map_err(|e| e.to_string())?;
+        (sealed, w.into_vec(), env)
+    });
+    // Sealed and durable before the commitment leaves.
+    put_cold(
+        i,
+        &id,
+        &ColdNonces {
+            sealed: hex::encode(sealed),
+            commitment: hex::encode(tag),
+            envelope: hex::encode(&env),
+            used: false,
+            package: String::new(),
+            share: String::new(),
+        },
+    )?;
+    info!(%key_id, request_id = %request.request_id(), "cold commitment drawn (nonces sealed at rest)");
+    Ok(env)
+}
+
+/// Trip 2: check the package, decide under the policy, mark the nonces used durably,
+/// then make the share.
+async fn cold_sign(
+    i: &Inner,
+    k: &Loaded,
+    key_id: &str,
+    request: &hot_warm_cold::Request,
+    approvals: &[hot_warm_cold::Approval],
+    coordinator: custody_protocol::IdentityPublic,
+    package_hex: &str,
+) -> Result<Vec<u8>, String> {
+    let id = format!("{key_id}\0{}", request.request_id());
+    let mut rec = get_cold(i, &id)?
+        .ok_or("no commitment of this signer for this request: answer its commit request first")?;
+    if rec.used {
+        if rec.package == package_hex {
+            // The same package again: the same share (nothing new is revealed).
+            return hex::decode(&rec.share).map_err(|e| e.to_string());
+        }
+        return Err(i
+            .refuse(
+                key_id,
+                request.request_id(),
+                "the nonces of this request are already used for another signing package".into(),
+            )
+            .message()
+            .to_string());
+    }
+    let env = hex::decode(package_hex).map_err(|_| "package: not hex")?;
+    let mut roster = Roster::new();
+    roster.insert(COORDINATOR, coordinator);
+    let opened = identity::open_from(&roster, COORDINATOR, &env)
+        .map_err(|e| format!("signing package: {e}"))?;
+    let session = opened.header.session;
+    let body = opened.body.to_vec();
+    let (share_env, transcript) = with_suite!(k.suite, C => {
+        let share = k.share.downcast_ref::<KeyShare<C>>().ok_or("share type")?;
+        let (_, package) = wire::decode_with(&body, C::SUITE, Kind::SigningPackage, &session, |_, r| {
+            SigningPackage::<C>::decode_body(r)
+        })
+        .map_err(|e| format!("signing package: {e}"))?;
+        let mine = package
+            .commitments_of(share.id())
+            .ok_or("the signing package does not include this signer")?;
+        let mut w = wire::Writer::default();
+        wire::Body::encode_body(&mine, &mut w).map_err(|e| e.to_string())?;
+        if hex::encode(w.into_vec()) != rec.commitment {
+            return Err("the signing package does not carry this signer's commitment for this request".into());
+        }
+        if package.message() != request.message(key_id).as_slice() {
+            return Err(i
+                .refuse(key_id, request.request_id(), "signing package message is not the request's message".into())
+                .message()
+                .to_string());
+        }
+        // The policy, with this signer's own ledger, approvals check and time lock.
+        i.admit(key_id, k, request, approvals).map_err(|s| s.message().to_string())?;
+        let secret = i
+            .sealer
+            .unseal(&cold_aad(&i.name, key_id, request.request_id()), &hex::decode(&rec.sealed).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("unseal nonces: {e}"))?;
+        let nonces = sign::Nonces::<C>::from_secret_bytes(&secret).map_err(|e| e.to_string())?;
+        // Used, durably, before the share exists.
+        rec.used = true;
+        rec.sealed.clear();
+        rec.package = package_hex.to_string();
+        put_cold(i, &id, &rec)?;
+        let sig_share = nonces.sign(share, &package).map_err(|e| e.to_string())?;
+        let msg = sign::ShareMessage {
+            transcript: sign::transcript_digest(key_id, request.request_id(), &body),
+            share: sig_share,
+        };
+        let header = Header {
+            suite: C::SUITE,
+            kind: Kind::SignatureShare,
+            session,
+            from: share.id(),
+            to: Some(COORDINATOR),
+        };
+        let env = identity::signed(&*i.identity, &header, &msg).map_err(|e| e.to_string())?;
+        (env, msg.transcript)
+    });
+    rec.share = hex::encode(&share_env);
+    put_cold(i, &id, &rec)?;
+    i.audit
+        .append(
+            ax::SHARE_ISSUED,
+            &ax::ShareIssued {
+                key_id: key_id.to_string(),
+                request_id: request.request_id().to_string(),
+                session: session.to_string(),
+                transcript: hex::encode(transcript),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    info!(%key_id, request_id = %request.request_id(), "cold signature share made");
+    Ok(share_env)
 }

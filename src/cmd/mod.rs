@@ -3,6 +3,7 @@
 mod audit;
 mod client;
 mod cluster;
+mod cold;
 mod coordinator;
 mod daemon;
 mod demo;
@@ -29,8 +30,8 @@ enum Command {
     /// Bring up a whole local cluster (signers and coordinator as separate processes on
     /// 127.0.0.1) in DIR, creating it on first use. Development only.
     Dev(dev::Args),
-    /// Run a signer daemon.
-    Signer(daemon::DaemonArgs),
+    /// Run a signer daemon (or `signer offline`: answer one air-gapped request file).
+    Signer(signer::Args),
     /// Run the coordinator daemon.
     Coordinator(daemon::DaemonArgs),
     /// Create, list and show threshold keys.
@@ -52,6 +53,9 @@ enum Command {
     Request(request::Cmd),
     /// Approve a request with an approver key (checks what it signs itself).
     Approve(request::ApproveArgs),
+    /// Cold keys: carry request and response files to and from offline signers.
+    #[command(subcommand)]
+    Cold(cold::Cmd),
     /// Approver keys (Ed25519).
     #[command(subcommand)]
     Approver(request::ApproverCmd),
@@ -78,6 +82,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Request(c) => request::run(c),
         Command::Approve(a) => request::approve(a),
         Command::Approver(c) => request::keygen(c),
+        Command::Cold(c) => cold::run(c),
     }
 }
 
