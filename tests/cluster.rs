@@ -1001,6 +1001,13 @@ fn signers_enforce_the_key_policy_even_against_their_coordinator() {
         request_id: "evil-1".into(),
         memo: String::new(),
     };
+    let mallory = hot_warm_cold::Transfer {
+        asset: "BTC".into(),
+        amount: 1,
+        destination: "mallory".into(),
+        request_id: "evil-4".into(),
+        memo: String::new(),
+    };
     let small = Transfer {
         asset: "BTC".into(),
         amount: "1".into(),
@@ -1028,6 +1035,13 @@ fn signers_enforce_the_key_policy_even_against_their_coordinator() {
             "evil-3",
             Some(small),
             "not the message of the transfer",
+        ),
+        // A destination outside the allowlist.
+        (
+            mallory.message(&key).to_vec(),
+            "evil-4",
+            Some(proto_transfer(&mallory)),
+            "not on the allowlist",
         ),
     ];
     for (message, request_id, transfer, why) in cases {
