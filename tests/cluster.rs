@@ -1885,3 +1885,65 @@ fn cold_keys_sign_with_air_gapped_signers_over_files() {
     assert_eq!(v["summary"]["signatures"], 1, "{v}");
     assert_eq!(v["summary"]["shares_matched"], 2, "{v}");
 }
+
+#[test]
+fn a_signer_that_lost_its_share_gets_it_back_from_the_others() {
+    let mut c = Cluster::start("repair", 3, 2);
+    let k = c.json(&["key", "create", "--suite", "ed25519", "--json"]);
+    let key = k["key_id"].as_str().unwrap().to_string();
+    // signer-3 loses its database (its identity survives).
+    c.kill("signer-3");
+    std::fs::remove_dir_all(c.dir.join("signer-3/db")).unwrap();
+    c.restart("signer-3");
+    // Signing goes on with the others.
+    c.json(&["sign", "--key", &key, "--message", "01", "--json"]);
+    let r = c.json(&["key", "repair", &key, "--signer", "signer-3", "--json"]);
+    assert_eq!(r["public_key"], k["public_key"]);
+    // Without signer-1, only signer-2 and the repaired signer-3 can sign.
+    c.kill("signer-1");
+    let s = c.json(&["sign", "--key", &key, "--message", "02", "--json"]);
+    assert_eq!(s["signers"], serde_json::json!([2, 3]), "{s}");
+    assert!(verify_independently(
+        "ed25519",
+        &hexs(&k["public_key"]),
+        &hexs(&s["message"]),
+        &hexs(&s["signature"])
+    ));
+    // A signer that still holds its share is not "repaired" over it.
+    let err = c.fails(&["key", "repair", &key, "--signer", "signer-2"]);
+    assert!(
+        err.contains("holds a share") || err.contains("UNAVAILABLE"),
+        "{err}"
+    );
+    c.restart("signer-1");
+    let file = c.dir.join("export.json");
+    let out = c.cli(&[
+        "audit",
+        "export",
+        "--as",
+        "auditor",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = c.dir.join("pki/ca.pem");
+    let out = c.offline(&[
+        "audit",
+        "verify",
+        file.to_str().unwrap(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["repairs"], 1, "{v}");
+}

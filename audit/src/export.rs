@@ -42,6 +42,13 @@ pub const APPROVED: &str = "approval";
 pub const POLICY_CHANGE_REQUESTED: &str = "policy-change-requested";
 /// Either: a key's policy changed, approved by its admins (body [`PolicyChanged`]).
 pub const POLICY_CHANGED: &str = "policy-changed";
+/// Signer entry: it helped recover another signer's lost share (body
+/// [`RepairHelped`]).
+pub const REPAIR_HELPED: &str = "repair-helped";
+/// Signer entry: its lost share was recovered and stored (body [`DkgConfirmed`]).
+pub const SHARE_REPAIRED: &str = "share-repaired";
+/// Coordinator entry: a lost share was repaired (body [`KeyRepaired`]).
+pub const KEY_REPAIRED: &str = "key-repaired";
 /// Either: a request was refused by policy (body [`Refused`]).
 pub const SIGN_REFUSED: &str = "sign-refused";
 /// Either: a key's lifecycle state changed (body [`Lifecycle`]).
@@ -167,6 +174,28 @@ pub struct PolicyChanged {
     pub approvals: Vec<crate::transcript::ApprovalRecord>,
 }
 
+/// Body of [`REPAIR_HELPED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairHelped {
+    /// The key.
+    pub key_id: String,
+    /// Repair session, hex.
+    pub session: String,
+    /// The participant being repaired.
+    pub lost: u16,
+    /// The helpers.
+    pub helpers: Vec<u16>,
+}
+
+/// Body of [`KEY_REPAIRED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRepaired {
+    /// The ceremony.
+    pub transcript: crate::transcript::RepairTranscript,
+}
+
 /// Body of [`SIGN_REFUSED`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,6 +302,8 @@ pub struct Summary {
     pub lifecycle: usize,
     /// Policy changes, each checked against the admins of the policy it replaced.
     pub policy_changes: usize,
+    /// Share repairs, each attested by its helpers and the repaired signer.
+    pub repairs: usize,
     /// Authentication failures recorded.
     pub auth_denied: usize,
     /// Whether identities were pinned.
@@ -546,6 +577,24 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
                         digest.clone(),
                     ));
                 }
+            }
+            KEY_REPAIRED => {
+                let k: KeyRepaired = body(e).map_err(|why| fail(at(), why))?;
+                let t = &k.transcript;
+                let set = keys.get(&t.key_id).cloned();
+                let policy = policies.get(&t.key_id).map(|p| hex::encode(p.digest()));
+                if set.is_none() {
+                    return Err(fail(
+                        at(),
+                        format!(
+                            "repair of key {} whose creation is not in the log",
+                            t.key_id
+                        ),
+                    ));
+                }
+                crate::transcript::replay_repair(t, trust, set.as_deref(), policy.as_deref())
+                    .map_err(|why| fail(at(), format!("repair replay: {why}")))?;
+                summary.repairs += 1;
             }
             POLICY_CHANGED => {
                 let c: PolicyChanged = body(e).map_err(|why| fail(at(), why))?;

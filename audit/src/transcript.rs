@@ -564,3 +564,117 @@ fn replay_signing_with<C: EngineSuite>(
     }
     Ok((public.public_key(), signature))
 }
+
+/// `format` of a repair transcript.
+pub const REPAIR_FORMAT: &str = "custody-repair-transcript/v1";
+
+/// A repair of one participant's lost share. Its deltas and sigmas are secret (sealed)
+/// and not recorded; what is recorded is what every participant of it signed: the
+/// attestation of the key set and policy (`custody_protocol::repair::attestation_digest`),
+/// by every helper before, and by the repaired participant once its recovered share
+/// matched its verifying share.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairTranscript {
+    /// [`REPAIR_FORMAT`].
+    pub format: String,
+    /// The key.
+    pub key_id: String,
+    /// Suite name.
+    pub suite: String,
+    /// Repair session, hex.
+    pub session: String,
+    /// The participant whose share was recovered.
+    pub lost: Party,
+    /// The helpers, ascending by id.
+    pub helpers: Vec<Party>,
+    /// The key's public key set, hex.
+    pub public_key_set: String,
+    /// SHA-256 of the key's policy (canonical JSON), hex.
+    pub policy_sha256: String,
+    /// Each helper's attestation: `{from, envelope}` where `envelope` is the 64-byte
+    /// signature, hex.
+    pub attestations: Vec<Message>,
+    /// The repaired participant's attestation, hex.
+    pub confirmation: String,
+}
+
+/// What a repair replay established.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RepairReplay {
+    /// The key.
+    pub key_id: String,
+    /// Who was repaired.
+    pub lost: String,
+    /// By whom.
+    pub helpers: Vec<String>,
+}
+
+/// Replays a repair: at least t helpers (per the key set), all participants of the key,
+/// each attested the key set and policy; the repaired participant attested the same
+/// once it held its share again. `expected_set` / `expected_policy` (from the key's
+/// history in an export) must be the transcript's.
+pub fn replay_repair(
+    t: &RepairTranscript,
+    trust: &Trust,
+    expected_set: Option<&str>,
+    expected_policy: Option<&str>,
+) -> Result<RepairReplay, String> {
+    if t.format != REPAIR_FORMAT {
+        return Err(format!("format {:?}, expected {REPAIR_FORMAT:?}", t.format));
+    }
+    if expected_set.is_some_and(|s| s != t.public_key_set) {
+        return Err("the key set is not the key's current one".into());
+    }
+    if expected_policy.is_some_and(|p| p != t.policy_sha256) {
+        return Err("the policy is not the key's current one".into());
+    }
+    let suite = suite(&t.suite)?;
+    let session = SessionId(hex32("session", &t.session)?);
+    let set =
+        hex::decode(&t.public_key_set).map_err(|_| "public key set is not hex".to_string())?;
+    let policy = hex32("policy_sha256", &t.policy_sha256)?;
+    let (set_digest, threshold, participants) = with_suite!(suite, C => {
+        let public = PublicKeySet::<C>::from_bytes(&set).map_err(|e| format!("public key set: {e}"))?;
+        (public.digest(), public.threshold(), public.participants().to_vec())
+    });
+    let digest =
+        custody_protocol::repair::attestation_digest(&t.key_id, &session, &set_digest, &policy);
+    let (roster, ids) = roster(&t.helpers, trust)?;
+    if ids.len() < threshold as usize {
+        return Err(format!("{} helpers, the key needs {threshold}", ids.len()));
+    }
+    let lost_id = participant(t.lost.id)?;
+    if ids.contains(&lost_id)
+        || !participants.contains(&lost_id)
+        || ids.iter().any(|h| !participants.contains(h))
+    {
+        return Err(
+            "helpers and the repaired participant must be distinct participants of the key".into(),
+        );
+    }
+    let attestations = messages(&t.attestations, "attestation")?;
+    if attestations.iter().map(|(p, _)| *p).collect::<Vec<_>>() != ids {
+        return Err("not exactly one attestation per helper".into());
+    }
+    for (p, sig) in &attestations {
+        let id = roster.get(*p).expect("helper in roster");
+        if !custody_protocol::repair::verify_attestation(id, &digest, sig) {
+            return Err(format!("the attestation of helper {p} does not verify"));
+        }
+    }
+    let lost = trust.check(&t.lost)?;
+    let confirmation =
+        hex::decode(&t.confirmation).map_err(|_| "confirmation is not hex".to_string())?;
+    if !custody_protocol::repair::verify_attestation(&lost, &digest, &confirmation) {
+        return Err(format!(
+            "the repaired participant's ({}) confirmation does not verify",
+            t.lost.name
+        ));
+    }
+    Ok(RepairReplay {
+        key_id: t.key_id.clone(),
+        lost: t.lost.name.clone(),
+        helpers: t.helpers.iter().map(|p| p.name.clone()).collect(),
+    })
+}

@@ -7,8 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use custody_audit::export::{KeyCreated, Lifecycle, KEY_CREATED, KEY_REFRESHED, LIFECYCLE};
-use custody_audit::transcript::{DkgTranscript, Message, Party, DKG_FORMAT, REFRESH_FORMAT};
+use custody_audit::export::{
+    KeyCreated, KeyRepaired, Lifecycle, KEY_CREATED, KEY_REFRESHED, KEY_REPAIRED, LIFECYCLE,
+};
+use custody_audit::transcript::{
+    DkgTranscript, Message, Party, RepairTranscript, DKG_FORMAT, REFRESH_FORMAT, REPAIR_FORMAT,
+};
 use custody_pki::Role;
 use custody_protocol::dkg::{self, DKG_KINDS, REFRESH_KINDS};
 use custody_protocol::proto::*;
@@ -650,4 +654,159 @@ async fn lifecycle(core: &Core, meta: &KeyMeta, event: &str, by: &str) -> Result
         .await
         .map(|_| ())
         .map_err(crate::audit::refused)
+}
+
+/// Recovers `signer`'s lost share of `key_id` from t other signers (each attests the
+/// key set and policy; the repaired signer checks its share and attests too), and
+/// records the repair.
+pub(crate) async fn repair_key(
+    core: &Arc<Core>,
+    key_id: &str,
+    signer: &str,
+    by: &str,
+) -> Result<KeyMeta, Status> {
+    let meta = core.key(key_id)?.meta().clone();
+    if meta.state == "destroyed" {
+        return Err(Status::failed_precondition(format!(
+            "key {key_id} is destroyed"
+        )));
+    }
+    let parts = members(core, &meta)?;
+    let lost = parts
+        .iter()
+        .find(|(_, h)| h.name == signer)
+        .cloned()
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("signer: {signer} holds no share of key {key_id}"))
+        })?;
+    // Helpers: t of the others, those not failing first, ascending by id.
+    let t = meta.threshold as usize;
+    let mut others: Vec<_> = parts
+        .iter()
+        .filter(|(p, _)| *p != lost.0)
+        .cloned()
+        .collect();
+    others.sort_by_key(|(p, h)| (h.backing_off(), *p));
+    others.truncate(t);
+    others.sort_by_key(|(p, _)| *p);
+    if others.len() < t {
+        return Err(Status::failed_precondition(format!(
+            "key {key_id} needs {t} helpers, it has {} other signers",
+            others.len()
+        )));
+    }
+    let helper_ids: Vec<u32> = others.iter().map(|(p, _)| p.get() as u32).collect();
+    let ids = identities(core, &parts).await?;
+    let suite: Suite = meta
+        .suite
+        .parse()
+        .map_err(|e| Status::internal(format!("{e}")))?;
+    let session = SessionId::random(&mut OsRng);
+    info!(%key_id, %signer, caller = %by, "repair starting");
+
+    let help = on_all(core, &others, "repair help", |_, mut c| {
+        let req = RepairHelpRequest {
+            key_id: key_id.to_string(),
+            session: session.0.to_vec(),
+            helpers: helper_ids.clone(),
+            lost: lost.0.get() as u32,
+        };
+        async move { c.repair_help(req).await }
+    })
+    .await?;
+    let mut deltas: Vec<Relayed> = Vec::new();
+    let mut attestations: Vec<Relayed> = Vec::new();
+    for (p, r) in &help {
+        deltas.extend(r.deltas.iter().cloned());
+        attestations.push(relayed(*p, lost.0, &r.attestation));
+    }
+    let sigmas = on_all(core, &others, "repair sigma", |p, mut c| {
+        let req = RepairSigmaRequest {
+            session: session.0.to_vec(),
+            deltas: deltas
+                .iter()
+                .filter(|d| d.to == p.get() as u32)
+                .cloned()
+                .collect(),
+        };
+        async move { c.repair_sigma(req).await }
+    })
+    .await?;
+    let participants: Vec<Participant> = parts
+        .iter()
+        .zip(&ids)
+        .map(|((p, _), (cert, _))| Participant {
+            id: p.get() as u32,
+            certificate: cert.clone(),
+        })
+        .collect();
+    let pks = hex::decode(&meta.public_key_set).map_err(|_| Status::internal("stored key set"))?;
+    let recovered = on_all(
+        core,
+        std::slice::from_ref(&lost),
+        "repair recover",
+        |p, mut c| {
+            let req = RepairRecoverRequest {
+                key_id: key_id.to_string(),
+                session: session.0.to_vec(),
+                suite: suite.name().to_string(),
+                helpers: helper_ids.clone(),
+                me: p.get() as u32,
+                participants: participants.clone(),
+                public_key_set: pks.clone(),
+                policy: meta.policy.clone(),
+                sigmas: sigmas
+                    .iter()
+                    .map(|(h, r)| relayed(*h, p, &r.sigma))
+                    .collect(),
+                attestations: attestations.clone(),
+            };
+            async move { c.repair_recover(req).await }
+        },
+    )
+    .await?;
+    let confirmation = recovered
+        .first()
+        .map(|(_, r)| r.attestation.clone())
+        .unwrap_or_default();
+    let party = |p: &(ParticipantId, Arc<SignerHandle>)| {
+        let i = parts
+            .iter()
+            .position(|q| q.0 == p.0)
+            .expect("a participant");
+        Party {
+            id: p.0.get(),
+            name: p.1.name.clone(),
+            identity: hex::encode(ids[i].1.to_bytes()),
+            certificate: Some(hex::encode(&ids[i].0)),
+        }
+    };
+    let transcript = RepairTranscript {
+        format: REPAIR_FORMAT.into(),
+        key_id: key_id.to_string(),
+        suite: meta.suite.clone(),
+        session: session.to_string(),
+        lost: party(&lost),
+        helpers: others.iter().map(party).collect(),
+        public_key_set: meta.public_key_set.clone(),
+        policy_sha256: hex::encode(
+            hot_warm_cold::Policy::from_json(&meta.policy)
+                .map_err(|e| Status::internal(format!("key policy: {e}")))?
+                .digest(),
+        ),
+        attestations: help
+            .iter()
+            .map(|(p, r)| Message {
+                from: p.get(),
+                envelope: hex::encode(&r.attestation),
+            })
+            .collect(),
+        confirmation: hex::encode(confirmation),
+    };
+    core.audit
+        .append(KEY_REPAIRED, &KeyRepaired { transcript })
+        .await
+        .map_err(crate::audit::refused)?;
+    warn!(%key_id, %signer, "lost share repaired");
+    Ok(meta)
 }

@@ -551,6 +551,14 @@ impl Custody for CustodyService {
         }))
     }
 
+    async fn repair_key(&self, req: Request<RepairKeyRequest>) -> Result<Response<Key>, Status> {
+        let caller = self.authorize(&req, &[Role::Operator])?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        let meta = dkg::repair_key(&self.0, &r.key_id, &r.signer, &caller.name).await?;
+        Ok(Response::new(key_proto(&meta)))
+    }
+
     async fn refresh_key(&self, req: Request<RefreshKeyRequest>) -> Result<Response<Key>, Status> {
         let caller = self.authorize(&req, &[Role::Operator])?;
         let r = req.into_inner();

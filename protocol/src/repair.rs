@@ -263,3 +263,36 @@ pub fn recover<'a, C: EngineSuite>(
     let share: SigningShare<C> = *kp.signing_share();
     KeyShare::new(cfg.lost, share, public)
 }
+
+/// What every helper and, once repaired, the participant being repaired sign about a
+/// repair: `TaggedHash("custody/v1/repair-attest", key id, session, public key set
+/// digest, policy digest)`. The participant being repaired lost everything but its
+/// identity, so it takes the key set and policy only with every helper's attestation.
+pub fn attestation_digest(
+    key_id: &str,
+    session: &SessionId,
+    public_key_set_digest: &[u8; 32],
+    policy_digest: &[u8; 32],
+) -> [u8; 32] {
+    crate::hash::TaggedHash::new("custody/v1/repair-attest")
+        .part(key_id.as_bytes())
+        .part(session.as_bytes())
+        .part(public_key_set_digest)
+        .part(policy_digest)
+        .finish()
+}
+
+/// Whether `signature` is `signer`'s (strict Ed25519) over an attestation `digest`.
+pub fn verify_attestation(
+    signer: &crate::IdentityPublic,
+    digest: &[u8; 32],
+    signature: &[u8],
+) -> bool {
+    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&signer.verify) else {
+        return false;
+    };
+    let Ok(sig) = ed25519_dalek::Signature::from_slice(signature) else {
+        return false;
+    };
+    vk.verify_strict(digest, &sig).is_ok()
+}

@@ -59,6 +59,15 @@ struct DkgSession {
     started: Instant,
 }
 
+/// A repair this signer helps with, between its two steps.
+struct RepairSession {
+    key_id: String,
+    suite: Suite,
+    roster: Roster,
+    state: Option<Erased>,
+    started: Instant,
+}
+
 #[derive(Clone)]
 struct Loaded {
     suite: Suite,
@@ -81,6 +90,7 @@ struct Inner {
     db: sled::Db,
     keys: Mutex<HashMap<String, Loaded>>,
     dkg: Mutex<HashMap<SessionId, DkgSession>>,
+    repairs: Mutex<HashMap<SessionId, RepairSession>>,
     nonces: Mutex<HashMap<String, NoncePool>>,
     fault: Option<Fault>,
     /// Our audit log: written before what it records is acknowledged.
@@ -205,6 +215,7 @@ fn open_inner(config: &Config) -> Result<Inner, StartError> {
         db,
         keys: Mutex::new(HashMap::new()),
         dkg: Mutex::new(HashMap::new()),
+        repairs: Mutex::new(HashMap::new()),
         nonces: Mutex::new(HashMap::new()),
         fault: config.fault_injection,
     };
@@ -1267,6 +1278,262 @@ impl Signer for SignerService {
             "signature share"
         );
         Ok(Response::new(resp))
+    }
+
+    async fn repair_help(
+        &self,
+        req: Request<RepairHelpRequest>,
+    ) -> Result<Response<RepairHelpResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        let session = api::session("session", &r.session)?;
+        let helpers: Vec<ParticipantId> = r
+            .helpers
+            .iter()
+            .map(|h| api::participant("helpers", *h))
+            .collect::<Result<_, _>>()?;
+        let lost = api::participant("lost", r.lost)?;
+        let i = &self.0;
+        let rec = i
+            .get(&r.key_id)?
+            .ok_or_else(|| Status::not_found(format!("no key {} on this signer", r.key_id)))?;
+        let k = i
+            .keys
+            .lock()
+            .expect("lock")
+            .get(&r.key_id)
+            .cloned()
+            .ok_or_else(|| {
+                Status::failed_precondition(format!("key {} has no share here", r.key_id))
+            })?;
+        let roster = rec.roster().map_err(|e| internal("record", e))?;
+        let cfg = custody_protocol::repair::RepairConfig {
+            session,
+            helpers: helpers.clone(),
+            lost,
+        };
+        let (state, out, set_digest, me) = with_suite!(k.suite, C => {
+            let share = k.share.downcast_ref::<KeyShare<C>>().ok_or_else(|| Status::internal("share type"))?;
+            let (state, out) = custody_protocol::repair::helper_start(cfg, share, &*i.identity, &roster, &mut OsRng)
+                .map_err(|e| engine_status("repair", e))?;
+            (Box::new(state) as Erased, out, share.public().digest(), share.id())
+        });
+        let digest = custody_protocol::repair::attestation_digest(
+            &r.key_id,
+            &session,
+            &set_digest,
+            &k.policy.digest(),
+        );
+        let attestation = i
+            .identity
+            .sign_raw(&digest)
+            .map_err(|e| Status::unavailable(format!("identity key: {e}")))?;
+        i.audit
+            .append(
+                ax::REPAIR_HELPED,
+                &ax::RepairHelped {
+                    key_id: r.key_id.clone(),
+                    session: session.to_string(),
+                    lost: lost.get(),
+                    helpers: helpers.iter().map(|h| h.get()).collect(),
+                },
+            )
+            .await
+            .map_err(unrecorded)?;
+        let mut repairs = i.repairs.lock().expect("lock");
+        repairs.retain(|_, s| s.started.elapsed() < DKG_TTL);
+        repairs.insert(
+            session,
+            RepairSession {
+                key_id: r.key_id.clone(),
+                suite: k.suite,
+                roster,
+                state: Some(state),
+                started: Instant::now(),
+            },
+        );
+        warn!(key_id = %r.key_id, %lost, "helping to repair a lost share");
+        Ok(Response::new(RepairHelpResponse {
+            deltas: out
+                .into_iter()
+                .map(|(to, envelope)| Relayed {
+                    from: me.get() as u32,
+                    to: to.get() as u32,
+                    envelope,
+                })
+                .collect(),
+            attestation: attestation.to_vec(),
+        }))
+    }
+
+    async fn repair_sigma(
+        &self,
+        req: Request<RepairSigmaRequest>,
+    ) -> Result<Response<RepairSigmaResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let session = api::session("session", &r.session)?;
+        let deltas = relayed(&r.deltas, "deltas.from")?;
+        let i = &self.0;
+        let s = i
+            .repairs
+            .lock()
+            .expect("lock")
+            .remove(&session)
+            .ok_or_else(|| {
+                Status::not_found("no repair session with this id (expired or never started)")
+            })?;
+        let state = s
+            .state
+            .ok_or_else(|| Status::failed_precondition("repair session is at another step"))?;
+        let sigma = with_suite!(s.suite, C => {
+            let state = state
+                .downcast::<custody_protocol::repair::HelperAwaitingDeltas<C>>()
+                .map_err(|_| Status::internal("state type"))?;
+            state
+                .finish(&*i.identity, &s.roster, custody_protocol::sim::labelled(&deltas), &mut OsRng)
+                .map_err(|e| engine_status("repair", e))?
+        });
+        info!(key_id = %s.key_id, "repair sigma sent");
+        Ok(Response::new(RepairSigmaResponse { sigma }))
+    }
+
+    async fn repair_recover(
+        &self,
+        req: Request<RepairRecoverRequest>,
+    ) -> Result<Response<RepairRecoverResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        let session = api::session("session", &r.session)?;
+        let suite: Suite = api::suite("suite", &r.suite)?;
+        let me = api::participant("me", r.me)?;
+        let helpers: Vec<ParticipantId> = r
+            .helpers
+            .iter()
+            .map(|h| api::participant("helpers", *h))
+            .collect::<Result<_, _>>()?;
+        let i = &self.0;
+        if let Some(rec) = i.get(&r.key_id)? {
+            if rec.state != KeyState::Destroyed && !rec.sealed_share.is_empty() {
+                return Err(Status::already_exists(format!(
+                    "this signer holds a share of key {} already",
+                    r.key_id
+                )));
+            }
+        }
+        // Identities from CA-signed certificates only.
+        let mut roster = Roster::new();
+        for p in &r.participants {
+            let id = api::participant("participants.id", p.id)?;
+            let info = custody_pki::verify_issued_by(&p.certificate, &i.ca_der).map_err(|e| {
+                Status::invalid_argument(format!("participant {id} certificate: {e}"))
+            })?;
+            if info.role != Role::Signer {
+                return Err(Status::invalid_argument(format!(
+                    "participant {id} certificate is not a signer's"
+                )));
+            }
+            let identity = info.identity.ok_or_else(|| {
+                Status::invalid_argument(format!("participant {id} certificate has no identity"))
+            })?;
+            roster.insert(id, identity);
+        }
+        if roster.get(me) != Some(&i.identity.public()) {
+            return Err(Status::invalid_argument(format!(
+                "participant {me} is not this signer"
+            )));
+        }
+        let policy = hot_warm_cold::Policy::from_json(&r.policy)
+            .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?;
+        let sigmas = relayed(&r.sigmas, "sigmas.from")?;
+        let attestations = relayed(&r.attestations, "attestations.from")?;
+        let cfg = custody_protocol::repair::RepairConfig {
+            session,
+            helpers: helpers.clone(),
+            lost: me,
+        };
+        let (secret, pks, set_digest, pk) = with_suite!(suite, C => {
+            let public = custody_protocol::PublicKeySet::<C>::from_bytes(&r.public_key_set)
+                .map_err(|e| Status::invalid_argument(format!("public_key_set: {e}")))?;
+            // Every helper must attest this key set and policy: the coordinator alone
+            // cannot give us another.
+            let digest = custody_protocol::repair::attestation_digest(&r.key_id, &session, &public.digest(), &policy.digest());
+            for h in &helpers {
+                let id = roster.get(*h).ok_or_else(|| Status::invalid_argument(format!("helper {h} is not a participant")))?;
+                let ok = attestations
+                    .iter()
+                    .any(|(f, sig)| f == h && custody_protocol::repair::verify_attestation(id, &digest, sig));
+                if !ok {
+                    return Err(Status::permission_denied(format!(
+                        "helper {h} did not attest this key set and policy"
+                    )));
+                }
+            }
+            let set_digest = public.digest();
+            let pks = public.to_bytes();
+            let pk = public.public_key();
+            let share = custody_protocol::repair::recover(&cfg, public, &*i.identity, &roster, custody_protocol::sim::labelled(&sigmas))
+                .map_err(|e| engine_status("repair", e))?;
+            (share.to_secret_bytes(), pks, set_digest, pk)
+        });
+        let sealed = i
+            .sealer
+            .seal(&store::share_aad(&i.name, &r.key_id), &secret)
+            .map_err(|e| internal("seal share", e))?;
+        let rec = KeyRecord {
+            key_id: r.key_id.clone(),
+            suite: suite.name().to_string(),
+            me: me.get(),
+            state: KeyState::Active,
+            session: session.to_string(),
+            roster: roster
+                .iter()
+                .map(|(p, id)| (p.get(), hex::encode(id.to_bytes())))
+                .collect(),
+            sealed_share: hex::encode(sealed),
+            public_key_set: hex::encode(&pks),
+            policy: policy.clone(),
+            created_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            pending_refresh: None,
+            last_refresh: String::new(),
+        };
+        i.audit
+            .append(
+                ax::SHARE_REPAIRED,
+                &ax::DkgConfirmed {
+                    key_id: r.key_id.clone(),
+                    session: session.to_string(),
+                    public_key: hex::encode(pk),
+                    policy_sha256: hex::encode(policy.digest()),
+                },
+            )
+            .await
+            .map_err(unrecorded)?;
+        i.put(&rec)?;
+        let loaded = i.unseal(&rec).map_err(|e| internal("repaired share", e))?;
+        i.keys
+            .lock()
+            .expect("lock")
+            .insert(r.key_id.clone(), loaded);
+        let digest = custody_protocol::repair::attestation_digest(
+            &r.key_id,
+            &session,
+            &set_digest,
+            &policy.digest(),
+        );
+        let attestation = i
+            .identity
+            .sign_raw(&digest)
+            .map_err(|e| Status::unavailable(format!("identity key: {e}")))?;
+        warn!(key_id = %r.key_id, "share repaired from {} helpers", helpers.len());
+        Ok(Response::new(RepairRecoverResponse {
+            attestation: attestation.to_vec(),
+        }))
     }
 
     async fn set_policy(

@@ -59,6 +59,20 @@ pub enum Cmd {
     /// public key stays, old shares become useless. Run it again to complete a refresh
     /// that a signer could not apply.
     Refresh(StateArgs),
+    /// Recover a signer's lost share (its identity intact: a wiped database, a restored
+    /// machine) from t other signers, without reconstructing the key.
+    Repair {
+        #[command(flatten)]
+        conn: Conn,
+        /// The key id.
+        key_id: String,
+        /// The signer whose share is lost.
+        #[arg(long)]
+        signer: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Propose a new policy for a key; it applies once enough of the admins named in
     /// the key's current policy approve (`custody approve REQUEST_ID --key ADMIN.key`).
     Policy {
@@ -239,6 +253,20 @@ pub fn run(cmd: Cmd) -> Result<(), Error> {
                     .map_err(status)?
                     .into_inner();
                 print(&k, a.json);
+            }
+            Cmd::Repair {
+                conn,
+                key_id,
+                signer,
+                json,
+            } => {
+                let mut c = conn.connect().await?;
+                let k = c
+                    .repair_key(custody_protocol::proto::RepairKeyRequest { key_id, signer })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                print(&k, json);
             }
             Cmd::Policy {
                 conn,
