@@ -1483,6 +1483,22 @@ fn policy_limits_retire_keys_automatically_and_say_so() {
     );
 }
 
+fn approve_pc2(c: &Cluster, admins: &[(std::path::PathBuf, String)], i: usize) -> Value {
+    let out = c.cli(&[
+        "approve",
+        "pc-2",
+        "--key",
+        admins[i].0.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn policy_changes_need_the_admins_that_every_signer_checks() {
     let c = Cluster::start("policy", 3, 2);
@@ -1558,8 +1574,8 @@ fn policy_changes_need_the_admins_that_every_signer_checks() {
     // (or none): every signer refuses.
     let current = hot_warm_cold::Policy::from_json(&policy(10)).unwrap();
     let new = hot_warm_cold::Policy::from_json(&policy(50)).unwrap();
-    let digest = new.change_digest(&key, &current.digest());
-    let one: Vec<Approval> = admins[..1]
+    let digest = new.change_digest(&key, 0, &current.digest());
+    let all: Vec<Approval> = admins
         .iter()
         .map(|(file, _)| {
             let v: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
@@ -1572,6 +1588,7 @@ fn policy_changes_need_the_admins_that_every_signer_checks() {
             }
         })
         .collect();
+    let one = all[..1].to_vec();
     rt().block_on(async {
         for i in 1..=3 {
             let mut s = SignerClient::new(
@@ -1635,6 +1652,30 @@ fn policy_changes_need_the_admins_that_every_signer_checks() {
         "--json",
     ]);
     assert_eq!(r["state"], "waiting-approvals");
+    // Approved, the policy goes back to v1 (version 2 now)...
+    approve_pc2(&c, &admins, 0);
+    let r = approve_pc2(&c, &admins, 1);
+    assert_eq!(r["state"], "applied", "{r}");
+    // ...and the admins' approvals of the first change (version 0) cannot be replayed
+    // to move it to v2 again: every signer refuses them.
+    rt().block_on(async {
+        for i in 1..=3 {
+            let mut s = SignerClient::new(
+                c.channel(&c.addr(&format!("signer-{i}")), Some("coordinator"))
+                    .await
+                    .expect("channel"),
+            );
+            let st = s
+                .set_policy(SetPolicyRequest {
+                    key_id: key.clone(),
+                    policy: policy(50),
+                    approvals: all.clone(),
+                })
+                .await
+                .expect_err("a replayed approval");
+            assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+        }
+    });
 
     // A key whose policy names no admins never changes.
     let k = c.json(&["key", "create", "--suite", "ed25519", "--json"]);
@@ -1682,7 +1723,7 @@ fn policy_changes_need_the_admins_that_every_signer_checks() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["summary"]["policy_changes"], 1, "{v}");
+    assert_eq!(v["summary"]["policy_changes"], 2, "{v}");
 }
 
 #[test]

@@ -168,6 +168,8 @@ pub struct PolicyChanged {
     pub key_id: String,
     /// SHA-256 of the policy before, hex.
     pub previous_policy_sha256: String,
+    /// The version replaced (how many changes the policy had before this one).
+    pub version: u64,
     /// The new policy (canonical JSON).
     pub policy: String,
     /// The admins' approvals of the change.
@@ -451,6 +453,7 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
     let (coord_name, (_, entries)) = coordinators[0];
     let mut used: BTreeSet<(String, String, String, String)> = BTreeSet::new();
     let mut policies: BTreeMap<String, hot_warm_cold::Policy> = BTreeMap::new();
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
     for (i, e) in entries.iter().enumerate() {
         let at = || format!("log of {coord_name}, entry {i} ({})", e.kind);
@@ -626,9 +629,20 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
                     })
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| fail(at(), "an approval is not hex"))?;
-                new.change_approved(current, &c.key_id, &approvals)
+                let version = versions.get(&c.key_id).copied().unwrap_or(0);
+                if c.version != version {
+                    return Err(fail(
+                        at(),
+                        format!(
+                            "change of policy version {}, the key's is {version}",
+                            c.version
+                        ),
+                    ));
+                }
+                new.change_approved(current, &c.key_id, version, &approvals)
                     .map_err(|why| fail(at(), why))?;
                 policies.insert(c.key_id.clone(), new);
+                versions.insert(c.key_id.clone(), version + 1);
                 summary.policy_changes += 1;
             }
             SIGN_REFUSED => summary.refusals += 1,

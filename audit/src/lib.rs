@@ -13,6 +13,7 @@ pub mod chain;
 pub mod cold;
 pub mod entry;
 pub mod export;
+pub mod fuzzing;
 pub mod transcript;
 pub mod writer;
 

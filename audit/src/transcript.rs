@@ -584,6 +584,10 @@ pub struct RepairTranscript {
     pub suite: String,
     /// Repair session, hex.
     pub session: String,
+    /// Every participant of the key (who is who, as attested), ascending by id.
+    pub participants: Vec<Party>,
+    /// The key's lifecycle state, as attested.
+    pub state: String,
     /// The participant whose share was recovered.
     pub lost: Party,
     /// The helpers, ascending by id.
@@ -638,9 +642,25 @@ pub fn replay_repair(
         let public = PublicKeySet::<C>::from_bytes(&set).map_err(|e| format!("public key set: {e}"))?;
         (public.digest(), public.threshold(), public.participants().to_vec())
     });
-    let digest =
-        custody_protocol::repair::attestation_digest(&t.key_id, &session, &set_digest, &policy);
+    let (everyone, all_ids) = roster(&t.participants, trust)?;
+    if all_ids != participants {
+        return Err("the transcript's participants are not the key's".into());
+    }
+    let digest = custody_protocol::repair::attestation_digest(
+        &t.key_id,
+        &session,
+        &set_digest,
+        &policy,
+        &custody_protocol::repair::roster_digest(&everyone),
+        &t.state,
+    );
     let (roster, ids) = roster(&t.helpers, trust)?;
+    for p in t.helpers.iter().chain(std::iter::once(&t.lost)) {
+        let id = participant(p.id)?;
+        if everyone.get(id).map(|i| hex::encode(i.to_bytes())) != Some(p.identity.clone()) {
+            return Err(format!("{} is not participant {id} of the key", p.name));
+        }
+    }
     if ids.len() < threshold as usize {
         return Err(format!("{} helpers, the key needs {threshold}", ids.len()));
     }

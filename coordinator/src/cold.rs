@@ -88,6 +88,7 @@ pub(crate) async fn export(
     request_id: &str,
     signers: Vec<String>,
 ) -> Result<Vec<ColdFile>, Status> {
+    let _guard = core.request_lock(request_id).await;
     let mut w = core
         .store
         .waiting(request_id)
@@ -153,6 +154,7 @@ pub(crate) async fn import(core: &Arc<Core>, content: &[u8]) -> Result<SigningRe
             resp.format
         )));
     }
+    let _guard = core.request_lock(&resp.request_id).await;
     let mut w = core
         .store
         .waiting(&resp.request_id)

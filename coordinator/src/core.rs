@@ -117,7 +117,46 @@ impl<C: EngineSuite> Default for Pool<C> {
     }
 }
 
+/// Held while one task works on a request id (see [`Core::request_lock`]).
+pub(crate) struct RequestGuard<'a> {
+    map: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    id: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for RequestGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = self.map.lock().expect("lock");
+        // Only the map and we hold it: nobody waits; forget it. (Whoever clones it does
+        // so under this same map mutex, so the count cannot grow behind our back.)
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.id);
+        }
+    }
+}
+
 impl Core {
+    /// Waits until no other task works on request `id`, then holds it until the guard
+    /// drops. Every change to a request (signing, approving, cold files) takes it.
+    pub async fn request_lock(&self, id: &str) -> RequestGuard<'_> {
+        let lock = self
+            .inflight
+            .lock()
+            .expect("lock")
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        let guard = lock.clone().lock_owned().await;
+        RequestGuard {
+            map: &self.inflight,
+            id: id.to_string(),
+            lock,
+            guard: Some(guard),
+        }
+    }
+
     pub fn signer(&self, name: &str) -> Option<&Arc<SignerHandle>> {
         self.signers.iter().find(|s| s.name == name)
     }

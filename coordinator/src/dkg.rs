@@ -417,6 +417,7 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         created_at,
         dkg_session: session.to_string(),
         state_reason: String::new(),
+        policy_version: 0,
         pending_refresh: None,
     };
     let transcript = DkgTranscript {
@@ -666,9 +667,15 @@ pub(crate) async fn repair_key(
     by: &str,
 ) -> Result<KeyMeta, Status> {
     let meta = core.key(key_id)?.meta().clone();
-    if meta.state == "destroyed" {
+    if meta.state == "destroyed" || meta.state == "refreshing" || meta.pending_refresh.is_some() {
         return Err(Status::failed_precondition(format!(
-            "key {key_id} is destroyed"
+            "key {key_id} is {}{}; repair it when it is not",
+            meta.state,
+            if meta.pending_refresh.is_some() {
+                " with a refresh pending"
+            } else {
+                ""
+            }
         )));
     }
     let parts = members(core, &meta)?;
@@ -760,6 +767,7 @@ pub(crate) async fn repair_key(
                     .map(|(h, r)| relayed(*h, p, &r.sigma))
                     .collect(),
                 attestations: attestations.clone(),
+                state: meta.state.clone(),
             };
             async move { c.repair_recover(req).await }
         },
@@ -786,6 +794,8 @@ pub(crate) async fn repair_key(
         key_id: key_id.to_string(),
         suite: meta.suite.clone(),
         session: session.to_string(),
+        participants: parts.iter().map(party).collect(),
+        state: meta.state.clone(),
         lost: party(&lost),
         helpers: others.iter().map(party).collect(),
         public_key_set: meta.public_key_set.clone(),

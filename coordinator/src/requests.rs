@@ -59,7 +59,7 @@ fn approval_digest(w: &WaitingRequest) -> [u8; 32] {
             .and_then(|b| b.try_into().ok())
             .unwrap_or_default();
         return hot_warm_cold::Policy::from_json(&w.new_policy)
-            .map(|p| p.change_digest(&w.key_id, &current))
+            .map(|p| p.change_digest(&w.key_id, w.policy_version, &current))
             .unwrap_or_default();
     }
     custody_protocol::hash::TaggedHash::new("custody/v1/approval")
@@ -161,6 +161,7 @@ pub(crate) fn to_proto(core: &Core, w: &WaitingRequest) -> SigningRequest {
         .into(),
         new_policy: w.new_policy.clone(),
         current_policy_digest: hex::decode(&w.current_policy).unwrap_or_default(),
+        policy_version: w.policy_version,
     }
 }
 
@@ -202,7 +203,8 @@ pub(crate) async fn submit(
                 "request_id {request_id} was already used for another key or message"
             )));
         }
-        let w = attempt(core, w).await?;
+        // The caller (Sign) holds this request's lock already.
+        let w = attempt_locked(core, w).await?;
         return Ok(match core.store.request(request_id).map_err(store_err)? {
             Some(rec) if w.state == "signed" => sign_proto(&rec, false),
             _ => pending_response(core, &w),
@@ -230,6 +232,7 @@ pub(crate) async fn submit(
         kind: "sign".into(),
         new_policy: String::new(),
         current_policy: String::new(),
+        policy_version: 0,
         cold: None,
     };
     core.audit
@@ -308,6 +311,9 @@ pub(crate) async fn approve(
     approval: Approval,
     by: &str,
 ) -> Result<SigningRequest, Status> {
+    // Read, change and write the request under its lock (the ticker or another
+    // approval may be at it).
+    let _guard = core.request_lock(request_id).await;
     let mut w = core
         .store
         .waiting(request_id)
@@ -373,32 +379,32 @@ pub(crate) async fn approve(
         put(core, &w).await?;
         info!(%request_id, caller = %by, "approval {} of {}", valid(&w, &policy), rule.required);
     }
-    let w = attempt(core, w).await?;
+    let w = attempt_locked(core, w).await?;
     Ok(to_proto(core, &w))
 }
 
 /// Signs `w` if it is ready, under the request's lock; records the outcome.
 async fn attempt(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRequest, Status> {
-    let lock = core
-        .inflight
-        .lock()
-        .expect("lock")
-        .entry(w.request_id.clone())
-        .or_default()
-        .clone();
-    let r = {
-        let _guard = lock.lock().await;
-        attempt_locked(core, w).await
-    };
-    core.inflight
-        .lock()
-        .expect("lock")
-        .remove(&r.as_ref().map(|w| w.request_id.clone()).unwrap_or_default());
-    r
+    let _guard = core.request_lock(&w.request_id).await;
+    attempt_locked(core, w).await
 }
 
 async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRequest, Status> {
     // Another attempt may have finished while we waited for the lock.
+    if core
+        .store
+        .request(&w.request_id)
+        .map_err(store_err)?
+        .is_some()
+        && !w.is_policy_change()
+    {
+        let mut w = w;
+        if w.state != "signed" {
+            w.state = "signed".into();
+            put(core, &w).await?;
+        }
+        return Ok(w);
+    }
     let mut w = core
         .store
         .waiting(&w.request_id)
@@ -411,7 +417,9 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
     let policy = hot_warm_cold::Policy::from_json(&key.meta().policy)
         .map_err(|e| Status::internal(format!("key policy: {e}")))?;
     if w.is_policy_change() {
-        if hex::encode(policy.digest()) != w.current_policy {
+        if hex::encode(policy.digest()) != w.current_policy
+            || key.meta().policy_version != w.policy_version
+        {
             w.state = "refused".into();
             w.last_error = "the key's policy changed since this change was proposed".into();
         } else if valid(&w, &policy) >= required(&w, &policy) {
@@ -544,6 +552,7 @@ async fn apply_policy(core: &Arc<Core>, key: &AnyKey, w: &WaitingRequest) -> Res
     let mut meta = key.meta().clone();
     let previous = meta.policy.clone();
     meta.policy = w.new_policy.clone();
+    meta.policy_version += 1;
     core.audit
         .append(
             POLICY_CHANGED,
@@ -555,6 +564,7 @@ async fn apply_policy(core: &Arc<Core>, key: &AnyKey, w: &WaitingRequest) -> Res
                         .unwrap_or_default(),
                 ),
                 policy: w.new_policy.clone(),
+                version: w.policy_version,
                 approvals: w
                     .approvals
                     .iter()
@@ -590,6 +600,7 @@ pub(crate) async fn propose_policy(
     if new_policy.trim().is_empty() {
         return Err(Status::invalid_argument("policy: empty"));
     }
+    let _guard = core.request_lock(request_id).await;
     let new = hot_warm_cold::Policy::from_json(new_policy)
         .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?;
     if let Some(w) = core.store.waiting(request_id).map_err(store_err)? {
@@ -617,6 +628,7 @@ pub(crate) async fn propose_policy(
         kind: "policy-change".into(),
         new_policy: new.to_json(),
         current_policy: hex::encode(current.digest()),
+        policy_version: key.meta().policy_version,
         cold: None,
     };
     core.audit

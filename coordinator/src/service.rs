@@ -326,13 +326,7 @@ impl Custody for CustodyService {
             r.request_id
         };
         let core = &self.0;
-        let lock = core
-            .inflight
-            .lock()
-            .expect("lock")
-            .entry(request_id.clone())
-            .or_default()
-            .clone();
+
         // A transfer: the signed message is derived from it (each signer derives it
         // again and checks it against the key's policy).
         let (message, transfer) = match r.transfer {
@@ -348,13 +342,10 @@ impl Custody for CustodyService {
             }
             None => (r.message, None),
         };
-        let result = {
-            let _guard = lock.lock().await;
-            self.sign_once(&request_id, &r.key_id, message, transfer)
-                .await
-        };
-        core.inflight.lock().expect("lock").remove(&request_id);
-        result.map(Response::new)
+        let _guard = core.request_lock(&request_id).await;
+        self.sign_once(&request_id, &r.key_id, message, transfer)
+            .await
+            .map(Response::new)
     }
 
     async fn get_signature(

@@ -45,6 +45,9 @@ pub struct KeyMeta {
     /// Why the key is in its state, when the system moved it there.
     #[serde(default)]
     pub state_reason: String,
+    /// How many times the policy changed (admin approvals bind to it).
+    #[serde(default)]
+    pub policy_version: u64,
     /// A refresh every signer confirmed but not every signer applied yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_refresh: Option<PendingRefresh>,
@@ -89,6 +92,9 @@ pub struct WaitingRequest {
     /// For a policy change: SHA-256 of the policy it replaces, hex.
     #[serde(default)]
     pub current_policy: String,
+    /// For a policy change: the version it replaces.
+    #[serde(default)]
+    pub policy_version: u64,
     /// For a cold key: the offline signers' progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold: Option<ColdProgress>,

@@ -163,13 +163,15 @@ impl Policy {
         sha2::Sha256::digest(self.to_json().as_bytes()).into()
     }
 
-    /// What admins sign to change `current` (this key's policy now) into `self`:
-    /// `TaggedHash("custody/v1/policy-change", key id, SHA-256 of the current
-    /// canonical policy, the new canonical policy)`. Bound to the current policy, an
-    /// approval cannot be replayed once the policy has moved on.
-    pub fn change_digest(&self, key_id: &str, current: &[u8; 32]) -> [u8; 32] {
+    /// What admins sign to change `current` (this key's policy now, at `version`: the
+    /// number of changes it went through) into `self`: `TaggedHash("custody/v1/policy-
+    /// change", key id, u64 version, SHA-256 of the current canonical policy, the new
+    /// canonical policy)`. Bound to the version, an approval cannot be replayed, not
+    /// even after a change back to the same policy.
+    pub fn change_digest(&self, key_id: &str, version: u64, current: &[u8; 32]) -> [u8; 32] {
         custody_protocol::hash::TaggedHash::new("custody/v1/policy-change")
             .part(key_id.as_bytes())
+            .part(&version.to_be_bytes())
             .part(current)
             .part(self.to_json().as_bytes())
             .finish()
@@ -182,13 +184,14 @@ impl Policy {
         &self,
         current: &Policy,
         key_id: &str,
+        version: u64,
         approvals: &[crate::request::Approval],
     ) -> Result<(), String> {
         let rule = current
             .admins
             .as_ref()
             .ok_or("the key's policy names no admins: it cannot be changed")?;
-        let digest = self.change_digest(key_id, &current.digest());
+        let digest = self.change_digest(key_id, version, &current.digest());
         let valid = approvals
             .iter()
             .filter(|a| rule.approvers.contains(&a.approver) && a.verifies(&digest))

@@ -173,7 +173,7 @@ impl Body for Digests {
 }
 
 impl Digests {
-    fn decode(r: &mut Reader<'_>, n: usize) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(r: &mut Reader<'_>, n: usize) -> Result<Self, DecodeError> {
         (0..n)
             .map(|_| r.array::<32>())
             .collect::<Result<_, _>>()

@@ -24,6 +24,7 @@
 pub mod api;
 pub mod dkg;
 pub mod error;
+pub mod fuzzing;
 pub mod hash;
 pub mod identity;
 pub mod ids;

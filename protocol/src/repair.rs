@@ -273,13 +273,28 @@ pub fn attestation_digest(
     session: &SessionId,
     public_key_set_digest: &[u8; 32],
     policy_digest: &[u8; 32],
+    roster_digest: &[u8; 32],
+    state: &str,
 ) -> [u8; 32] {
     crate::hash::TaggedHash::new("custody/v1/repair-attest")
         .part(key_id.as_bytes())
         .part(session.as_bytes())
         .part(public_key_set_digest)
         .part(policy_digest)
+        .part(roster_digest)
+        .part(state.as_bytes())
         .finish()
+}
+
+/// A digest of who is who in a key: `TaggedHash("custody/v1/roster", (u16 id ‖ 64-byte
+/// identity)*)` ascending by id. Attested in a repair, so the participant being
+/// repaired stores exactly the identities its helpers hold.
+pub fn roster_digest(roster: &Roster) -> [u8; 32] {
+    let mut h = crate::hash::TaggedHash::new("custody/v1/roster");
+    for (p, id) in roster.iter() {
+        h = h.part(&p.get().to_be_bytes()).part(&id.to_bytes());
+    }
+    h.finish()
 }
 
 /// Whether `signature` is `signer`'s (strict Ed25519) over an attestation `digest`.

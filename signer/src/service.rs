@@ -351,6 +351,28 @@ impl Inner {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let mut usage = k.usage.lock().expect("lock");
+        // State and age hold for retries too (a retry skips only the ledger).
+        let state = *k.state.lock().expect("lock");
+        if !state.may_sign() {
+            return Err(self.refuse(
+                key_id,
+                request.request_id(),
+                format!(
+                    "policy of key {key_id}: key is {}, not active",
+                    state.name()
+                ),
+            ));
+        }
+        if let Some(max) = k.policy.max_age_secs {
+            let age = now.saturating_sub(k.created_at);
+            if age > max {
+                return Err(self.refuse(
+                    key_id,
+                    request.request_id(),
+                    format!("policy of key {key_id}: key is {age} s old, policy allows {max} s: rotate it"),
+                ));
+            }
+        }
         let digest = custody_protocol::hash::TaggedHash::new("custody/v1/admitted-request")
             .part(&request.message(key_id))
             .finish();
@@ -1049,6 +1071,7 @@ impl Signer for SignerService {
                 .unwrap_or(0),
             pending_refresh: None,
             last_refresh: String::new(),
+            policy_version: 0,
         };
         i.put(&rec)?;
         // Recorded before the confirmation leaves.
@@ -1319,11 +1342,14 @@ impl Signer for SignerService {
                 .map_err(|e| engine_status("repair", e))?;
             (Box::new(state) as Erased, out, share.public().digest(), share.id())
         });
+        let key_state = *k.state.lock().expect("lock");
         let digest = custody_protocol::repair::attestation_digest(
             &r.key_id,
             &session,
             &set_digest,
             &k.policy.digest(),
+            &custody_protocol::repair::roster_digest(&roster),
+            key_state.name(),
         );
         let attestation = i
             .identity
@@ -1416,13 +1442,22 @@ impl Signer for SignerService {
             .collect::<Result<_, _>>()?;
         let i = &self.0;
         if let Some(rec) = i.get(&r.key_id)? {
-            if rec.state != KeyState::Destroyed && !rec.sealed_share.is_empty() {
-                return Err(Status::already_exists(format!(
-                    "this signer holds a share of key {} already",
-                    r.key_id
-                )));
-            }
+            // A share here, or a tombstone: a destroyed key stays destroyed.
+            return Err(Status::already_exists(format!(
+                "this signer has a record of key {} ({}); it is not repaired over it",
+                r.key_id,
+                rec.state.name()
+            )));
         }
+        let state = KeyState::ALL
+            .into_iter()
+            .find(|s| s.name() == r.state && *s != KeyState::Pending && *s != KeyState::Destroyed)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "state: {:?} is not a state a repaired key can have",
+                    r.state
+                ))
+            })?;
         // Identities from CA-signed certificates only.
         let mut roster = Roster::new();
         for p in &r.participants {
@@ -1438,6 +1473,11 @@ impl Signer for SignerService {
             let identity = info.identity.ok_or_else(|| {
                 Status::invalid_argument(format!("participant {id} certificate has no identity"))
             })?;
+            if roster.iter().any(|(_, other)| *other == identity) {
+                return Err(Status::invalid_argument(format!(
+                    "participant {id} has the identity of another participant"
+                )));
+            }
             roster.insert(id, identity);
         }
         if roster.get(me) != Some(&i.identity.public()) {
@@ -1459,7 +1499,14 @@ impl Signer for SignerService {
                 .map_err(|e| Status::invalid_argument(format!("public_key_set: {e}")))?;
             // Every helper must attest this key set and policy: the coordinator alone
             // cannot give us another.
-            let digest = custody_protocol::repair::attestation_digest(&r.key_id, &session, &public.digest(), &policy.digest());
+            let digest = custody_protocol::repair::attestation_digest(
+                &r.key_id,
+                &session,
+                &public.digest(),
+                &policy.digest(),
+                &custody_protocol::repair::roster_digest(&roster),
+                state.name(),
+            );
             for h in &helpers {
                 let id = roster.get(*h).ok_or_else(|| Status::invalid_argument(format!("helper {h} is not a participant")))?;
                 let ok = attestations
@@ -1486,7 +1533,7 @@ impl Signer for SignerService {
             key_id: r.key_id.clone(),
             suite: suite.name().to_string(),
             me: me.get(),
-            state: KeyState::Active,
+            state,
             session: session.to_string(),
             roster: roster
                 .iter()
@@ -1501,6 +1548,7 @@ impl Signer for SignerService {
                 .unwrap_or(0),
             pending_refresh: None,
             last_refresh: String::new(),
+            policy_version: 0,
         };
         i.audit
             .append(
@@ -1525,6 +1573,8 @@ impl Signer for SignerService {
             &session,
             &set_digest,
             &policy.digest(),
+            &custody_protocol::repair::roster_digest(&roster),
+            state.name(),
         );
         let attestation = i
             .identity
@@ -1566,7 +1616,7 @@ impl Signer for SignerService {
             )));
         }
         // The admins named in the policy this signer enforces now must approve.
-        new.change_approved(&rec.policy, &r.key_id, &approvals)
+        new.change_approved(&rec.policy, &r.key_id, rec.policy_version, &approvals)
             .map_err(|why| {
                 i.refuse(
                     &r.key_id,
@@ -1580,6 +1630,7 @@ impl Signer for SignerService {
                 &ax::PolicyChanged {
                     key_id: r.key_id.clone(),
                     previous_policy_sha256: hex::encode(rec.policy.digest()),
+                    version: rec.policy_version,
                     policy: new.to_json(),
                     approvals: r
                         .approvals
@@ -1594,6 +1645,7 @@ impl Signer for SignerService {
             .await
             .map_err(unrecorded)?;
         rec.policy = new.clone();
+        rec.policy_version += 1;
         i.put(&rec)?;
         let mut keys = i.keys.lock().expect("lock");
         if let Some(k) = keys.get(&r.key_id).cloned() {
@@ -1946,7 +1998,7 @@ pub(crate) async fn offline(config: &Config, request: &[u8]) -> Result<Vec<u8>, 
         .collect();
     let approvals = approvals_of(&approvals).map_err(|s| s.message().to_string())?;
     let envelope = match req.kind.as_str() {
-        "commit" => cold_commit(&i, &k, &req.key_id, &request)?,
+        "commit" => cold_commit(&i, &k, &req.key_id, &request).await?,
         "sign" => {
             cold_sign(
                 &i,
@@ -1999,7 +2051,7 @@ fn get_cold(i: &Inner, id: &str) -> Result<Option<ColdNonces>, String> {
 
 /// Trip 1: draw nonces, seal them at rest, answer with the commitment (the same one
 /// again if asked twice).
-fn cold_commit(
+async fn cold_commit(
     i: &Inner,
     k: &Loaded,
     key_id: &str,
@@ -2014,8 +2066,22 @@ fn cold_commit(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    i.first_seen(key_id, request, now)
+    let first_seen = i
+        .first_seen(key_id, request, now)
         .map_err(|s| s.message().to_string())?;
+    if first_seen == now {
+        i.audit
+            .append(
+                ax::REQUEST_SEEN,
+                &ax::RequestSeen {
+                    key_id: key_id.to_string(),
+                    request_id: request.request_id().to_string(),
+                    first_seen,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let (sealed, tag, env) = with_suite!(k.suite, C => {
         let share = k.share.downcast_ref::<KeyShare<C>>().ok_or("share type")?;
         let (nonces, commitments) = sign::commit(share, &mut OsRng);

@@ -40,6 +40,9 @@ pub struct KeyRecord {
     /// Session id of the last refresh applied, hex.
     #[serde(default)]
     pub last_refresh: String,
+    /// How many times the policy changed (admin approvals bind to it).
+    #[serde(default)]
+    pub policy_version: u64,
 }
 
 /// A refreshed share, durable before its confirmation leaves; it replaces the share

@@ -208,7 +208,7 @@ async fn policy_change_digest(
     }
     let new = hot_warm_cold::Policy::from_json(&r.new_policy)
         .map_err(|e| format!("the proposed policy: {e}"))?;
-    Ok(new.change_digest(&r.key_id, &current.digest()))
+    Ok(new.change_digest(&r.key_id, r.policy_version, &current.digest()))
 }
 
 /// What an approver signs for a signing request: `TaggedHash("custody/v1/approval",

@@ -1,0 +1,3 @@
+#![no_main]
+//! A signer's TOML config.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| { let _ = std::str::from_utf8(data).map(custody_signer::Config::parse); });
