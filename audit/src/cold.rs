@@ -86,3 +86,15 @@ pub struct ColdResponse {
     /// share with its transcript digest (sign).
     pub envelope: String,
 }
+
+/// The session id an offline signer puts on its trip-1 commitment (instead of the all-
+/// zero session of online commitment batches), binding it to one key and request:
+/// `TaggedHash("custody/v1/cold-commit", key id, request id)`.
+pub fn commit_session(key_id: &str, request_id: &str) -> custody_protocol::SessionId {
+    custody_protocol::SessionId(
+        custody_protocol::hash::TaggedHash::new("custody/v1/cold-commit")
+            .part(key_id.as_bytes())
+            .part(request_id.as_bytes())
+            .finish(),
+    )
+}

@@ -498,6 +498,17 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
                 // chose; the signers' entries bind it to the session and the key).
                 let t = &k.transcript;
                 let policy = policy_digest(&k.policy).map_err(|why| fail(at(), why))?;
+                // A refresh keeps the policy: it must be the key's current one (only an
+                // approved policy change moves it).
+                if refresh
+                    && policies.get(&t.key_id).map(|p| hex::encode(p.digest()))
+                        != Some(policy.clone())
+                {
+                    return Err(fail(
+                        at(),
+                        "the refresh carries another policy than the key's current one",
+                    ));
+                }
                 policies.insert(
                     t.key_id.clone(),
                     hot_warm_cold::Policy::from_json(&k.policy).map_err(|why| fail(at(), why))?,

@@ -235,7 +235,7 @@ async fn step<C: EngineSuite>(
                 opened.body,
                 C::SUITE,
                 Kind::CommitmentBatch,
-                &SessionId([0; 32]),
+                &custody_audit::cold::commit_session(&w.key_id, &w.request_id),
                 |_, r| CommitmentBatch::<C>::decode_body(r, 1),
             )
             .map_err(|e| culprit("commitment", e))?;
@@ -253,7 +253,7 @@ async fn step<C: EngineSuite>(
                         opened.body,
                         C::SUITE,
                         Kind::CommitmentBatch,
-                        &SessionId([0; 32]),
+                        &custody_audit::cold::commit_session(&w.key_id, &w.request_id),
                         |_, r| CommitmentBatch::<C>::decode_body(r, 1),
                     )
                     .map_err(|e| culprit("commitment", e))?;

@@ -483,7 +483,13 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
         }
         // A signer's own time lock has not passed yet (it saw the request later):
         // try again later.
-        Err(st) if st.code() == Code::PermissionDenied && st.message().contains("time lock") => {
+        Err(st)
+            if st.code() == Code::PermissionDenied
+                && st
+                    .metadata()
+                    .get(custody_protocol::api::DENY_REASON)
+                    .is_some_and(|v| v == "time-locked") =>
+        {
             w.state = "time-locked".into();
             w.last_error = st.message().to_string();
         }

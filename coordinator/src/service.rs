@@ -693,16 +693,6 @@ pub(crate) async fn sign_and_record(
     let signed = match signed {
         Ok(s) => s,
         Err(st) => {
-            if st.code() == tonic::Code::PermissionDenied && st.message().ends_with("rotate it") {
-                // A signer says the key is past its age or signature limit.
-                let (core, key_id, why) =
-                    (core.clone(), key_id.to_string(), st.message().to_string());
-                tokio::spawn(async move {
-                    if let Err(e) = retire_by_policy(&core, &key_id, &why).await {
-                        warn!(%key_id, "automatic retirement not complete: {}", e.message());
-                    }
-                });
-            }
             if st.code() == tonic::Code::PermissionDenied {
                 core.audit.record(
                     SIGN_REFUSED,
@@ -770,6 +760,22 @@ pub(crate) async fn record_signature(
         .put_request(rec.clone())
         .await
         .map_err(store_err)?;
+    // A maximum number of signatures: counted here, by what this coordinator signed
+    // (a signer's word alone does not retire a key); at the limit the key retires.
+    if let Ok(policy) = hot_warm_cold::Policy::from_json(&key.meta().policy) {
+        if let Some(max) = policy.max_signatures {
+            let n = core.store.bump_signatures(key_id).map_err(store_err)?;
+            if n >= max {
+                let (core, key_id) = (core.clone(), key_id.to_string());
+                let why = format!("{n} signatures made, policy allows {max}");
+                tokio::spawn(async move {
+                    if let Err(e) = retire_by_policy(&core, &key_id, &why).await {
+                        warn!(%key_id, "automatic retirement not complete: {}", e.message());
+                    }
+                });
+            }
+        }
+    }
     tracing::debug!(
         store_us = t0.elapsed().as_micros() as u64,
         "signing result stored"

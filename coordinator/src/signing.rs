@@ -11,7 +11,9 @@ use custody_protocol::sign::{
     self, CommitmentBatch, Commitments, ShareMessage, SignatureShare, SigningPackage, COORDINATOR,
 };
 use custody_protocol::wire::{self, Header, Kind};
-use custody_protocol::{identity, EngineSuite, Error as EngineError, ParticipantId, SessionId};
+use custody_protocol::{
+    api, identity, EngineSuite, Error as EngineError, ParticipantId, SessionId,
+};
 use rand_core::OsRng;
 use tonic::{Code, Status};
 use tracing::{debug, warn};
@@ -57,7 +59,7 @@ enum Dropout {
     /// It sent something provably wrong.
     Culprit(String),
     /// Its policy refuses the request.
-    Refused(String),
+    Refused(Status),
 }
 
 async fn call<T>(
@@ -224,9 +226,7 @@ async fn request_share<C: EngineSuite>(
             return Err(Dropout::Stale);
         }
         // The signer's own policy said no: another quorum would say the same.
-        Err(st) if st.code() == Code::PermissionDenied => {
-            return Err(Dropout::Refused(st.message().to_string()))
-        }
+        Err(st) if st.code() == Code::PermissionDenied => return Err(Dropout::Refused(st)),
         Err(st) => {
             return Err(Dropout::Failed(format!(
                 "{}: {}",
@@ -382,7 +382,7 @@ pub(crate) async fn sign<C: EngineSuite>(
 #[derive(Default)]
 struct Tracker {
     /// A signer's policy refused the request: stop, and say why.
-    refused: Option<String>,
+    refused: Option<Status>,
     excluded: BTreeSet<ParticipantId>,
     reasons: Vec<String>,
     stale_retries: usize,
@@ -402,9 +402,9 @@ impl Tracker {
                 self.excluded.insert(p);
                 self.reasons.push(why);
             }
-            Dropout::Refused(why) => {
-                warn!(key_id = %key.meta.key_id, participant = %p, signer = %name, "refused by the signer's policy: {why}");
-                self.refused = Some(why);
+            Dropout::Refused(st) => {
+                warn!(key_id = %key.meta.key_id, participant = %p, signer = %name, "refused by the signer's policy: {}", st.message());
+                self.refused = Some(st);
             }
             Dropout::Culprit(why) => {
                 warn!(
@@ -423,8 +423,13 @@ impl Tracker {
 
     /// Gives up when signers keep answering that fresh commitments are unknown.
     fn check_stale(&self, n: usize) -> Result<(), Status> {
-        if let Some(why) = &self.refused {
-            return Err(Status::permission_denied(why.clone()));
+        if let Some(st) = &self.refused {
+            // The signer's status as it is (its reason tag in the metadata too).
+            let mut out = Status::permission_denied(st.message().to_string());
+            if let Some(tag) = st.metadata().get(api::DENY_REASON) {
+                out.metadata_mut().insert(api::DENY_REASON, tag.clone());
+            }
+            return Err(out);
         }
         if self.stale_retries > 2 * n {
             return Err(Status::unavailable(

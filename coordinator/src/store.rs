@@ -251,6 +251,19 @@ impl Store {
             .collect()
     }
 
+    /// Counts one more signature of `key_id`; returns the count.
+    pub fn bump_signatures(&self, key_id: &str) -> Result<u64, StoreError> {
+        let tree = self.db.open_tree("signature-counts")?;
+        let v = tree.update_and_fetch(key_id.as_bytes(), |old| {
+            let n = old
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes);
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        Ok(v.and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
     /// A signing result by request id.
     pub fn request(&self, request_id: &str) -> Result<Option<SignRecord>, StoreError> {
         match self.requests.get(request_id.as_bytes())? {

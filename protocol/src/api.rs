@@ -88,6 +88,11 @@ pub fn culprits(st: &Status) -> Vec<ParticipantId> {
         .unwrap_or_default()
 }
 
+/// Metadata key of a signer's refusal: the policy's reason tag (`time-locked`,
+/// `not-enough-approvals`, …; the kebab-case names of `hot_warm_cold::DenyReason`), so
+/// callers act on it without reading the message.
+pub const DENY_REASON: &str = "custody-deny-reason";
+
 /// Checks an export nonce: 16 to 64 bytes.
 pub fn check_nonce(nonce: &[u8]) -> Result<(), Status> {
     if !(16..=64).contains(&nonce.len()) {

@@ -417,11 +417,19 @@ impl Inner {
             now,
         );
         if let hot_warm_cold::Decision::Deny(reason) = decision {
-            return Err(self.refuse(
+            let mut st = self.refuse(
                 key_id,
                 request.request_id(),
                 format!("policy of key {key_id}: {reason}"),
-            ));
+            );
+            if let Some(tag) = serde_json::to_value(&reason)
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(str::to_string))
+                .and_then(|t| t.parse().ok())
+            {
+                st.metadata_mut().insert(api::DENY_REASON, tag);
+            }
+            return Err(st);
         }
         if k.policy.needs_ledger() {
             let mut next = usage.clone();
@@ -605,6 +613,15 @@ impl Inner {
                 "key {key_id}: a confirmed refresh is pending; complete it first"
             )));
         }
+        {
+            let mut dkg = self.dkg.lock().expect("lock");
+            dkg.retain(|_, s| s.started.elapsed() < DKG_TTL);
+            if dkg.values().any(|s| s.refresh && s.key_id == key_id) {
+                return Err(Status::failed_precondition(format!(
+                    "key {key_id}: another refresh of it is running; abandon it first"
+                )));
+            }
+        }
         let mut roster = rec.roster().map_err(|e| internal("record", e))?;
         let participants = roster.ids();
         let mut asked: Vec<ParticipantId> = r
@@ -769,6 +786,11 @@ impl Inner {
             .expect("lock")
             .retain(|_, s| !(s.refresh && s.key_id == key_id));
         if rec.state != KeyState::Refreshing {
+            // A stale pending share (a race with an abandon) must not block the next
+            // refresh.
+            if rec.pending_refresh.take().is_some() {
+                self.put(&rec)?;
+            }
             return Ok(rec.state);
         }
         let next = rec
@@ -1905,6 +1927,14 @@ struct ColdNonces {
     /// The package they were used for, and the share envelope made (hex).
     package: String,
     share: String,
+    /// The share's session and transcript digest (hex), and whether its share-issued
+    /// entry is in the audit log.
+    #[serde(default)]
+    session: String,
+    #[serde(default)]
+    transcript: String,
+    #[serde(default)]
+    logged: bool,
 }
 
 fn cold_aad(signer: &str, key_id: &str, request_id: &str) -> Vec<u8> {
@@ -2095,7 +2125,8 @@ async fn cold_commit(
         let header = Header {
             suite: C::SUITE,
             kind: Kind::CommitmentBatch,
-            session: SessionId([0; 32]),
+            // Bound to this key and request: it cannot stand in for another's.
+            session: custody_audit::cold::commit_session(key_id, request.request_id()),
             from: share.id(),
             to: Some(COORDINATOR),
         };
@@ -2114,6 +2145,9 @@ async fn cold_commit(
             used: false,
             package: String::new(),
             share: String::new(),
+            session: String::new(),
+            transcript: String::new(),
+            logged: false,
         },
     )?;
     info!(%key_id, request_id = %request.request_id(), "cold commitment drawn (nonces sealed at rest)");
@@ -2135,8 +2169,14 @@ async fn cold_sign(
     let mut rec = get_cold(i, &id)?
         .ok_or("no commitment of this signer for this request: answer its commit request first")?;
     if rec.used {
-        if rec.package == package_hex {
-            // The same package again: the same share (nothing new is revealed).
+        if rec.package == package_hex && !rec.share.is_empty() {
+            // The same package again: the same share (nothing new is revealed), once
+            // its issue is in the audit log.
+            if !rec.logged {
+                log_cold_share(i, key_id, request, &rec).await?;
+                rec.logged = true;
+                put_cold(i, &id, &rec)?;
+            }
             return hex::decode(&rec.share).map_err(|e| e.to_string());
         }
         return Err(i
@@ -2182,11 +2222,7 @@ async fn cold_sign(
             .unseal(&cold_aad(&i.name, key_id, request.request_id()), &hex::decode(&rec.sealed).map_err(|e| e.to_string())?)
             .map_err(|e| format!("unseal nonces: {e}"))?;
         let nonces = sign::Nonces::<C>::from_secret_bytes(&secret).map_err(|e| e.to_string())?;
-        // Used, durably, before the share exists.
-        rec.used = true;
-        rec.sealed.clear();
-        rec.package = package_hex.to_string();
-        put_cold(i, &id, &rec)?;
+        // The share is made in memory; nothing leaves before the nonces are marked used.
         let sig_share = nonces.sign(share, &package).map_err(|e| e.to_string())?;
         let msg = sign::ShareMessage {
             transcript: sign::transcript_digest(key_id, request.request_id(), &body),
@@ -2202,20 +2238,39 @@ async fn cold_sign(
         let env = identity::signed(&*i.identity, &header, &msg).map_err(|e| e.to_string())?;
         (env, msg.transcript)
     });
+    // Used (nonces erased), with the share and the package, in one durable write.
+    rec.used = true;
+    rec.sealed.clear();
+    rec.package = package_hex.to_string();
     rec.share = hex::encode(&share_env);
+    rec.session = session.to_string();
+    rec.transcript = hex::encode(transcript);
     put_cold(i, &id, &rec)?;
+    log_cold_share(i, key_id, request, &rec).await?;
+    rec.logged = true;
+    put_cold(i, &id, &rec)?;
+    info!(%key_id, request_id = %request.request_id(), "cold signature share made");
+    Ok(share_env)
+}
+
+/// The share-issued entry of a cold share (before its response file is written).
+async fn log_cold_share(
+    i: &Inner,
+    key_id: &str,
+    request: &hot_warm_cold::Request,
+    rec: &ColdNonces,
+) -> Result<(), String> {
     i.audit
         .append(
             ax::SHARE_ISSUED,
             &ax::ShareIssued {
                 key_id: key_id.to_string(),
                 request_id: request.request_id().to_string(),
-                session: session.to_string(),
-                transcript: hex::encode(transcript),
+                session: rec.session.clone(),
+                transcript: rec.transcript.clone(),
             },
         )
         .await
-        .map_err(|e| e.to_string())?;
-    info!(%key_id, request_id = %request.request_id(), "cold signature share made");
-    Ok(share_env)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
