@@ -606,6 +606,12 @@ pub fn verify_bundle(b: &Bundle, trust: &Trust) -> Result<Summary, Failure> {
                         ),
                     ));
                 }
+                if t.policy_version != versions.get(&t.key_id).copied().unwrap_or(0) {
+                    return Err(fail(
+                        at(),
+                        "the repair attests another policy version than the key's",
+                    ));
+                }
                 crate::transcript::replay_repair(t, trust, set.as_deref(), policy.as_deref())
                     .map_err(|why| fail(at(), format!("repair replay: {why}")))?;
                 summary.repairs += 1;

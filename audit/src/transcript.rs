@@ -588,6 +588,9 @@ pub struct RepairTranscript {
     pub participants: Vec<Party>,
     /// The key's lifecycle state, as attested.
     pub state: String,
+    /// The key's policy version (changes so far), as attested.
+    #[serde(default)]
+    pub policy_version: u64,
     /// The participant whose share was recovered.
     pub lost: Party,
     /// The helpers, ascending by id.
@@ -653,6 +656,7 @@ pub fn replay_repair(
         &policy,
         &custody_protocol::repair::roster_digest(&everyone),
         &t.state,
+        t.policy_version,
     );
     let (roster, ids) = roster(&t.helpers, trust)?;
     for p in t.helpers.iter().chain(std::iter::once(&t.lost)) {

@@ -768,6 +768,7 @@ pub(crate) async fn repair_key(
                     .collect(),
                 attestations: attestations.clone(),
                 state: meta.state.clone(),
+                policy_version: meta.policy_version,
             };
             async move { c.repair_recover(req).await }
         },
@@ -796,6 +797,7 @@ pub(crate) async fn repair_key(
         session: session.to_string(),
         participants: parts.iter().map(party).collect(),
         state: meta.state.clone(),
+        policy_version: meta.policy_version,
         lost: party(&lost),
         helpers: others.iter().map(party).collect(),
         public_key_set: meta.public_key_set.clone(),

@@ -275,6 +275,7 @@ pub fn attestation_digest(
     policy_digest: &[u8; 32],
     roster_digest: &[u8; 32],
     state: &str,
+    policy_version: u64,
 ) -> [u8; 32] {
     crate::hash::TaggedHash::new("custody/v1/repair-attest")
         .part(key_id.as_bytes())
@@ -283,6 +284,7 @@ pub fn attestation_digest(
         .part(policy_digest)
         .part(roster_digest)
         .part(state.as_bytes())
+        .part(&policy_version.to_be_bytes())
         .finish()
 }
 

@@ -1372,6 +1372,7 @@ impl Signer for SignerService {
             &k.policy.digest(),
             &custody_protocol::repair::roster_digest(&roster),
             key_state.name(),
+            rec.policy_version,
         );
         let attestation = i
             .identity
@@ -1528,6 +1529,7 @@ impl Signer for SignerService {
                 &policy.digest(),
                 &custody_protocol::repair::roster_digest(&roster),
                 state.name(),
+                r.policy_version,
             );
             for h in &helpers {
                 let id = roster.get(*h).ok_or_else(|| Status::invalid_argument(format!("helper {h} is not a participant")))?;
@@ -1570,7 +1572,7 @@ impl Signer for SignerService {
                 .unwrap_or(0),
             pending_refresh: None,
             last_refresh: String::new(),
-            policy_version: 0,
+            policy_version: r.policy_version,
         };
         i.audit
             .append(
@@ -1597,6 +1599,7 @@ impl Signer for SignerService {
             &policy.digest(),
             &custody_protocol::repair::roster_digest(&roster),
             state.name(),
+            r.policy_version,
         );
         let attestation = i
             .identity
