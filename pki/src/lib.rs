@@ -44,6 +44,10 @@ pub enum Role {
     Approver,
     /// Reads audit logs and transcripts.
     Auditor,
+    /// The payments daemon (a server).
+    Payments,
+    /// May turn payment tokens back into card or account data; nothing else may.
+    Detokenizer,
 }
 
 impl Role {
@@ -56,6 +60,8 @@ impl Role {
             Role::PaymentBackend => "payment-backend",
             Role::Approver => "approver",
             Role::Auditor => "auditor",
+            Role::Payments => "payments",
+            Role::Detokenizer => "detokenizer",
         }
     }
 
@@ -68,6 +74,8 @@ impl Role {
             "payment-backend" => Role::PaymentBackend,
             "approver" => Role::Approver,
             "auditor" => Role::Auditor,
+            "payments" => Role::Payments,
+            "detokenizer" => Role::Detokenizer,
             _ => return None,
         })
     }

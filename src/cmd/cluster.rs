@@ -80,6 +80,19 @@ impl Layout {
     pub fn signer_config(&self, i: u16) -> PathBuf {
         self.signer_dir(i).join("signer.toml")
     }
+    pub fn payments_dir(&self) -> PathBuf {
+        self.dir.join("payments")
+    }
+    pub fn payments_config(&self) -> PathBuf {
+        self.payments_dir().join("payments.toml")
+    }
+    /// The payments daemon's current address, as it wrote it.
+    pub fn payments_addr(&self) -> Result<String, Error> {
+        let f = custody_pki::server::addr_file(&self.payments_dir());
+        std::fs::read_to_string(&f)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("{}: {e} (is the cluster running?)", f.display()).into())
+    }
     pub fn coordinator_dir(&self) -> PathBuf {
         self.dir.join("coordinator")
     }
@@ -279,6 +292,7 @@ pub fn init(layout: &Layout, signers: u16, threshold: u16, hsm: Hsm) -> Result<C
     ] {
         ca.issue(&pki, name, role, None)?;
     }
+    ensure_payments(layout)?;
     let file = ClusterFile {
         signers,
         threshold,
@@ -287,4 +301,34 @@ pub fn init(layout: &Layout, signers: u16, threshold: u16, hsm: Hsm) -> Result<C
     // Written last: its presence means the directory holds a complete cluster.
     write_toml(&layout.cluster_file(), &file)?;
     Ok(file)
+}
+
+/// Creates the payments daemon's directory, config and certificate, and the
+/// detokenizer's client certificate, if the cluster has none yet (clusters made before
+/// payments existed get them on their next start).
+pub fn ensure_payments(layout: &Layout) -> Result<(), Error> {
+    if layout.payments_config().exists() {
+        return Ok(());
+    }
+    let dir = layout.payments_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let pki = layout.pki();
+    let ca = Ca::load(&pki)?;
+    ca.issue(&pki, "payments", Role::Payments, None)?;
+    ca.issue(&pki, "detokenizer", Role::Detokenizer, None)?;
+    let config = custody_payments::Config {
+        name: "payments".into(),
+        listen: "127.0.0.1:0".parse().expect("address"),
+        data_dir: dir.clone(),
+        tls: layout.tls("payments"),
+        sealer: SealerConfig::InsecureSoftware {
+            key_file: dir.join("INSECURE-sealing.key"),
+        },
+        // A development cluster closes batches quickly, to show them.
+        batch: custody_payments::config::BatchConfig {
+            max_count: 10_000,
+            max_age_secs: 2,
+        },
+    };
+    write_toml(&layout.payments_config(), &config)
 }

@@ -183,7 +183,19 @@ async fn start_all(
         &r,
     )?);
     let last = procs.len() - 1;
-    wait_ready(layout, &mut procs[last], &r).await
+    let addr = wait_ready(layout, &mut procs[last], &r).await?;
+    cluster::ensure_payments(layout)?;
+    let r = layout.payments_dir().join("ready");
+    procs.push(spawn(
+        layout,
+        "payments",
+        "payments",
+        &layout.payments_config(),
+        &r,
+    )?);
+    let last = procs.len() - 1;
+    wait_ready(layout, &mut procs[last], &r).await?;
+    Ok(addr)
 }
 
 fn spawn(

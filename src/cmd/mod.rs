@@ -9,6 +9,7 @@ mod daemon;
 mod demo;
 mod dev;
 mod key;
+mod payments;
 mod request;
 mod sign;
 mod signer;
@@ -59,6 +60,9 @@ enum Command {
     /// Approver keys (Ed25519).
     #[command(subcommand)]
     Approver(request::ApproverCmd),
+    /// The payments daemon (`--config`), and its client commands: tokenize, pay, get,
+    /// list, batches, proof, verify-proof.
+    Payments(payments::Args),
     /// Audit logs and ceremony transcripts: export, verify, replay.
     #[command(subcommand)]
     Audit(audit::Cmd),
@@ -79,6 +83,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Demo(a) => demo::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Audit(c) => audit::run(c),
+        Command::Payments(a) => payments::run(a),
         Command::Request(c) => request::run(c),
         Command::Approve(a) => request::approve(a),
         Command::Approver(c) => request::keygen(c),

@@ -1,0 +1,68 @@
+//! `payments.toml` (unknown fields refused).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use custody_hsm::SealerConfig;
+pub use custody_pki::TlsFiles;
+
+/// The payments daemon's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Its name; must match its certificate (role `payments`).
+    pub name: String,
+    /// Where it listens (port 0: the OS picks, kept across restarts when possible).
+    pub listen: SocketAddr,
+    /// Payments, tokens and batches.
+    pub data_dir: PathBuf,
+    /// mTLS files.
+    pub tls: TlsFiles,
+    /// How card and account data are sealed at rest (PKCS#11 where configured).
+    pub sealer: SealerConfig,
+    /// When batches close.
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+/// A batch closes when this many payments wait, or when the oldest has waited this
+/// long.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most payments in a batch.
+    pub max_count: usize,
+    /// Longest wait of a payment before its batch closes, seconds.
+    pub max_age_secs: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_count: 10_000,
+            max_age_secs: 60,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses and checks a config's text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        if c.batch.max_count == 0 || c.batch.max_count > 1_000_000 {
+            return Err("batch.max_count: 1 to 1000000".into());
+        }
+        if c.batch.max_age_secs == 0 {
+            return Err("batch.max_age_secs: at least 1".into());
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,117 @@
+//! Inclusion proofs (`custody-payment-proof/v1`): a payment, its Merkle path, and the
+//! header of its batch; verifiable offline.
+
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+use crate::merkle::{self, Step};
+use crate::model::{Batch, Payment};
+use crate::store::Store;
+
+/// `format` of a proof.
+pub const PROOF_FORMAT: &str = "custody-payment-proof/v1";
+
+/// A payment's inclusion proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proof {
+    /// [`PROOF_FORMAT`].
+    pub format: String,
+    /// The payment (every field its leaf commits to).
+    pub payment: Payment,
+    /// Its position in the batch.
+    pub index: u64,
+    /// The path from its leaf to the root.
+    pub path: Vec<Step>,
+    /// The batch header (without the payment list).
+    pub batch: BatchHeader,
+}
+
+/// What a batch header says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchHeader {
+    /// Batch id.
+    pub id: String,
+    /// Merkle root, hex.
+    pub root: String,
+    /// Number of payments.
+    pub count: u64,
+    /// Totals per currency.
+    pub totals: std::collections::BTreeMap<String, u128>,
+    /// Period (Unix ms).
+    pub period_start_ms: u64,
+    pub period_end_ms: u64,
+    /// `closed` or `signed`.
+    pub state: String,
+    /// The settlement signature over the header digest, hex (empty until signed).
+    pub signature: String,
+}
+
+/// The proof of payment `id`.
+pub fn make(store: &Store, id: &str) -> Result<Proof, Status> {
+    let p = store
+        .payment(id)
+        .map_err(|e| Status::unavailable(e.to_string()))?
+        .ok_or_else(|| Status::not_found(format!("payment {id}: no such payment")))?;
+    let bid = p.batch.clone().ok_or_else(|| {
+        Status::failed_precondition(format!("payment {id} is not in a batch yet"))
+    })?;
+    let b: Batch = store
+        .batch(&bid)
+        .map_err(|e| Status::unavailable(e.to_string()))?
+        .ok_or_else(|| Status::internal(format!("batch {bid} missing")))?;
+    let mut leaves = Vec::with_capacity(b.payments.len());
+    let mut index = None;
+    for (i, pid) in b.payments.iter().enumerate() {
+        let q = store
+            .payment(pid)
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| Status::internal(format!("payment {pid} missing")))?;
+        if q.id == p.id {
+            index = Some(i);
+        }
+        leaves.push(q.leaf());
+    }
+    let index = index.ok_or_else(|| Status::internal("payment not in its batch"))?;
+    let path = merkle::proof(&leaves, index).ok_or_else(|| Status::internal("proof"))?;
+    Ok(Proof {
+        format: PROOF_FORMAT.into(),
+        payment: p,
+        index: index as u64,
+        path,
+        batch: BatchHeader {
+            id: b.id,
+            root: b.root,
+            count: b.count,
+            totals: b.totals,
+            period_start_ms: b.period_start_ms,
+            period_end_ms: b.period_end_ms,
+            state: b.state,
+            signature: b.signature,
+        },
+    })
+}
+
+/// Checks a proof offline: the payment's leaf leads to the batch's root and the
+/// payment names the batch. (The settlement signature over the header is checked by
+/// the caller with the settlement key, once batches are signed.)
+pub fn verify(p: &Proof) -> Result<(), String> {
+    if p.format != PROOF_FORMAT {
+        return Err(format!("format {:?}, expected {PROOF_FORMAT:?}", p.format));
+    }
+    if p.payment.batch.as_deref() != Some(p.batch.id.as_str()) {
+        return Err("the payment names another batch".into());
+    }
+    if p.index >= p.batch.count {
+        return Err("index beyond the batch".into());
+    }
+    let root: [u8; 32] = hex::decode(&p.batch.root)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("root: not 32 bytes of hex")?;
+    if !merkle::verify(&p.payment.leaf(), &p.path, &root) {
+        return Err("the payment is not in this batch (its path does not lead to the root)".into());
+    }
+    Ok(())
+}

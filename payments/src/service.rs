@@ -1,0 +1,275 @@
+//! The `custody.v1.Payments` service and the daemon around it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custody_hsm::Sealer;
+use custody_pki::{Role, StartError};
+use custody_protocol::proto::payments_server::{Payments, PaymentsServer};
+use custody_protocol::proto::*;
+use rand_core::{OsRng, RngCore};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::model::{check_clear, NewPayment, Payment};
+use crate::proof;
+use crate::store::{Created, Store, StoreError};
+
+struct Inner {
+    store: Store,
+    sealer: Arc<dyn Sealer>,
+}
+
+#[derive(Clone)]
+struct PaymentsService(Arc<Inner>);
+
+fn token_aad(token: &str) -> Vec<u8> {
+    format!("custody/v1/payment-token\0{token}").into_bytes()
+}
+
+fn store_err(e: StoreError) -> Status {
+    warn!("payments store: {e}");
+    Status::unavailable(format!("payments storage: {e}"))
+}
+
+fn record(p: &Payment, replayed: bool) -> PaymentRecord {
+    PaymentRecord {
+        id: p.id.clone(),
+        token: p.token.clone(),
+        amount: p.amount,
+        currency: p.currency.clone(),
+        merchant: p.merchant.clone(),
+        idempotency_key: p.idempotency_key.clone(),
+        created_at_ms: p.created_at_ms,
+        batch: p.batch.clone().unwrap_or_default(),
+        replayed,
+    }
+}
+
+/// Runs the payments daemon until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(std::net::SocketAddr) + Send,
+) -> Result<(), StartError> {
+    let cfg_err = StartError::Config;
+    let sealer = config
+        .sealer
+        .open()
+        .map_err(|e| cfg_err(format!("sealer: {e}")))?;
+    let store = Store::open(&config.data_dir.join("db")).map_err(|e| cfg_err(e.to_string()))?;
+    let inner = Arc::new(Inner { store, sealer });
+    spawn_batcher(inner.clone(), config.batch);
+    let tls = config.tls.server().map_err(|e| cfg_err(e.to_string()))?;
+    let (listener, addr) = custody_pki::server::listen(config.listen, &config.data_dir).await?;
+    info!(payments = %config.name, %addr, pending = inner.store.pending_count(), "payments listening");
+    on_ready(addr);
+    let svc = PaymentsServer::new(PaymentsService(inner))
+        .max_decoding_message_size(64 << 10)
+        .max_encoding_message_size(8 << 20);
+    custody_pki::server::serve(
+        tls,
+        listener,
+        Duration::from_secs(60),
+        <PaymentsServer<PaymentsService> as tonic::server::NamedService>::NAME,
+        |r| r.add_service(svc),
+        shutdown,
+    )
+    .await?;
+    info!(payments = %config.name, "payments stopped");
+    Ok(())
+}
+
+/// Closes batches by count or by age.
+fn spawn_batcher(inner: Arc<Inner>, cfg: crate::config::BatchConfig) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let due = inner.store.pending_count() >= cfg.max_count
+                || inner
+                    .store
+                    .oldest_pending_ms()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|t| now.saturating_sub(t) >= cfg.max_age_secs * 1000);
+            if !due {
+                continue;
+            }
+            let store = inner.store.clone();
+            let max = cfg.max_count;
+            match tokio::task::spawn_blocking(move || store.close_batch(max)).await {
+                Ok(Ok(Some(b))) => {
+                    info!(batch = %b.id, count = b.count, root = %b.root, "batch closed")
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => warn!("closing a batch: {e}"),
+                Err(e) => warn!("batcher: {e}"),
+            }
+        }
+    });
+}
+
+#[tonic::async_trait]
+impl Payments for PaymentsService {
+    async fn tokenize(
+        &self,
+        req: Request<TokenizeRequest>,
+    ) -> Result<Response<TokenizeResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::PaymentBackend])?;
+        let r = req.into_inner();
+        let clear =
+            check_clear(&r.kind, &r.data).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut b = [0u8; 16];
+        OsRng.fill_bytes(&mut b);
+        let token = format!("tok_{}", hex::encode(b));
+        let sealed = self
+            .0
+            .sealer
+            .seal(&token_aad(&token), format!("{}:{clear}", r.kind).as_bytes())
+            .map_err(|e| Status::unavailable(format!("sealing: {e}")))?;
+        let (store, t) = (self.0.store.clone(), token.clone());
+        tokio::task::spawn_blocking(move || store.put_token(&t, &sealed))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(store_err)?;
+        // Never log the data.
+        info!(kind = %r.kind, %token, "tokenized");
+        Ok(Response::new(TokenizeResponse { token }))
+    }
+
+    async fn detokenize(
+        &self,
+        req: Request<DetokenizeRequest>,
+    ) -> Result<Response<DetokenizeResponse>, Status> {
+        let caller = custody_pki::authorize(&req, &[Role::Detokenizer])?;
+        let r = req.into_inner();
+        let sealed = self
+            .0
+            .store
+            .token(&r.token)
+            .map_err(store_err)?
+            .ok_or_else(|| Status::not_found(format!("token {}: no such token", r.token)))?;
+        let clear = self
+            .0
+            .sealer
+            .unseal(&token_aad(&r.token), &sealed)
+            .map_err(|e| Status::unavailable(format!("unsealing: {e}")))?;
+        let text = String::from_utf8_lossy(&clear).to_string();
+        let data = text
+            .split_once(':')
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_default();
+        warn!(caller = %caller.name, token = %r.token, "detokenized");
+        Ok(Response::new(DetokenizeResponse { data }))
+    }
+
+    async fn create_payment(
+        &self,
+        req: Request<CreatePaymentRequest>,
+    ) -> Result<Response<PaymentRecord>, Status> {
+        custody_pki::authorize(&req, &[Role::PaymentBackend])?;
+        let r = req.into_inner();
+        let p = NewPayment {
+            token: r.token,
+            amount: r.amount,
+            currency: r.currency,
+            merchant: r.merchant,
+            idempotency_key: r.idempotency_key,
+        };
+        p.check()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.0.store.token(&p.token).map_err(store_err)?.is_none() {
+            return Err(Status::invalid_argument(format!(
+                "token: {} is not a token issued here",
+                p.token
+            )));
+        }
+        match self.0.store.create(p).await.map_err(store_err)? {
+            Created::New(p) => Ok(Response::new(record(&p, false))),
+            Created::Existing(p) => Ok(Response::new(record(&p, true))),
+            Created::Conflict(id) => Err(Status::already_exists(format!(
+                "idempotency_key: already used for payment {id} with another body"
+            ))),
+        }
+    }
+
+    async fn get_payment(
+        &self,
+        req: Request<GetPaymentRequest>,
+    ) -> Result<Response<PaymentRecord>, Status> {
+        custody_pki::authorize(&req, &[Role::PaymentBackend, Role::Auditor, Role::Operator])?;
+        let id = req.into_inner().id;
+        let p = self
+            .0
+            .store
+            .payment(&id)
+            .map_err(store_err)?
+            .ok_or_else(|| Status::not_found(format!("payment {id}: no such payment")))?;
+        Ok(Response::new(record(&p, false)))
+    }
+
+    async fn list_payments(
+        &self,
+        req: Request<ListPaymentsRequest>,
+    ) -> Result<Response<ListPaymentsResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::PaymentBackend, Role::Auditor, Role::Operator])?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 {
+            100
+        } else {
+            r.limit.min(10_000)
+        } as usize;
+        let merchant = (!r.merchant.is_empty()).then_some(r.merchant.as_str());
+        let list = self.0.store.payments(merchant, limit).map_err(store_err)?;
+        Ok(Response::new(ListPaymentsResponse {
+            payments: list.iter().map(|p| record(p, false)).collect(),
+        }))
+    }
+
+    async fn list_batches(
+        &self,
+        req: Request<ListBatchesRequest>,
+    ) -> Result<Response<ListBatchesResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::PaymentBackend, Role::Auditor, Role::Operator])?;
+        let batches = self.0.store.batches().map_err(store_err)?;
+        Ok(Response::new(ListBatchesResponse {
+            batches: batches
+                .iter()
+                .map(|b| BatchRecord {
+                    id: b.id.clone(),
+                    root: hex::decode(&b.root).unwrap_or_default(),
+                    count: b.count,
+                    totals: b.totals.iter().map(|(c, t)| format!("{c}={t}")).collect(),
+                    period_start_ms: b.period_start_ms,
+                    period_end_ms: b.period_end_ms,
+                    closed_at_ms: b.closed_at_ms,
+                    state: b.state.clone(),
+                    signature: hex::decode(&b.signature).unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_proof(
+        &self,
+        req: Request<GetProofRequest>,
+    ) -> Result<Response<GetProofResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::PaymentBackend, Role::Auditor, Role::Operator])?;
+        let id = req.into_inner().payment_id;
+        let store = self.0.store.clone();
+        let p = tokio::task::spawn_blocking(move || proof::make(&store, &id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(GetProofResponse {
+            proof: serde_json::to_string_pretty(&p).map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+}
