@@ -97,6 +97,7 @@ async fn latency(
             message: format!("latency {i}").into_bytes(),
             request_id: String::new(),
             transfer: None,
+            settlement: None,
         })
         .await
         .expect("sign");
@@ -126,6 +127,7 @@ async fn throughput(
                     message: format!("throughput {w} {i}").into_bytes(),
                     request_id: String::new(),
                     transfer: None,
+                    settlement: None,
                 })
                 .await
                 .expect("sign");
@@ -179,6 +181,7 @@ fn measure(
                     message: vec![i as u8],
                     request_id: String::new(),
                     transfer: None,
+                    settlement: None,
                 })
                 .await
                 .expect("warm-up sign");

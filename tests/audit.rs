@@ -131,12 +131,13 @@ fn a_real_cluster_exports_verifiable_logs_and_replayable_ceremonies() {
     .unwrap();
     let s = &json["summary"];
     assert_eq!(json["ok"], true);
-    assert_eq!(s["keys"].as_array().unwrap().len(), 2, "{json}");
+    // Two keys here, and the settlement key `custody dev` made for the payments daemon.
+    assert_eq!(s["keys"].as_array().unwrap().len(), 3, "{json}");
     assert_eq!(s["signatures"], 3, "{json}");
     // Every signature had 2 shares, each in its signer's own log; every DKG had 3
     // participants, each recording it.
     assert_eq!(s["shares_matched"], 6, "{json}");
-    assert_eq!(s["dkg_confirmations_matched"], 6, "{json}");
+    assert_eq!(s["dkg_confirmations_matched"], 9, "{json}");
     assert!(s["auth_denied"].as_u64().unwrap() >= 1, "{json}");
     assert_eq!(s["lifecycle"], 4, "{json}");
     assert_eq!(
@@ -168,7 +169,7 @@ fn a_real_cluster_exports_verifiable_logs_and_replayable_ceremonies() {
         ca.to_str().unwrap(),
     ]));
     assert!(
-        out.contains("OK: 2 DKG and 3 signing ceremonies replay"),
+        out.contains("OK: 3 DKG and 3 signing ceremonies replay"),
         "{out}"
     );
 
@@ -306,9 +307,11 @@ fn a_real_cluster_exports_verifiable_logs_and_replayable_ceremonies() {
 fn refresh_keeps_the_key_changes_every_share_and_replays() {
     let mut c = Cluster::start("refresh", 3, 2);
     let ca = c.dir.join("pki/ca.pem");
+    let mut created = Vec::new();
     for suite in ["secp256k1-tr", "ed25519"] {
         let k = c.json(&["key", "create", "--suite", suite, "--json"]);
         let key = k["key_id"].as_str().unwrap().to_string();
+        created.push(key.clone());
         c.json(&["sign", "--key", &key, "--message", "01", "--json"]);
         let r = c.json(&["key", "refresh", &key, "--json"]);
         assert_eq!(r["public_key"], k["public_key"], "same group key");
@@ -344,10 +347,7 @@ fn refresh_keeps_the_key_changes_every_share_and_replays() {
     }
 
     // A signer down: the refresh cannot start, nothing changes, the key signs again.
-    let key = c.json(&["key", "list", "--json"])[0]["key_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = created[0].clone();
     let before = c.json(&["key", "show", &key, "--json"]);
     c.kill("signer-3");
     let err = c.fails(&["key", "refresh", &key]);
@@ -381,7 +381,11 @@ fn refresh_keeps_the_key_changes_every_share_and_replays() {
     .unwrap();
     let s = &json["summary"];
     let keys = s["keys"].as_array().unwrap();
-    assert_eq!(keys.len(), 5, "2 DKGs and 3 refreshes: {json}");
+    assert_eq!(
+        keys.len(),
+        6,
+        "3 DKGs (one the settlement key) and 3 refreshes: {json}"
+    );
     assert_eq!(keys.iter().filter(|k| k["refresh"] == true).count(), 3);
     assert_eq!(s["signatures"], 8, "{json}");
 }

@@ -454,6 +454,7 @@ fn mtls_and_roles_are_enforced() {
                 message: vec![1],
                 request_id: String::new(),
                 transfer: None,
+                settlement: None,
             })
             .await
             .expect_err("a signer certificate may not ask for signatures");
@@ -539,30 +540,35 @@ fn malformed_requests_get_invalid_argument_and_daemons_keep_serving() {
                 message: vec![1],
                 request_id: String::new(),
                 transfer: None,
+                settlement: None,
             },
             SignRequest {
                 key_id: "../etc".into(),
                 message: vec![1],
                 request_id: String::new(),
                 transfer: None,
+                settlement: None,
             },
             SignRequest {
                 key_id: key.clone(),
                 message: vec![0; (1 << 20) + 1],
                 request_id: String::new(),
                 transfer: None,
+                settlement: None,
             },
             SignRequest {
                 key_id: key.clone(),
                 message: vec![1],
                 request_id: "r".repeat(129),
                 transfer: None,
+                settlement: None,
             },
             SignRequest {
                 key_id: key.clone(),
                 message: vec![1],
                 request_id: "white space".into(),
                 transfer: None,
+                settlement: None,
             },
         ];
         for req in bad_signs {
@@ -707,6 +713,7 @@ fn softhsm_cluster_seals_shares_in_tokens_and_survives_restart() {
                         message: msg.clone(),
                         request_id: String::new(),
                         transfer: None,
+                        settlement: None,
                     })
                     .await
                     .expect("sign")
@@ -1161,6 +1168,7 @@ fn as_rogue_coordinator_with(
                     package: package.clone(),
                     request_id: request_id.into(),
                     transfer: transfer.clone(),
+                    settlement: None,
                     approvals: approvals.clone(),
                 })
                 .await;

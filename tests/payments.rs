@@ -99,50 +99,86 @@ fn tokenize_pay_batch_and_prove() {
         .unwrap()
         .contains("4111111111111111"));
 
-    // The batch closes by age (2 s in a dev cluster); every payment gets a proof.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // The batch closes by age (2 s in a dev cluster), and its header is signed by the
+    // settlement key through the coordinator; every payment gets a proof.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let p = c.json(&["payments", "get", ids.last().unwrap(), "--json"]);
-        if p["batch"].as_str().is_some_and(|b| !b.is_empty()) {
+        let (_, batches, _) = out(&c.cli(&["payments", "batches", "--json"]));
+        let all: Vec<Value> = batches
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let batched: u64 = all.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+        if batched == 5 && all.iter().all(|b| b["state"] == "signed") {
             break;
         }
-        assert!(Instant::now() < deadline, "not batched: {p}");
+        assert!(
+            Instant::now() < deadline,
+            "not batched and signed: {batches}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let verify = |file: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["payments", "verify-proof", file.to_str().unwrap()];
+        args.extend(extra);
+        out(&c.offline(&args))
+    };
     for id in &ids {
         let (ok, proof, err) = out(&c.cli(&["payments", "proof", id]));
         assert!(ok, "{err}");
         let file = c.dir.join(format!("{id}.proof.json"));
         std::fs::write(&file, &proof).unwrap();
-        let (ok, report, err) =
-            out(&c.offline(&["payments", "verify-proof", file.to_str().unwrap()]));
+        let (ok, report, err) = verify(&file, &[]);
         assert!(ok, "{err}");
-        assert!(report.contains(id.as_str()), "{report}");
-        // Another amount, or the proof against another batch root: refused.
+        assert!(
+            report.contains(id.as_str()) && report.contains("signed by settlement key"),
+            "{report}"
+        );
+        let v: Value = serde_json::from_str(&proof).unwrap();
+        let pk = v["batch"]["signed_by"]["public_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(verify(&file, &["--public-key", &pk]).0);
+        assert!(!verify(&file, &["--public-key", &hex::encode([3u8; 32])]).0);
+        // Another amount, another batch root, a header signature not the key's: refused.
         let mut v: Value = serde_json::from_str(&proof).unwrap();
         v["payment"]["amount"] = 1.into();
         std::fs::write(&file, v.to_string()).unwrap();
-        assert!(!c
-            .offline(&["payments", "verify-proof", file.to_str().unwrap()])
-            .status
-            .success());
+        assert!(!verify(&file, &[]).0);
         let mut v: Value = serde_json::from_str(&proof).unwrap();
         v["batch"]["root"] = hex::encode([7u8; 32]).into();
         std::fs::write(&file, v.to_string()).unwrap();
-        assert!(!c
-            .offline(&["payments", "verify-proof", file.to_str().unwrap()])
-            .status
-            .success());
+        assert!(!verify(&file, &[]).0);
+        let mut v: Value = serde_json::from_str(&proof).unwrap();
+        let mut sig = hex::decode(v["batch"]["signature"].as_str().unwrap()).unwrap();
+        sig[10] ^= 1;
+        v["batch"]["signature"] = hex::encode(sig).into();
+        std::fs::write(&file, v.to_string()).unwrap();
+        assert!(!verify(&file, &[]).0);
     }
-    let (ok, batches, _) = out(&c.cli(&["payments", "batches", "--json"]));
-    assert!(ok);
-    let total: u64 = batches
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["count"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
-    assert_eq!(total, 5, "{batches}");
+    // The settlement is a signature of the key like any other: in the audit log, and
+    // replayed by the auditor with its message recomputed from the settlement fields.
+    let export = c.dir.join("export.json");
+    let (ok, _, err) = out(&c.cli(&[
+        "audit",
+        "export",
+        "--as",
+        "auditor",
+        "--out",
+        export.to_str().unwrap(),
+    ]));
+    assert!(ok, "{err}");
+    let ca = c.dir.join("pki/ca.pem");
+    let (ok, report, err) = out(&c.offline(&[
+        "audit",
+        "verify",
+        export.to_str().unwrap(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "--json",
+    ]));
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&report).unwrap();
+    assert!(v["summary"]["signatures"].as_u64().unwrap() >= 1, "{v}");
 }

@@ -92,6 +92,21 @@ pub enum SignedRequest {
         /// The message, hex.
         message: String,
     },
+    /// A settlement batch header; the signed message is its canonical hash.
+    Settlement {
+        /// The batch.
+        batch_id: String,
+        /// Merkle root, hex.
+        root: String,
+        /// Number of payments.
+        count: u64,
+        /// Total per currency (decimal strings).
+        totals: BTreeMap<String, String>,
+        /// Period (Unix ms).
+        period_start_ms: u64,
+        /// End of the period.
+        period_end_ms: u64,
+    },
     /// A structured transfer; the signed message is its canonical hash.
     Transfer {
         /// Asset code.
@@ -375,7 +390,71 @@ fn describe(parties: &[Party], e: custody_protocol::Error) -> String {
     }
 }
 
+impl SignedRequest {
+    /// The settlement this request is, checked (canonical decimal totals).
+    pub fn settlement(&self, request_id: &str) -> Result<hot_warm_cold::Settlement, String> {
+        let SignedRequest::Settlement {
+            batch_id,
+            root,
+            count,
+            totals,
+            period_start_ms,
+            period_end_ms,
+        } = self
+        else {
+            return Err("not a settlement".into());
+        };
+        let root: [u8; 32] = hex::decode(root)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or("settlement root: not 32 bytes of hex")?;
+        let mut t = BTreeMap::new();
+        for (c, a) in totals {
+            let v: u128 = a
+                .parse()
+                .ok()
+                .filter(|v: &u128| v.to_string() == *a)
+                .ok_or_else(|| {
+                    format!("settlement total {a:?} is not a canonical decimal integer")
+                })?;
+            t.insert(c.clone(), v);
+        }
+        let s = hot_warm_cold::Settlement {
+            batch_id: batch_id.clone(),
+            root,
+            count: *count,
+            totals: t,
+            period_start_ms: *period_start_ms,
+            period_end_ms: *period_end_ms,
+            request_id: request_id.to_string(),
+        };
+        s.check()?;
+        Ok(s)
+    }
+
+    /// A settlement as recorded, from the gRPC form.
+    pub fn from_settlement(s: &hot_warm_cold::Settlement) -> SignedRequest {
+        SignedRequest::Settlement {
+            batch_id: s.batch_id.clone(),
+            root: hex::encode(s.root),
+            count: s.count,
+            totals: s
+                .totals
+                .iter()
+                .map(|(c, t)| (c.clone(), t.to_string()))
+                .collect(),
+            period_start_ms: s.period_start_ms,
+            period_end_ms: s.period_end_ms,
+        }
+    }
+}
+
 impl SigningTranscript {
+    /// The settlement of this transcript's request (if it is one).
+    pub fn settlement(&self) -> Result<hot_warm_cold::Settlement, String> {
+        self.request.settlement(&self.request_id)
+    }
+
     /// What approvers sign: `TaggedHash("custody/v1/approval", key id, message)`.
     pub fn approval_digest(&self) -> Result<[u8; 32], String> {
         Ok(
@@ -440,6 +519,9 @@ impl SigningTranscript {
                     memo: memo.clone(),
                 };
                 Ok(t.message(&self.key_id).to_vec())
+            }
+            SignedRequest::Settlement { .. } => {
+                Ok(self.settlement()?.message(&self.key_id).to_vec())
             }
         }
     }

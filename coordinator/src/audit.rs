@@ -40,12 +40,14 @@ pub(crate) fn open(
 }
 
 /// The transcript of a finished signature.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn signing_transcript<C: EngineSuite>(
     core: &Core,
     key: &KeyRt<C>,
     request_id: &str,
     message: &[u8],
     transfer: Option<&Transfer>,
+    settlement: Option<&custody_protocol::proto::Settlement>,
     approvals: &[custody_protocol::proto::Approval],
     signed: &Signed,
 ) -> SigningTranscript {
@@ -69,8 +71,15 @@ pub(crate) fn signing_transcript<C: EngineSuite>(
         key_id: key.meta.key_id.clone(),
         suite: C::SUITE.name().into(),
         request_id: request_id.into(),
-        request: match transfer {
-            Some(t) => SignedRequest::Transfer {
+        request: match (transfer, settlement) {
+            (_, Some(s)) => match hot_warm_cold::Settlement::from_proto(s, request_id) {
+                Ok(s) => SignedRequest::from_settlement(&s),
+                // Checked when the request came in; a raw record keeps the bytes.
+                Err(_) => SignedRequest::Raw {
+                    message: hex::encode(message),
+                },
+            },
+            (Some(t), None) => SignedRequest::Transfer {
                 asset: t.asset.clone(),
                 // Canonical decimal (the signers parsed it; "+5" and "05" are 5).
                 amount: t
@@ -80,7 +89,7 @@ pub(crate) fn signing_transcript<C: EngineSuite>(
                 destination: t.destination.clone(),
                 memo: t.memo.clone(),
             },
-            None => SignedRequest::Raw {
+            (None, None) => SignedRequest::Raw {
                 message: hex::encode(message),
             },
         },

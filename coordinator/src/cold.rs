@@ -197,6 +197,7 @@ pub(crate) async fn import(core: &Arc<Core>, content: &[u8]) -> Result<SigningRe
             &w.request_id,
             message,
             transfer_of(&w),
+            None,
             approvals_of(&w),
             signed,
         )

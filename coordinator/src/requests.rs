@@ -472,6 +472,7 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
         &w.request_id,
         message,
         transfer_of(&w),
+        None,
         approvals_of(&w),
     )
     .await

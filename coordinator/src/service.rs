@@ -329,7 +329,29 @@ impl Custody for CustodyService {
 
         // A transfer: the signed message is derived from it (each signer derives it
         // again and checks it against the key's policy).
+        let settlement = match r.settlement {
+            Some(s) => {
+                if !r.message.is_empty() || r.transfer.is_some() {
+                    return Err(Status::invalid_argument(
+                        "settlement: message and transfer must be empty with a settlement",
+                    ));
+                }
+                let parsed = hot_warm_cold::Settlement::from_proto(&s, &request_id)
+                    .map_err(Status::invalid_argument)?;
+                Some((s, parsed))
+            }
+            None => None,
+        };
         let (message, transfer) = match r.transfer {
+            _ if settlement.is_some() => (
+                settlement
+                    .as_ref()
+                    .expect("some")
+                    .1
+                    .message(&r.key_id)
+                    .to_vec(),
+                None,
+            ),
             Some(t) => {
                 if !r.message.is_empty() {
                     return Err(Status::invalid_argument(
@@ -343,9 +365,15 @@ impl Custody for CustodyService {
             None => (r.message, None),
         };
         let _guard = core.request_lock(&request_id).await;
-        self.sign_once(&request_id, &r.key_id, message, transfer)
-            .await
-            .map(Response::new)
+        self.sign_once(
+            &request_id,
+            &r.key_id,
+            message,
+            transfer,
+            settlement.map(|s| s.0),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn get_signature(
@@ -626,6 +654,7 @@ impl CustodyService {
         key_id: &str,
         message: Vec<u8>,
         transfer: Option<Transfer>,
+        settlement: Option<custody_protocol::proto::Settlement>,
     ) -> Result<SignResponse, Status> {
         let core = &self.0;
         if let Some(rec) = core.store.request(request_id).map_err(store_err)? {
@@ -646,11 +675,25 @@ impl CustodyService {
         let policy = hot_warm_cold::Policy::from_json(&key.meta().policy)
             .map_err(|e| Status::internal(format!("key {key_id} policy: {e}")))?;
         if policy.approvals.is_some() {
+            if settlement.is_some() {
+                return Err(Status::unimplemented(
+                    "settlement: settlements with keys that need approvals are not supported yet; use a hot key within limits",
+                ));
+            }
             // It waits for approvals (and its time lock) before anyone signs.
             return crate::requests::submit(core, &key, &policy, request_id, message, transfer)
                 .await;
         }
-        let rec = sign_and_record(core, &key, request_id, message, transfer, vec![]).await?;
+        let rec = sign_and_record(
+            core,
+            &key,
+            request_id,
+            message,
+            transfer,
+            settlement,
+            vec![],
+        )
+        .await?;
         Ok(sign_proto(&rec, false))
     }
 }
@@ -663,6 +706,7 @@ pub(crate) async fn sign_and_record(
     request_id: &str,
     message: Vec<u8>,
     transfer: Option<Transfer>,
+    settlement: Option<custody_protocol::proto::Settlement>,
     approvals: Vec<custody_protocol::proto::Approval>,
 ) -> Result<SignRecord, Status> {
     let key_id = &key.meta().key_id;
@@ -674,6 +718,7 @@ pub(crate) async fn sign_and_record(
                 message.clone(),
                 request_id,
                 transfer.clone(),
+                settlement.clone(),
                 approvals.clone(),
             )
             .await
@@ -685,6 +730,7 @@ pub(crate) async fn sign_and_record(
                 message.clone(),
                 request_id,
                 transfer.clone(),
+                settlement.clone(),
                 approvals.clone(),
             )
             .await
@@ -706,17 +752,22 @@ pub(crate) async fn sign_and_record(
             return Err(st);
         }
     };
-    record_signature(core, key, request_id, message, transfer, approvals, signed).await
+    record_signature(
+        core, key, request_id, message, transfer, settlement, approvals, signed,
+    )
+    .await
 }
 
 /// Records a finished signature: its whole ceremony in the audit log, then the result
 /// in the store, before anyone learns it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn record_signature(
     core: &Arc<Core>,
     key: &AnyKey,
     request_id: &str,
     message: Vec<u8>,
     transfer: Option<Transfer>,
+    settlement: Option<custody_protocol::proto::Settlement>,
     approvals: Vec<custody_protocol::proto::Approval>,
     signed: signing::Signed,
 ) -> Result<SignRecord, Status> {
@@ -729,6 +780,7 @@ pub(crate) async fn record_signature(
             request_id,
             &message,
             transfer.as_ref(),
+            settlement.as_ref(),
             &approvals,
             &signed,
         ),
@@ -738,6 +790,7 @@ pub(crate) async fn record_signature(
             request_id,
             &message,
             transfer.as_ref(),
+            settlement.as_ref(),
             &approvals,
             &signed,
         ),

@@ -42,6 +42,7 @@ pub(crate) struct Signed {
 struct Ask {
     request_id: String,
     transfer: Option<Transfer>,
+    settlement: Option<custody_protocol::proto::Settlement>,
     approvals: Vec<Approval>,
     session: SessionId,
     /// The signed signing package.
@@ -217,6 +218,7 @@ async fn request_share<C: EngineSuite>(
         package: ask.package.clone(),
         request_id: ask.request_id.clone(),
         transfer: ask.transfer.clone(),
+        settlement: ask.settlement.clone(),
         approvals: ask.approvals.clone(),
     };
     let resp = match call(core.timeouts.sign(), handle, client.sign_share(req)).await {
@@ -262,6 +264,7 @@ pub(crate) async fn sign<C: EngineSuite>(
     message: Vec<u8>,
     request_id: &str,
     transfer: Option<Transfer>,
+    settlement: Option<custody_protocol::proto::Settlement>,
     approvals: Vec<Approval>,
 ) -> Result<Signed, Status> {
     let t = key.public.threshold() as usize;
@@ -332,6 +335,7 @@ pub(crate) async fn sign<C: EngineSuite>(
         let ask = Arc::new(Ask {
             request_id: request_id.to_string(),
             transfer: transfer.clone(),
+            settlement: settlement.clone(),
             approvals: approvals.clone(),
             session,
             transcript: sign::transcript_digest(&key.meta.key_id, request_id, &package_msg),

@@ -224,6 +224,33 @@ fn check(
             ))
         }
         Request::Raw { .. } => {}
+        Request::Settlement(s) => {
+            s.check().map_err(DenyReason::InvalidRequest)?;
+            // Each currency's total is held to that asset's limits, as a transfer is.
+            if !policy.assets.is_empty() || !policy.allow_raw {
+                for (currency, total) in &s.totals {
+                    let limits = policy
+                        .assets
+                        .get(currency)
+                        .ok_or_else(|| DenyReason::UnknownAsset(currency.clone()))?;
+                    if *total > limits.per_request {
+                        return Err(DenyReason::OverRequestLimit {
+                            amount: *total,
+                            limit: limits.per_request,
+                        });
+                    }
+                    let spent = ledger.spent(currency, now, limits.window_secs);
+                    if spent.saturating_add(*total) > limits.per_window {
+                        return Err(DenyReason::OverWindowLimit {
+                            spent,
+                            amount: *total,
+                            limit: limits.per_window,
+                            window_secs: limits.window_secs,
+                        });
+                    }
+                }
+            }
+        }
         Request::Transfer(t) => {
             t.check().map_err(DenyReason::InvalidRequest)?;
             if let Some(allow) = &policy.allowlist {

@@ -25,4 +25,4 @@ pub mod request;
 pub use decide::{decide, Decision, DenyReason, KeyStatus, SpendLedger};
 pub use lifecycle::{Event, State, TransitionError};
 pub use policy::{ApprovalRule, AssetLimits, Policy, Tier};
-pub use request::{Approval, Request, Transfer};
+pub use request::{Approval, Request, Settlement, Transfer};

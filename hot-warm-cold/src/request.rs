@@ -87,12 +87,118 @@ impl Transfer {
     }
 }
 
+/// A settlement: the header of a batch of payments, which commits to them by a Merkle
+/// root; the payments daemon asks for it to be signed. Its message, like a
+/// transfer's, is computed by each signer from its fields.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settlement {
+    /// The batch.
+    pub batch_id: String,
+    /// Merkle root of its payments.
+    pub root: [u8; 32],
+    /// Number of payments.
+    pub count: u64,
+    /// Total per currency, minor units.
+    pub totals: std::collections::BTreeMap<String, u128>,
+    /// Period of its payments (Unix ms).
+    pub period_start_ms: u64,
+    /// End of the period.
+    pub period_end_ms: u64,
+    /// The request id.
+    pub request_id: String,
+}
+
+impl Settlement {
+    /// The settlement a gRPC request describes, checked (the error names the field).
+    pub fn from_proto(
+        s: &custody_protocol::proto::Settlement,
+        request_id: &str,
+    ) -> Result<Settlement, String> {
+        let root: [u8; 32] = s
+            .root
+            .as_slice()
+            .try_into()
+            .map_err(|_| "settlement.root: must be 32 bytes".to_string())?;
+        let mut totals = std::collections::BTreeMap::new();
+        for t in &s.totals {
+            let amount: u128 = t.amount.parse().map_err(|_| {
+                format!(
+                    "settlement.totals: {:?} is not a whole number of minor units",
+                    t.amount
+                )
+            })?;
+            if totals.insert(t.currency.clone(), amount).is_some() {
+                return Err(format!("settlement.totals: {} listed twice", t.currency));
+            }
+        }
+        let out = Settlement {
+            batch_id: s.batch_id.clone(),
+            root,
+            count: s.count,
+            totals,
+            period_start_ms: s.period_start_ms,
+            period_end_ms: s.period_end_ms,
+            request_id: request_id.to_string(),
+        };
+        out.check().map_err(|e| format!("settlement.{e}"))?;
+        Ok(out)
+    }
+
+    /// Checks the fields.
+    pub fn check(&self) -> Result<(), String> {
+        if self.batch_id.is_empty() || self.batch_id.len() > MAX_FIELD {
+            return Err(format!("batch_id: 1 to {MAX_FIELD} bytes"));
+        }
+        if self.request_id.is_empty() || self.request_id.len() > MAX_FIELD {
+            return Err(format!("request_id: 1 to {MAX_FIELD} bytes"));
+        }
+        if self.count == 0 {
+            return Err("count: must be positive".into());
+        }
+        if self.totals.is_empty() || self.totals.len() > 256 {
+            return Err("totals: 1 to 256 currencies".into());
+        }
+        for (c, t) in &self.totals {
+            if c.is_empty() || c.len() > 16 || *t == 0 {
+                return Err(format!(
+                    "totals: {c:?}: a currency name and a positive total"
+                ));
+            }
+        }
+        if self.period_end_ms < self.period_start_ms {
+            return Err("period: ends before it starts".into());
+        }
+        Ok(())
+    }
+
+    /// The 32-byte message the signers sign: `TaggedHash("custody/v1/settlement",
+    /// key_id, request_id, batch_id, root, count (8 bytes BE), (currency, total (16
+    /// bytes BE))* ascending, period start (8 BE), period end (8 BE))`.
+    pub fn message(&self, key_id: &str) -> [u8; 32] {
+        let mut h = TaggedHash::new("custody/v1/settlement")
+            .part(key_id.as_bytes())
+            .part(self.request_id.as_bytes())
+            .part(self.batch_id.as_bytes())
+            .part(&self.root)
+            .part(&self.count.to_be_bytes());
+        for (c, t) in &self.totals {
+            h = h.part(c.as_bytes()).part(&t.to_be_bytes());
+        }
+        h.part(&self.period_start_ms.to_be_bytes())
+            .part(&self.period_end_ms.to_be_bytes())
+            .finish()
+    }
+}
+
 /// What a client asks a key to sign.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Request {
     /// A structured transfer: the message is derived from it.
     Transfer(Transfer),
+    /// A settlement batch header: the message is derived from it.
+    Settlement(Settlement),
     /// Exact bytes, only where the key's policy allows raw signing.
     Raw {
         /// The client's request id.
@@ -107,6 +213,7 @@ impl Request {
     pub fn message(&self, key_id: &str) -> Vec<u8> {
         match self {
             Request::Transfer(t) => t.message(key_id).to_vec(),
+            Request::Settlement(s) => s.message(key_id).to_vec(),
             Request::Raw { message, .. } => message.clone(),
         }
     }
@@ -123,6 +230,7 @@ impl Request {
     pub fn request_id(&self) -> &str {
         match self {
             Request::Transfer(t) => &t.request_id,
+            Request::Settlement(s) => &s.request_id,
             Request::Raw { request_id, .. } => request_id,
         }
     }

@@ -25,6 +25,26 @@ pub struct Config {
     /// When batches close.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Who signs batch headers (without it, batches stay `closed`, unsigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settlement: Option<SettlementConfig>,
+}
+
+/// The threshold key that signs settlement batch headers, and how to reach the
+/// coordinator (as a payment backend).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementConfig {
+    /// The key.
+    pub key_id: String,
+    /// The file where the coordinator writes its address (or give `coordinator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_addr_file: Option<PathBuf>,
+    /// The coordinator's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<String>,
+    /// Client certificate (role payment-backend) for the coordinator.
+    pub client_tls: TlsFiles,
 }
 
 /// A batch closes when this many payments wait, or when the oldest has waited this

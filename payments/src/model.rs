@@ -211,26 +211,46 @@ pub struct Batch {
     pub closed_at_ms: u64,
     /// `closed` (committed, not signed yet) or `signed`.
     pub state: String,
-    /// The threshold signature over the header, hex, once signed.
+    /// The threshold signature over the settlement message, hex, once signed.
     #[serde(default)]
     pub signature: String,
+    /// The key that signed it: id, suite, external public key (hex).
+    #[serde(default)]
+    pub signed_by: Option<SignedBy>,
+}
+
+/// A settlement key as a verifier needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedBy {
+    /// Key id (bound into the signed message).
+    pub key_id: String,
+    /// `secp256k1-tr` or `ed25519`.
+    pub suite: String,
+    /// 32-byte public key, hex.
+    pub public_key: String,
 }
 
 impl Batch {
-    /// The header bytes a settlement signature covers: `TaggedHash(
-    /// "custody/v1/settlement-header", id, root, u64 count, (currency, u128 total)*
-    /// ascending, u64 period start, u64 period end)`.
-    pub fn header_digest(&self) -> Result<[u8; 32], String> {
-        let root = hex::decode(&self.root).map_err(|_| "root is not hex")?;
-        let mut h = custody_protocol::hash::TaggedHash::new("custody/v1/settlement-header")
-            .part(self.id.as_bytes())
-            .part(&root)
-            .part(&self.count.to_be_bytes());
-        for (c, t) in &self.totals {
-            h = h.part(c.as_bytes()).part(&t.to_be_bytes());
-        }
-        Ok(h.part(&self.period_start_ms.to_be_bytes())
-            .part(&self.period_end_ms.to_be_bytes())
-            .finish())
+    /// The settlement request id of this batch (idempotent at the coordinator).
+    pub fn request_id(&self) -> String {
+        format!("settle-{}", self.id)
+    }
+
+    /// The settlement the signers sign for this batch.
+    pub fn settlement(&self) -> Result<hot_warm_cold::Settlement, String> {
+        let root: [u8; 32] = hex::decode(&self.root)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or("root: not 32 bytes of hex")?;
+        Ok(hot_warm_cold::Settlement {
+            batch_id: self.id.clone(),
+            root,
+            count: self.count,
+            totals: self.totals.clone(),
+            period_start_ms: self.period_start_ms,
+            period_end_ms: self.period_end_ms,
+            request_id: self.request_id(),
+        })
     }
 }

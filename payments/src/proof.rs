@@ -44,8 +44,11 @@ pub struct BatchHeader {
     pub period_end_ms: u64,
     /// `closed` or `signed`.
     pub state: String,
-    /// The settlement signature over the header digest, hex (empty until signed).
+    /// The settlement signature, hex (empty until signed).
     pub signature: String,
+    /// The key that signed it.
+    #[serde(default)]
+    pub signed_by: Option<crate::model::SignedBy>,
 }
 
 /// The proof of payment `id`.
@@ -89,6 +92,7 @@ pub fn make(store: &Store, id: &str) -> Result<Proof, Status> {
             period_end_ms: b.period_end_ms,
             state: b.state,
             signature: b.signature,
+            signed_by: b.signed_by,
         },
     })
 }
@@ -112,6 +116,33 @@ pub fn verify(p: &Proof) -> Result<(), String> {
         .ok_or("root: not 32 bytes of hex")?;
     if !merkle::verify(&p.payment.leaf(), &p.path, &root) {
         return Err("the payment is not in this batch (its path does not lead to the root)".into());
+    }
+    if p.batch.signature.is_empty() {
+        return Ok(());
+    }
+    // The header's settlement signature, by the key it names.
+    let by = p
+        .batch
+        .signed_by
+        .as_ref()
+        .ok_or("a signature without the key that made it")?;
+    let settlement = hot_warm_cold::Settlement {
+        batch_id: p.batch.id.clone(),
+        root,
+        count: p.batch.count,
+        totals: p.batch.totals.clone(),
+        period_start_ms: p.batch.period_start_ms,
+        period_end_ms: p.batch.period_end_ms,
+        request_id: format!("settle-{}", p.batch.id),
+    };
+    let suite: custody_protocol::Suite = by.suite.parse().map_err(|e| format!("suite: {e}"))?;
+    let pk: [u8; 32] = hex::decode(&by.public_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("public key: not 32 bytes of hex")?;
+    let sig = hex::decode(&p.batch.signature).map_err(|_| "signature: not hex")?;
+    if !custody_protocol::verify_signature(suite, &pk, &settlement.message(&by.key_id), &sig) {
+        return Err("the batch header's settlement signature does not verify".into());
     }
     Ok(())
 }

@@ -62,6 +62,10 @@ pub async fn serve(
     let store = Store::open(&config.data_dir.join("db")).map_err(|e| cfg_err(e.to_string()))?;
     let inner = Arc::new(Inner { store, sealer });
     spawn_batcher(inner.clone(), config.batch);
+    match config.settlement.clone() {
+        Some(s) => spawn_settler(inner.clone(), s),
+        None => warn!("no settlement key configured: batches are committed but not signed"),
+    }
     let tls = config.tls.server().map_err(|e| cfg_err(e.to_string()))?;
     let (listener, addr) = custody_pki::server::listen(config.listen, &config.data_dir).await?;
     info!(payments = %config.name, %addr, pending = inner.store.pending_count(), "payments listening");
@@ -115,6 +119,122 @@ fn spawn_batcher(inner: Arc<Inner>, cfg: crate::config::BatchConfig) {
             }
         }
     });
+}
+
+/// Signs closed batches with the settlement key, through the coordinator (request id
+/// `settle-<batch>`: a retry after a crash gets the same signature, never a second
+/// settlement), checks the signature itself, then records it.
+fn spawn_settler(inner: Arc<Inner>, cfg: crate::config::SettlementConfig) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_error = String::new();
+        loop {
+            tick.tick().await;
+            let Ok(batches) = inner.store.batches() else {
+                continue;
+            };
+            for mut b in batches.into_iter().filter(|b| b.state == "closed") {
+                match settle(&cfg, &mut b).await {
+                    Ok(()) => {
+                        let store = inner.store.clone();
+                        let b2 = b.clone();
+                        match tokio::task::spawn_blocking(move || store.put_batch(&b2)).await {
+                            Ok(Ok(())) => info!(batch = %b.id, "batch signed"),
+                            Ok(Err(e)) => warn!(batch = %b.id, "signed but not stored: {e}"),
+                            Err(e) => warn!("settler: {e}"),
+                        }
+                        last_error.clear();
+                    }
+                    Err(e) => {
+                        if e != last_error {
+                            warn!(batch = %b.id, "settlement not signed yet: {e}");
+                            last_error = e;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn settle(
+    cfg: &crate::config::SettlementConfig,
+    b: &mut crate::model::Batch,
+) -> Result<(), String> {
+    use custody_protocol::proto::custody_client::CustodyClient;
+    let addr = match (&cfg.coordinator, &cfg.coordinator_addr_file) {
+        (Some(a), _) => a.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("coordinator address {}: {e}", f.display()))?,
+        (None, None) => return Err("settlement: no coordinator address".into()),
+    };
+    let tls = cfg.client_tls.client().map_err(|e| e.to_string())?;
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120))
+        .connect()
+        .await
+        .map_err(|e| format!("coordinator {addr}: {e}"))?;
+    let mut c = CustodyClient::new(ch);
+    let key = c
+        .get_key(GetKeyRequest {
+            key_id: cfg.key_id.clone(),
+        })
+        .await
+        .map_err(|st| format!("{:?}: {}", st.code(), st.message()))?
+        .into_inner();
+    let s = b.settlement()?;
+    let r = c
+        .sign(SignRequest {
+            key_id: cfg.key_id.clone(),
+            message: vec![],
+            request_id: b.request_id(),
+            transfer: None,
+            settlement: Some(Settlement {
+                batch_id: s.batch_id.clone(),
+                root: s.root.to_vec(),
+                count: s.count,
+                totals: s
+                    .totals
+                    .iter()
+                    .map(|(c, t)| SettlementTotal {
+                        currency: c.clone(),
+                        amount: t.to_string(),
+                    })
+                    .collect(),
+                period_start_ms: s.period_start_ms,
+                period_end_ms: s.period_end_ms,
+            }),
+        })
+        .await
+        .map_err(|st| format!("{:?}: {}", st.code(), st.message()))?
+        .into_inner();
+    if r.state != "signed" {
+        return Err(format!("the settlement request is {}", r.state));
+    }
+    let suite: custody_protocol::Suite = key.suite.parse().map_err(|e| format!("{e}"))?;
+    let pk: [u8; 32] = key
+        .public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| "settlement key: not 32 bytes")?;
+    if !custody_protocol::verify_signature(suite, &pk, &s.message(&cfg.key_id), &r.signature) {
+        return Err("the coordinator returned a signature that does not verify".into());
+    }
+    b.signature = hex::encode(&r.signature);
+    b.signed_by = Some(crate::model::SignedBy {
+        key_id: cfg.key_id.clone(),
+        suite: key.suite,
+        public_key: hex::encode(pk),
+    });
+    b.state = "signed".into();
+    Ok(())
 }
 
 #[tonic::async_trait]

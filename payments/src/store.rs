@@ -325,6 +325,7 @@ impl Store {
             closed_at_ms: now_ms(),
             state: "closed".into(),
             signature: String::new(),
+            signed_by: None,
         };
         let r: Result<(), TransactionError<()>> = (&self.payments, &self.pending, &self.batches)
             .transaction(|(payments, pending, batches)| {

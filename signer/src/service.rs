@@ -434,8 +434,14 @@ impl Inner {
         if k.policy.needs_ledger() {
             let mut next = usage.clone();
             next.signatures += 1;
-            if let hot_warm_cold::Request::Transfer(t) = request {
-                next.ledger.record(now, &t.asset, t.amount);
+            match request {
+                hot_warm_cold::Request::Transfer(t) => next.ledger.record(now, &t.asset, t.amount),
+                hot_warm_cold::Request::Settlement(s) => {
+                    for (currency, total) in &s.totals {
+                        next.ledger.record(now, currency, *total);
+                    }
+                }
+                hot_warm_cold::Request::Raw { .. } => {}
             }
             next.requests
                 .insert(request.request_id().to_string(), (now, digest));
@@ -1296,6 +1302,17 @@ impl Signer for SignerService {
             .map(|t| hot_warm_cold::Transfer::from_proto(t, &r.request_id))
             .transpose()
             .map_err(Status::invalid_argument)?;
+        let settlement = r
+            .settlement
+            .as_ref()
+            .map(|s| hot_warm_cold::Settlement::from_proto(s, &r.request_id))
+            .transpose()
+            .map_err(Status::invalid_argument)?;
+        if transfer.is_some() && settlement.is_some() {
+            return Err(Status::invalid_argument(
+                "transfer and settlement: at most one",
+            ));
+        }
         let mut roster = Roster::new();
         roster.insert(COORDINATOR, coord);
         let opened = identity::open_from(&roster, COORDINATOR, &r.package)
@@ -1307,6 +1324,7 @@ impl Signer for SignerService {
             key_id: &r.key_id,
             request_id: &r.request_id,
             transfer,
+            settlement,
             approvals,
         };
         let (resp, issued) =
@@ -1783,6 +1801,7 @@ struct Ask<'a> {
     key_id: &'a str,
     request_id: &'a str,
     transfer: Option<hot_warm_cold::Transfer>,
+    settlement: Option<hot_warm_cold::Settlement>,
     approvals: Vec<hot_warm_cold::Approval>,
 }
 
@@ -1805,6 +1824,18 @@ fn sign_with<C: EngineSuite>(
     // The request, as this signer sees it: a transfer's message is computed here, and
     // the package must carry exactly it.
     let request = match ask.transfer {
+        None if ask.settlement.is_some() => {
+            let s = ask.settlement.expect("checked");
+            if package.message() != s.message(key_id) {
+                return Err(i.refuse(
+                    key_id,
+                    ask.request_id,
+                    "signing package message is not the message of the settlement it claims to be"
+                        .into(),
+                ));
+            }
+            hot_warm_cold::Request::Settlement(s)
+        }
         Some(t) => {
             if package.message() != t.message(key_id) {
                 return Err(i.refuse(
@@ -2002,6 +2033,9 @@ pub(crate) async fn offline(config: &Config, request: &[u8]) -> Result<Vec<u8>, 
         .cloned()
         .ok_or_else(|| format!("no active key {} on this signer", req.key_id))?;
     let request = match &req.request {
+        SignedRequest::Settlement { .. } => {
+            hot_warm_cold::Request::Settlement(req.request.settlement(&req.request_id)?)
+        }
         SignedRequest::Transfer {
             asset,
             amount,

@@ -329,6 +329,8 @@ pub fn ensure_payments(layout: &Layout) -> Result<(), Error> {
             max_count: 10_000,
             max_age_secs: 2,
         },
+        // Filled in by `custody dev` once the coordinator runs (a key needs a DKG).
+        settlement: None,
     };
     write_toml(&layout.payments_config(), &config)
 }

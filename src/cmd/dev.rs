@@ -185,6 +185,7 @@ async fn start_all(
     let last = procs.len() - 1;
     let addr = wait_ready(layout, &mut procs[last], &r).await?;
     cluster::ensure_payments(layout)?;
+    ensure_settlement_key(layout, &addr).await?;
     let r = layout.payments_dir().join("ready");
     procs.push(spawn(
         layout,
@@ -196,6 +197,54 @@ async fn start_all(
     let last = procs.len() - 1;
     wait_ready(layout, &mut procs[last], &r).await?;
     Ok(addr)
+}
+
+/// Gives the payments daemon a settlement key on first start: a hot secp256k1-tr key
+/// that signs only settlement headers (no raw messages), every currency within generous
+/// development limits.
+async fn ensure_settlement_key(layout: &Layout, coordinator: &str) -> Result<(), Error> {
+    let mut config = custody_payments::Config::load(&layout.payments_config())?;
+    if config.settlement.is_some() {
+        return Ok(());
+    }
+    let assets: serde_json::Map<String, serde_json::Value> = custody_payments::model::CURRENCIES
+        .iter()
+        .map(|c| {
+            (
+                c.to_string(),
+                serde_json::json!({ "per_request": 1_000_000_000_000_000u64, "per_window": 10_000_000_000_000_000u64, "window_secs": 86400 }),
+            )
+        })
+        .collect();
+    let policy = serde_json::json!({
+        "tier": "hot", "allow_raw": false, "allowlist": null, "assets": assets,
+        "approvals": null, "time_lock_secs": 0, "max_age_secs": null, "max_signatures": null,
+    });
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{coordinator}"))?
+        .tls_config(layout.tls("operator").client()?)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120))
+        .connect()
+        .await?;
+    let key = custody_protocol::proto::custody_client::CustodyClient::new(ch)
+        .create_key(custody_protocol::proto::CreateKeyRequest {
+            suite: "secp256k1-tr".into(),
+            name: "settlement".into(),
+            policy: policy.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|st| format!("creating the settlement key: {}", st.message()))?
+        .into_inner();
+    config.settlement = Some(custody_payments::config::SettlementConfig {
+        key_id: key.key_id,
+        coordinator_addr_file: Some(custody_coordinator::addr_file(&layout.coordinator_dir())),
+        coordinator: None,
+        client_tls: layout.tls("payment-backend"),
+    });
+    let text = toml::to_string_pretty(&config)?;
+    std::fs::write(layout.payments_config(), text)?;
+    Ok(())
 }
 
 fn spawn(

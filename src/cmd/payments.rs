@@ -105,10 +105,15 @@ enum Cmd {
         conn: PConn,
         payment_id: String,
     },
-    /// Check an inclusion proof offline.
+    /// Check an inclusion proof offline: the payment is in the batch, and the batch
+    /// header's settlement signature verifies.
     VerifyProof {
         /// The proof file.
         file: PathBuf,
+        /// The settlement key's public key (hex) to require; without it the key the
+        /// proof names is used (and said so).
+        #[arg(long)]
+        public_key: Option<String>,
     },
 }
 
@@ -123,11 +128,18 @@ pub fn run(a: Args) -> Result<(), Error> {
             print_identity: false,
         });
     };
-    if let Cmd::VerifyProof { file } = &cmd {
+    if let Cmd::VerifyProof { file, public_key } = &cmd {
         let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let p: custody_payments::proof::Proof = serde_json::from_str(&text)
             .map_err(|e| format!("{}: not a payment proof: {e}", file.display()))?;
         custody_payments::proof::verify(&p).map_err(|e| format!("proof FAILED: {e}"))?;
+        let signer = p.batch.signed_by.as_ref();
+        if let Some(pin) = public_key {
+            let named = signer.map(|s| s.public_key.clone()).unwrap_or_default();
+            if !named.eq_ignore_ascii_case(pin.trim_start_matches("0x")) {
+                return Err("proof FAILED: the batch is not signed by the --public-key key".into());
+            }
+        }
         println!(
             "payment {} ({} {} to {}) is payment {} of batch {} (root {}, {} payments){}",
             p.payment.id,
@@ -138,10 +150,13 @@ pub fn run(a: Args) -> Result<(), Error> {
             p.batch.id,
             p.batch.root,
             p.batch.count,
-            if p.batch.signature.is_empty() {
-                "; the batch header is not signed yet"
-            } else {
-                ""
+            match (signer, public_key) {
+                (None, _) => "; the batch header is not signed yet".to_string(),
+                (Some(k), Some(_)) => format!("; header signed by settlement key {} (pinned)", k.key_id),
+                (Some(k), None) => format!(
+                    "; header signed by settlement key {} ({}, public key {} as the proof names it: pin it with --public-key)",
+                    k.key_id, k.suite, k.public_key
+                ),
             }
         );
         return Ok(());

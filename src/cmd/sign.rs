@@ -119,6 +119,7 @@ pub fn run(a: Args) -> Result<(), Error> {
                 message,
                 request_id: a.request_id.unwrap_or_default(),
                 transfer,
+                settlement: None,
             })
             .await
             .map_err(status)?
