@@ -182,3 +182,203 @@ fn tokenize_pay_batch_and_prove() {
     let v: Value = serde_json::from_str(&report).unwrap();
     assert!(v["summary"]["signatures"].as_u64().unwrap() >= 1, "{v}");
 }
+
+/// `kill -9` of the payments daemon under load, again and again: no acknowledged
+/// payment is lost, no idempotency key makes two payments, no payment is in two
+/// batches, and every batch closed before a crash is signed after the restart.
+#[test]
+fn kill_9_under_load_loses_and_doubles_nothing() {
+    use custody_protocol::proto::payments_client::PaymentsClient;
+    use custody_protocol::proto::{
+        CreatePaymentRequest, GetPaymentRequest, ListBatchesRequest, TokenizeRequest,
+    };
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let mut c = Cluster::start("paykill", 2, 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = |c: &Cluster| {
+        let addr = std::fs::read_to_string(c.dir.join("payments/listen-addr")).unwrap();
+        let tls = c.tls(Some("payment-backend"));
+        async move {
+            let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", addr.trim()))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(10))
+                .connect()
+                .await
+                .expect("payments");
+            PaymentsClient::new(ch).max_decoding_message_size(64 << 20)
+        }
+    };
+    let token = rt.block_on(async {
+        client(&c)
+            .await
+            .tokenize(TokenizeRequest {
+                kind: "account".into(),
+                data: "ACC-001".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    });
+    // Every acknowledged payment: idempotency key → payment id.
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    let mut sent = 0u64;
+    const ROUNDS: usize = 6;
+    for round in 0..ROUNDS {
+        let start = sent;
+        let results = rt.block_on(async {
+            let cl = client(&c).await;
+            let mut tasks = Vec::new();
+            for w in 0..16u64 {
+                let mut cl = cl.clone();
+                let token = token.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    for i in 0..400u64 {
+                        let key = format!("r{round}-w{w}-{i}");
+                        let r = cl
+                            .create_payment(CreatePaymentRequest {
+                                token: token.clone(),
+                                amount: 100 + i,
+                                currency: "EUR".into(),
+                                merchant: "m-crash".into(),
+                                idempotency_key: key.clone(),
+                            })
+                            .await;
+                        match r {
+                            Ok(p) => got.push((key, p.into_inner().id)),
+                            Err(_) => break, // the daemon died
+                        }
+                    }
+                    got
+                }));
+            }
+            // Let the load run, then kill the daemon in the middle of it.
+            // Later rounds run long enough for batches to close (2 s) and be signed.
+            let ms = if round < 3 {
+                150 + 60 * round as u64
+            } else {
+                2_050 + 200 * (round as u64 - 3)
+            };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            c.kill("payments");
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        });
+        sent += results.len() as u64;
+        for (k, id) in results {
+            assert!(acked.insert(k, id).is_none());
+        }
+        assert!(
+            sent > start,
+            "round {round}: nothing acknowledged before the kill"
+        );
+        c.restart("payments");
+    }
+    let report = rt.block_on(async {
+        let mut cl = client(&c).await;
+        // Nothing acknowledged is lost; a retry of any key returns the same payment.
+        for (key, id) in &acked {
+            let p = cl
+                .get_payment(GetPaymentRequest { id: id.clone() })
+                .await
+                .expect("acknowledged payment");
+            assert_eq!(&p.into_inner().idempotency_key, key);
+        }
+        for (key, id) in acked.iter().step_by(97) {
+            let amount: u64 = 100 + key.rsplit('-').next().unwrap().parse::<u64>().unwrap();
+            let p = cl
+                .create_payment(CreatePaymentRequest {
+                    token: token.clone(),
+                    amount,
+                    currency: "EUR".into(),
+                    merchant: "m-crash".into(),
+                    idempotency_key: key.clone(),
+                })
+                .await
+                .expect("retry")
+                .into_inner();
+            assert_eq!(&p.id, id, "a retry made a second payment");
+        }
+        // Every payment batched and every batch signed, eventually; each payment in
+        // exactly one batch (the batches' counts add up to the payments batched).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let batches = cl
+                .list_batches(ListBatchesRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .batches;
+            let counted: u64 = batches.iter().map(|b| b.count).sum();
+            let signed = batches.iter().all(|b| b.state == "signed");
+            let listed = cl
+                .list_payments(custody_protocol::proto::ListPaymentsRequest {
+                    merchant: "m-crash".into(),
+                    limit: 100_000,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .payments;
+            let batch_of: BTreeMap<_, _> = listed
+                .iter()
+                .map(|p| (p.id.clone(), p.batch.clone()))
+                .collect();
+            let unbatched = acked
+                .values()
+                .filter(|id| batch_of.get(*id).is_none_or(|b| b.is_empty()))
+                .count();
+            if unbatched == 0 && signed && counted >= acked.len() as u64 {
+                break (batches.len(), counted);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{unbatched} unbatched, signed {signed}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    // Payments that were written but never acknowledged (in flight at a kill) may be
+    // batched too; never twice, and every acknowledged one is there.
+    let (batches, counted) = report;
+    let all = rt.block_on(async {
+        client(&c)
+            .await
+            .list_payments(custody_protocol::proto::ListPaymentsRequest {
+                merchant: "m-crash".into(),
+                limit: 100_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .payments
+    });
+    assert_eq!(
+        counted,
+        all.len() as u64,
+        "a payment in two batches, or one in none"
+    );
+    let keys: BTreeSet<_> = all.iter().map(|p| p.idempotency_key.clone()).collect();
+    assert_eq!(
+        keys.len(),
+        all.len(),
+        "an idempotency key with two payments"
+    );
+    eprintln!(
+        "{ROUNDS} kill -9 rounds: {} acknowledged, {} stored, {batches} batches, 0 lost, 0 doubled",
+        acked.len(),
+        all.len()
+    );
+}

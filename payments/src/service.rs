@@ -72,7 +72,7 @@ pub async fn serve(
     on_ready(addr);
     let svc = PaymentsServer::new(PaymentsService(inner))
         .max_decoding_message_size(64 << 10)
-        .max_encoding_message_size(8 << 20);
+        .max_encoding_message_size(64 << 20);
     custody_pki::server::serve(
         tls,
         listener,
@@ -345,7 +345,7 @@ impl Payments for PaymentsService {
         let limit = if r.limit == 0 {
             100
         } else {
-            r.limit.min(10_000)
+            r.limit.min(100_000)
         } as usize;
         let merchant = (!r.merchant.is_empty()).then_some(r.merchant.as_str());
         let list = self.0.store.payments(merchant, limit).map_err(store_err)?;

@@ -64,7 +64,12 @@ pub struct Store {
     tokens: sled::Tree,
     payments: sled::Tree,
     idem: sled::Tree,
-    pending: sled::Tree,
+    /// Every payment by arrival: u64 seq (BE) → id. Batches take contiguous ranges.
+    by_seq: sled::Tree,
+    /// `batched-upto`: the first seq not in any batch.
+    meta: sled::Tree,
+    /// Batch ranges: u64 first seq (BE) → (end seq, batch id).
+    ranges: sled::Tree,
     batches: sled::Tree,
     writer: mpsc::Sender<Job>,
 }
@@ -90,7 +95,9 @@ impl Store {
             tokens: db.open_tree("tokens")?,
             payments: db.open_tree("payments")?,
             idem: db.open_tree("idempotency")?,
-            pending: db.open_tree("pending")?,
+            by_seq: db.open_tree("by-seq")?,
+            meta: db.open_tree("meta")?,
+            ranges: db.open_tree("batch-ranges")?,
             batches: db.open_tree("batches")?,
             writer: mpsc::channel().0,
             db,
@@ -128,12 +135,41 @@ impl Store {
     }
 
     fn next_seq(&self) -> Result<u64, StoreError> {
-        let last = self.payments.iter().values().filter_map(|v| {
-            v.ok()
-                .and_then(|v| serde_json::from_slice::<Payment>(&v).ok())
-                .map(|p| p.seq)
-        });
-        Ok(last.max().map_or(0, |s| s + 1))
+        Ok(match self.by_seq.last()? {
+            Some((k, _)) => {
+                u64::from_be_bytes(
+                    k.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Db("seq key".into()))?,
+                ) + 1
+            }
+            None => 0,
+        })
+    }
+
+    fn batched_upto(&self) -> Result<u64, StoreError> {
+        Ok(match self.meta.get(b"batched-upto")? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Db("watermark".into()))?,
+            ),
+            None => 0,
+        })
+    }
+
+    /// The batch holding payment number `seq`, if any.
+    fn batch_of(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        let Some((_, v)) = self
+            .ranges
+            .range(..=seq.to_be_bytes())
+            .next_back()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let (end, id): (u64, String) = serde_json::from_slice(&v)?;
+        Ok((seq < end).then_some(id))
     }
 
     fn write_loop(&self, rx: &mpsc::Receiver<Job>) {
@@ -229,13 +265,13 @@ impl Store {
             fresh.push((pay, hash));
         }
         if !fresh.is_empty() {
-            let r: Result<(), TransactionError<()>> = (&self.payments, &self.pending, &self.idem)
-                .transaction(|(payments, pending, idem)| {
+            let r: Result<(), TransactionError<()>> = (&self.payments, &self.by_seq, &self.idem)
+                .transaction(|(payments, by_seq, idem)| {
                     for (pay, hash) in &fresh {
                         let v = serde_json::to_vec(pay)
                             .map_err(|_| ConflictableTransactionError::Abort(()))?;
                         payments.insert(pay.id.as_bytes(), v)?;
-                        pending.insert(&pay.seq.to_be_bytes(), pay.id.as_bytes())?;
+                        by_seq.insert(&pay.seq.to_be_bytes(), pay.id.as_bytes())?;
                         let i = serde_json::to_vec(&(pay.id.clone(), hex::encode(hash)))
                             .map_err(|_| ConflictableTransactionError::Abort(()))?;
                         idem.insert(pay.idempotency_key.as_bytes(), i)?;
@@ -255,7 +291,11 @@ impl Store {
     /// One payment.
     pub fn payment(&self, id: &str) -> Result<Option<Payment>, StoreError> {
         match self.payments.get(id.as_bytes())? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => {
+                let mut p: Payment = serde_json::from_slice(&v)?;
+                p.batch = self.batch_of(p.seq)?;
+                Ok(Some(p))
+            }
             None => Ok(None),
         }
     }
@@ -275,38 +315,51 @@ impl Store {
         all.retain(|p| merchant.is_none_or(|m| p.merchant == m));
         all.sort_by_key(|p| std::cmp::Reverse(p.seq));
         all.truncate(limit);
+        for p in &mut all {
+            p.batch = self.batch_of(p.seq)?;
+        }
         Ok(all)
     }
 
     /// How many payments wait for a batch.
     pub fn pending_count(&self) -> usize {
-        self.pending.len()
+        match (self.next_seq(), self.batched_upto()) {
+            (Ok(n), Ok(w)) => n.saturating_sub(w) as usize,
+            _ => 0,
+        }
     }
 
     /// The oldest pending payment's time (Unix ms), if any.
     pub fn oldest_pending_ms(&self) -> Result<Option<u64>, StoreError> {
-        let Some(first) = self.pending.first()? else {
+        let Some(id) = self.by_seq.get(self.batched_upto()?.to_be_bytes())? else {
             return Ok(None);
         };
-        let id = String::from_utf8_lossy(&first.1).to_string();
+        let id = String::from_utf8_lossy(&id).to_string();
         Ok(self.payment(&id)?.map(|p| p.created_at_ms))
     }
 
     /// Closes a batch of the oldest `max` pending payments: its header commits to them
-    /// (Merkle root, count, totals, period), and in one transaction every payment is
-    /// marked as in it and leaves the queue. A payment is in at most one batch.
+    /// (Merkle root, count, totals, period). Batches take contiguous ranges of arrival
+    /// order; one transaction moves the watermark and records the batch, so a payment
+    /// is in at most one batch, whatever crashes.
     pub fn close_batch(&self, max: usize) -> Result<Option<Batch>, StoreError> {
+        let from = self.batched_upto()?;
         let mut picked: Vec<Payment> = Vec::new();
-        for item in self.pending.iter().take(max) {
+        for item in self.by_seq.range(from.to_be_bytes()..).take(max) {
             let (_, id) = item?;
             let id = String::from_utf8_lossy(&id).to_string();
-            let p = self
-                .payment(&id)?
-                .ok_or_else(|| StoreError::Db(format!("queued payment {id} missing")))?;
-            picked.push(p);
+            let v = self
+                .payments
+                .get(id.as_bytes())?
+                .ok_or_else(|| StoreError::Db(format!("payment {id} missing")))?;
+            picked.push(serde_json::from_slice(&v)?);
         }
         if picked.is_empty() {
             return Ok(None);
+        }
+        let end = from + picked.len() as u64;
+        if picked.last().map(|p| p.seq) != Some(end - 1) {
+            return Err(StoreError::Db("payment sequence has a gap".into()));
         }
         let leaves: Vec<[u8; 32]> = picked.iter().map(Payment::leaf).collect();
         let root = merkle::root(&leaves).expect("not empty");
@@ -327,19 +380,20 @@ impl Store {
             signature: String::new(),
             signed_by: None,
         };
-        let r: Result<(), TransactionError<()>> = (&self.payments, &self.pending, &self.batches)
-            .transaction(|(payments, pending, batches)| {
-                for p in &picked {
-                    let mut p = p.clone();
-                    p.batch = Some(batch.id.clone());
-                    let v = serde_json::to_vec(&p)
-                        .map_err(|_| ConflictableTransactionError::Abort(()))?;
-                    payments.insert(p.id.as_bytes(), v)?;
-                    pending.remove(&p.seq.to_be_bytes())?;
+        let range = serde_json::to_vec(&(end, batch.id.clone()))?;
+        let record = serde_json::to_vec(&batch)?;
+        let r: Result<(), TransactionError<()>> = (&self.meta, &self.ranges, &self.batches)
+            .transaction(|(meta, ranges, batches)| {
+                let now = meta
+                    .get(b"batched-upto")?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                    .map_or(0, u64::from_be_bytes);
+                if now != from {
+                    return Err(ConflictableTransactionError::Abort(()));
                 }
-                let v = serde_json::to_vec(&batch)
-                    .map_err(|_| ConflictableTransactionError::Abort(()))?;
-                batches.insert(batch.id.as_bytes(), v)?;
+                meta.insert(b"batched-upto", &end.to_be_bytes())?;
+                ranges.insert(&from.to_be_bytes(), range.clone())?;
+                batches.insert(batch.id.as_bytes(), record.clone())?;
                 Ok(())
             });
         r.map_err(|e| StoreError::Db(format!("{e:?}")))?;

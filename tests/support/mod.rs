@@ -194,6 +194,8 @@ impl Cluster {
     pub fn restart(&mut self, daemon: &str) {
         let (cmd, config) = if daemon == "coordinator" {
             ("coordinator", self.dir.join("coordinator/coordinator.toml"))
+        } else if daemon == "payments" {
+            ("payments", self.dir.join("payments/payments.toml"))
         } else {
             ("signer", self.dir.join(daemon).join("signer.toml"))
         };
