@@ -246,7 +246,8 @@ async fn step<C: EngineSuite>(
                 // Every commitment is in: the package, signed by us.
                 let mut commitments = BTreeMap::new();
                 for (q, e) in &progress.commitments {
-                    let q = ParticipantId::new(*q).expect("stored id");
+                    let q = ParticipantId::new(*q)
+                        .ok_or_else(|| Status::internal("stored participant id 0"))?;
                     let bytes = hex::decode(e).unwrap_or_default();
                     let opened = identity::open_from(&key.roster, q, &bytes)
                         .map_err(|e| culprit("commitment", e))?;
@@ -332,7 +333,8 @@ async fn step<C: EngineSuite>(
                 let mut shares = BTreeMap::new();
                 let mut envs = BTreeMap::new();
                 for (q, e) in &progress.shares {
-                    let q = ParticipantId::new(*q).expect("stored id");
+                    let q = ParticipantId::new(*q)
+                        .ok_or_else(|| Status::internal("stored participant id 0"))?;
                     let bytes = hex::decode(e).unwrap_or_default();
                     let opened = identity::open_from(&key.roster, q, &bytes)
                         .map_err(|e| culprit("share", e))?;
