@@ -70,6 +70,25 @@ fn tokenize_pay_batch_and_prove() {
     assert_eq!(again["replayed"], true);
     let (ok, _, err) = out(&pay("order-1", "1300", "EUR"));
     assert!(!ok && err.contains("ALREADY_EXISTS"), "{err}");
+    // Idempotency keys are per merchant: another merchant's order-1 is its own.
+    let (ok, other, err) = out(&c.cli(&[
+        "payments",
+        "pay",
+        "--token",
+        &token,
+        "--amount",
+        "1300",
+        "--currency",
+        "EUR",
+        "--merchant",
+        "m-2",
+        "--idempotency-key",
+        "order-1",
+        "--json",
+    ]));
+    assert!(ok, "{err}");
+    let other: Value = serde_json::from_str(&other).unwrap();
+    assert_ne!(other["id"], first["id"]);
     for (amount, currency, field) in [("0", "EUR", "amount"), ("10", "XXX", "currency")] {
         let (ok, _, err) = out(&pay("order-9", amount, currency));
         assert!(
@@ -109,7 +128,7 @@ fn tokenize_pay_batch_and_prove() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         let batched: u64 = all.iter().map(|b| b["count"].as_u64().unwrap()).sum();
-        if batched == 5 && all.iter().all(|b| b["state"] == "signed") {
+        if batched == 6 && all.iter().all(|b| b["state"] == "signed") {
             break;
         }
         assert!(
@@ -150,12 +169,52 @@ fn tokenize_pay_batch_and_prove() {
         v["batch"]["root"] = hex::encode([7u8; 32]).into();
         std::fs::write(&file, v.to_string()).unwrap();
         assert!(!verify(&file, &[]).0);
+        // A header said to be signed, without the signature.
+        let mut v: Value = serde_json::from_str(&proof).unwrap();
+        v["batch"]["signature"] = "".into();
+        std::fs::write(&file, v.to_string()).unwrap();
+        assert!(!verify(&file, &[]).0);
+        assert!(!verify(&file, &["--public-key", &pk]).0);
         let mut v: Value = serde_json::from_str(&proof).unwrap();
         let mut sig = hex::decode(v["batch"]["signature"].as_str().unwrap()).unwrap();
         sig[10] ^= 1;
         v["batch"]["signature"] = hex::encode(sig).into();
         std::fs::write(&file, v.to_string()).unwrap();
         assert!(!verify(&file, &[]).0);
+    }
+    // Only the payments daemon asks for settlements: a payment backend cannot have the
+    // settlement key sign a header of its own making.
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let st = rt.block_on(async {
+            let ch = c
+                .channel(&c.coordinator_addr(), Some("payment-backend"))
+                .await
+                .unwrap();
+            custody_protocol::proto::custody_client::CustodyClient::new(ch)
+                .sign(custody_protocol::proto::SignRequest {
+                    key_id: "k-any".into(),
+                    request_id: "settle-bat_forged".into(),
+                    settlement: Some(custody_protocol::proto::Settlement {
+                        batch_id: "bat_forged".into(),
+                        root: vec![1; 32],
+                        count: 1,
+                        totals: vec![custody_protocol::proto::SettlementTotal {
+                            currency: "EUR".into(),
+                            amount: "1".into(),
+                        }],
+                        period_start_ms: 0,
+                        period_end_ms: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .expect_err("refused")
+        });
+        assert_eq!(st.code(), tonic::Code::PermissionDenied, "{st:?}");
     }
     // The settlement is a signature of the key like any other: in the audit log, and
     // replayed by the auditor with its message recomputed from the settlement fields.

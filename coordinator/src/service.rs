@@ -280,7 +280,15 @@ impl Custody for CustodyService {
     }
 
     async fn get_key(&self, req: Request<GetKeyRequest>) -> Result<Response<Key>, Status> {
-        self.authorize(&req, &[Role::Operator, Role::Auditor, Role::PaymentBackend])?;
+        self.authorize(
+            &req,
+            &[
+                Role::Operator,
+                Role::Auditor,
+                Role::PaymentBackend,
+                Role::Payments,
+            ],
+        )?;
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
         let k = self.0.key(&r.key_id)?;
@@ -307,9 +315,22 @@ impl Custody for CustodyService {
     }
 
     async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
-        self.authorize(&req, &[Role::Operator, Role::PaymentBackend])?;
+        let caller = self.authorize(
+            &req,
+            &[Role::Operator, Role::PaymentBackend, Role::Payments],
+        )?;
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
+        // Settlements come from the payments daemon only, and it asks for nothing else.
+        if r.settlement.is_some() != (caller.role == Role::Payments) {
+            return Err(Status::permission_denied(
+                if caller.role == Role::Payments {
+                    "the payments daemon may ask for settlements only"
+                } else {
+                    "settlement: only the payments daemon asks for settlements"
+                },
+            ));
+        }
         if r.message.len() > wire::MAX_SIGNING_MESSAGE {
             return Err(Status::invalid_argument(format!(
                 "message: {} bytes, at most {} allowed",

@@ -150,8 +150,12 @@ impl Settlement {
         if self.batch_id.is_empty() || self.batch_id.len() > MAX_FIELD {
             return Err(format!("batch_id: 1 to {MAX_FIELD} bytes"));
         }
-        if self.request_id.is_empty() || self.request_id.len() > MAX_FIELD {
-            return Err(format!("request_id: 1 to {MAX_FIELD} bytes"));
+        // One settlement per batch: its request id is the batch's.
+        if self.request_id != format!("settle-{}", self.batch_id) {
+            return Err(format!(
+                "request_id: a settlement's is settle-{}",
+                self.batch_id
+            ));
         }
         if self.count == 0 {
             return Err("count: must be positive".into());

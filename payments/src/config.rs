@@ -43,8 +43,13 @@ pub struct SettlementConfig {
     /// The coordinator's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinator: Option<String>,
-    /// Client certificate (role payment-backend) for the coordinator.
+    /// Client certificate for the coordinator (role `payments`: only it may ask for
+    /// settlements).
     pub client_tls: TlsFiles,
+    /// The settlement key's public key (hex), pinned: a coordinator that reports
+    /// another is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// A batch closes when this many payments wait, or when the oldest has waited this
@@ -80,8 +85,8 @@ impl Config {
         if c.batch.max_count == 0 || c.batch.max_count > 1_000_000 {
             return Err("batch.max_count: 1 to 1000000".into());
         }
-        if c.batch.max_age_secs == 0 {
-            return Err("batch.max_age_secs: at least 1".into());
+        if c.batch.max_age_secs == 0 || c.batch.max_age_secs > 86_400 * 365 {
+            return Err("batch.max_age_secs: 1 to 31536000".into());
         }
         Ok(c)
     }

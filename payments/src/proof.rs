@@ -100,7 +100,7 @@ pub fn make(store: &Store, id: &str) -> Result<Proof, Status> {
 /// Checks a proof offline: the payment's leaf leads to the batch's root and the
 /// payment names the batch. (The settlement signature over the header is checked by
 /// the caller with the settlement key, once batches are signed.)
-pub fn verify(p: &Proof) -> Result<(), String> {
+pub fn verify(p: &Proof, pinned: Option<&str>) -> Result<(), String> {
     if p.format != PROOF_FORMAT {
         return Err(format!("format {:?}, expected {PROOF_FORMAT:?}", p.format));
     }
@@ -117,7 +117,13 @@ pub fn verify(p: &Proof) -> Result<(), String> {
     if !merkle::verify(&p.payment.leaf(), &p.path, &root) {
         return Err("the payment is not in this batch (its path does not lead to the root)".into());
     }
+    let claimed = p.batch.signed_by.is_some() || p.batch.state == "signed" || pinned.is_some();
     if p.batch.signature.is_empty() {
+        if claimed {
+            return Err(
+                "the batch is said to be signed, but the proof carries no signature".into(),
+            );
+        }
         return Ok(());
     }
     // The header's settlement signature, by the key it names.
@@ -136,6 +142,14 @@ pub fn verify(p: &Proof) -> Result<(), String> {
         request_id: format!("settle-{}", p.batch.id),
     };
     let suite: custody_protocol::Suite = by.suite.parse().map_err(|e| format!("suite: {e}"))?;
+    if let Some(pin) = pinned {
+        if !pin
+            .trim_start_matches("0x")
+            .eq_ignore_ascii_case(&by.public_key)
+        {
+            return Err("the batch is not signed by the pinned key".into());
+        }
+    }
     let pk: [u8; 32] = hex::decode(&by.public_key)
         .ok()
         .and_then(|b| b.try_into().ok())

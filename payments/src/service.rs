@@ -60,6 +60,12 @@ pub async fn serve(
         .open()
         .map_err(|e| cfg_err(format!("sealer: {e}")))?;
     let store = Store::open(&config.data_dir.join("db")).map_err(|e| cfg_err(e.to_string()))?;
+    let recovered = store
+        .recover_committed()
+        .map_err(|e| cfg_err(e.to_string()))?;
+    if recovered > 0 {
+        info!(recovered, "batches recorded before a stop are now signable");
+    }
     let inner = Arc::new(Inner { store, sealer });
     spawn_batcher(inner.clone(), config.batch);
     match config.settlement.clone() {
@@ -103,7 +109,9 @@ fn spawn_batcher(inner: Arc<Inner>, cfg: crate::config::BatchConfig) {
                     .oldest_pending_ms()
                     .ok()
                     .flatten()
-                    .is_some_and(|t| now.saturating_sub(t) >= cfg.max_age_secs * 1000);
+                    .is_some_and(|t| {
+                        now.saturating_sub(t) >= cfg.max_age_secs.saturating_mul(1000)
+                    });
             if !due {
                 continue;
             }
@@ -131,9 +139,11 @@ fn spawn_settler(inner: Arc<Inner>, cfg: crate::config::SettlementConfig) {
         let mut last_error = String::new();
         loop {
             tick.tick().await;
-            let Ok(batches) = inner.store.batches() else {
+            let Ok(mut batches) = inner.store.batches() else {
                 continue;
             };
+            // Oldest first; one that fails does not hold back the others.
+            batches.reverse();
             for mut b in batches.into_iter().filter(|b| b.state == "closed") {
                 match settle(&cfg, &mut b).await {
                     Ok(()) => {
@@ -151,7 +161,6 @@ fn spawn_settler(inner: Arc<Inner>, cfg: crate::config::SettlementConfig) {
                             warn!(batch = %b.id, "settlement not signed yet: {e}");
                             last_error = e;
                         }
-                        break;
                     }
                 }
             }
@@ -224,6 +233,11 @@ async fn settle(
         .as_slice()
         .try_into()
         .map_err(|_| "settlement key: not 32 bytes")?;
+    if let Some(pin) = &cfg.public_key {
+        if !pin.eq_ignore_ascii_case(&hex::encode(pk)) {
+            return Err("the coordinator reports another public key for the settlement key than the pinned one".into());
+        }
+    }
     if !custody_protocol::verify_signature(suite, &pk, &s.message(&cfg.key_id), &r.signature) {
         return Err("the coordinator returned a signature that does not verify".into());
     }
@@ -281,7 +295,7 @@ impl Payments for PaymentsService {
             .0
             .sealer
             .unseal(&token_aad(&r.token), &sealed)
-            .map_err(|e| Status::unavailable(format!("unsealing: {e}")))?;
+            .map_err(|e| Status::internal(format!("unsealing: {e}")))?;
         let text = String::from_utf8_lossy(&clear).to_string();
         let data = text
             .split_once(':')

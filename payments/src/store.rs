@@ -81,6 +81,11 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Idempotency keys are per merchant.
+fn idem_key(merchant: &str, key: &str) -> Vec<u8> {
+    format!("{merchant}\0{key}").into_bytes()
+}
+
 fn random_id(prefix: &str) -> String {
     let mut b = [0u8; 16];
     OsRng.fill_bytes(&mut b);
@@ -216,7 +221,7 @@ impl Store {
         for (p, _) in jobs {
             let hash = p.body_hash();
             // An earlier payment with this key: on disk, or earlier in this group.
-            let earlier = match self.idem.get(p.idempotency_key.as_bytes()) {
+            let earlier = match self.idem.get(idem_key(&p.merchant, &p.idempotency_key)) {
                 Ok(Some(v)) => serde_json::from_slice::<(String, String)>(&v).ok(),
                 Ok(None) => None,
                 Err(e) => return (Err(e.into()), start),
@@ -224,7 +229,9 @@ impl Store {
             let earlier = earlier.or_else(|| {
                 fresh
                     .iter()
-                    .find(|(f, _)| f.idempotency_key == p.idempotency_key)
+                    .find(|(f, _)| {
+                        f.idempotency_key == p.idempotency_key && f.merchant == p.merchant
+                    })
                     .map(|(f, h)| (f.id.clone(), hex::encode(h)))
             });
             if let Some((id, h)) = earlier {
@@ -271,10 +278,16 @@ impl Store {
                         let v = serde_json::to_vec(pay)
                             .map_err(|_| ConflictableTransactionError::Abort(()))?;
                         payments.insert(pay.id.as_bytes(), v)?;
-                        by_seq.insert(&pay.seq.to_be_bytes(), pay.id.as_bytes())?;
+                        // A sequence number is never given twice.
+                        if by_seq
+                            .insert(&pay.seq.to_be_bytes(), pay.id.as_bytes())?
+                            .is_some()
+                        {
+                            return Err(ConflictableTransactionError::Abort(()));
+                        }
                         let i = serde_json::to_vec(&(pay.id.clone(), hex::encode(hash)))
                             .map_err(|_| ConflictableTransactionError::Abort(()))?;
-                        idem.insert(pay.idempotency_key.as_bytes(), i)?;
+                        idem.insert(idem_key(&pay.merchant, &pay.idempotency_key), i)?;
                     }
                     Ok(())
                 });
@@ -282,7 +295,8 @@ impl Store {
                 return (Err(StoreError::Db(format!("{e:?}"))), start);
             }
             if let Err(e) = self.db.flush() {
-                return (Err(e.into()), start);
+                // The transaction is in the tree: its numbers are taken.
+                return (Err(e.into()), seq);
             }
         }
         (Ok(results), seq)
@@ -376,7 +390,8 @@ impl Store {
             period_end_ms: picked.iter().map(|p| p.created_at_ms).max().unwrap_or(0),
             payments: picked.iter().map(|p| p.id.clone()).collect(),
             closed_at_ms: now_ms(),
-            state: "closed".into(),
+            // "closed" (signable) only once on disk, below.
+            state: "committed".into(),
             signature: String::new(),
             signed_by: None,
         };
@@ -398,7 +413,27 @@ impl Store {
             });
         r.map_err(|e| StoreError::Db(format!("{e:?}")))?;
         self.db.flush()?;
+        // Durable now (with every payment in it: they were written before): it may be
+        // signed. A batch signed before it is on disk could be closed again, under
+        // another id, after a crash.
+        let mut batch = batch;
+        batch.state = "closed".into();
+        self.put_batch(&batch)?;
         Ok(Some(batch))
+    }
+
+    /// Batches recorded but not yet marked signable when the process stopped: on disk
+    /// now, so signable.
+    pub fn recover_committed(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for mut b in self.batches()? {
+            if b.state == "committed" {
+                b.state = "closed".into();
+                self.put_batch(&b)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Stores a batch's new state (its signature) durably.

@@ -240,7 +240,8 @@ async fn ensure_settlement_key(layout: &Layout, coordinator: &str) -> Result<(),
         key_id: key.key_id,
         coordinator_addr_file: Some(custody_coordinator::addr_file(&layout.coordinator_dir())),
         coordinator: None,
-        client_tls: layout.tls("payment-backend"),
+        client_tls: layout.tls("payments"),
+        public_key: Some(hex::encode(&key.public_key)),
     });
     let text = toml::to_string_pretty(&config)?;
     std::fs::write(layout.payments_config(), text)?;

@@ -132,14 +132,9 @@ pub fn run(a: Args) -> Result<(), Error> {
         let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let p: custody_payments::proof::Proof = serde_json::from_str(&text)
             .map_err(|e| format!("{}: not a payment proof: {e}", file.display()))?;
-        custody_payments::proof::verify(&p).map_err(|e| format!("proof FAILED: {e}"))?;
+        custody_payments::proof::verify(&p, public_key.as_deref())
+            .map_err(|e| format!("proof FAILED: {e}"))?;
         let signer = p.batch.signed_by.as_ref();
-        if let Some(pin) = public_key {
-            let named = signer.map(|s| s.public_key.clone()).unwrap_or_default();
-            if !named.eq_ignore_ascii_case(pin.trim_start_matches("0x")) {
-                return Err("proof FAILED: the batch is not signed by the --public-key key".into());
-            }
-        }
         println!(
             "payment {} ({} {} to {}) is payment {} of batch {} (root {}, {} payments){}",
             p.payment.id,
