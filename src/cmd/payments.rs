@@ -52,7 +52,8 @@ enum Cmd {
         /// card or account.
         #[arg(long)]
         kind: String,
-        /// The card number or account identifier.
+        /// The card number or account identifier; `-` reads it from standard input (so
+        /// it stays out of the process list and the shell history).
         #[arg(long)]
         data: String,
     },
@@ -159,6 +160,15 @@ pub fn run(a: Args) -> Result<(), Error> {
     daemon::runtime()?.block_on(async move {
         match cmd {
             Cmd::Tokenize { conn, kind, data } => {
+                let data = if data == "-" {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|e| format!("--data -: reading standard input: {e}"))?;
+                    line.trim_end_matches(['\n', '\r']).to_string()
+                } else {
+                    data
+                };
                 let r = client(&conn).await?.tokenize(TokenizeRequest { kind, data }).await.map_err(status)?.into_inner();
                 if conn.json {
                     println!("{}", json!({ "token": r.token }));
