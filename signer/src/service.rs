@@ -826,6 +826,39 @@ impl Inner {
         Ok(next)
     }
 
+    /// The roster of a ceremony, from CA-signed signer certificates only: each id once,
+    /// each identity once.
+    fn roster_from_certificates(&self, participants: &[Participant]) -> Result<Roster, Status> {
+        let mut roster = Roster::new();
+        for p in participants {
+            let id = api::participant("participants.id", p.id)?;
+            let info =
+                custody_pki::verify_issued_by(&p.certificate, &self.ca_der).map_err(|e| {
+                    Status::invalid_argument(format!("participant {id} certificate: {e}"))
+                })?;
+            if info.role != Role::Signer {
+                return Err(Status::invalid_argument(format!(
+                    "participant {id} certificate is not a signer's"
+                )));
+            }
+            let identity = info.identity.ok_or_else(|| {
+                Status::invalid_argument(format!("participant {id} certificate has no identity"))
+            })?;
+            if roster.get(id).is_some() {
+                return Err(Status::invalid_argument(format!(
+                    "participant {id} listed twice"
+                )));
+            }
+            if roster.iter().any(|(_, other)| *other == identity) {
+                return Err(Status::invalid_argument(format!(
+                    "participant {id} has the identity of another participant"
+                )));
+            }
+            roster.insert(id, identity);
+        }
+        Ok(roster)
+    }
+
     fn put_stage(&self, session: &SessionId, stage: Stage) {
         if let Some(s) = self.dkg.lock().expect("lock").get_mut(session) {
             s.stage = Some(stage);
@@ -882,31 +915,8 @@ impl Signer for SignerService {
                 r.key_id
             )));
         }
-        // Identities come from CA-signed certificates only.
-        let mut roster = Roster::new();
-        let mut participants = Vec::new();
-        for p in &r.participants {
-            let id = api::participant("participants.id", p.id)?;
-            let info = custody_pki::verify_issued_by(&p.certificate, &i.ca_der).map_err(|e| {
-                Status::invalid_argument(format!("participant {id} certificate: {e}"))
-            })?;
-            if info.role != Role::Signer {
-                return Err(Status::invalid_argument(format!(
-                    "participant {id} certificate is not a signer's"
-                )));
-            }
-            let identity = info.identity.ok_or_else(|| {
-                Status::invalid_argument(format!("participant {id} certificate has no identity"))
-            })?;
-            if roster.get(id).is_some() {
-                return Err(Status::invalid_argument(format!(
-                    "participant {id} listed twice"
-                )));
-            }
-            roster.insert(id, identity);
-            participants.push(id);
-        }
-        participants.sort();
+        let mut roster = i.roster_from_certificates(&r.participants)?;
+        let participants = roster.ids();
         if roster.get(me) != Some(&i.identity.public()) {
             return Err(Status::invalid_argument(format!(
                 "participant {me} is not this signer"
@@ -1499,28 +1509,7 @@ impl Signer for SignerService {
                     r.state
                 ))
             })?;
-        // Identities from CA-signed certificates only.
-        let mut roster = Roster::new();
-        for p in &r.participants {
-            let id = api::participant("participants.id", p.id)?;
-            let info = custody_pki::verify_issued_by(&p.certificate, &i.ca_der).map_err(|e| {
-                Status::invalid_argument(format!("participant {id} certificate: {e}"))
-            })?;
-            if info.role != Role::Signer {
-                return Err(Status::invalid_argument(format!(
-                    "participant {id} certificate is not a signer's"
-                )));
-            }
-            let identity = info.identity.ok_or_else(|| {
-                Status::invalid_argument(format!("participant {id} certificate has no identity"))
-            })?;
-            if roster.iter().any(|(_, other)| *other == identity) {
-                return Err(Status::invalid_argument(format!(
-                    "participant {id} has the identity of another participant"
-                )));
-            }
-            roster.insert(id, identity);
-        }
+        let roster = i.roster_from_certificates(&r.participants)?;
         if roster.get(me) != Some(&i.identity.public()) {
             return Err(Status::invalid_argument(format!(
                 "participant {me} is not this signer"
