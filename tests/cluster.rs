@@ -1060,6 +1060,72 @@ fn signers_enforce_the_key_policy_even_against_their_coordinator() {
     }
 }
 
+/// A settlement's request id names its batch for good: after the policy's window has
+/// passed (and the signers' request-id ledger has forgotten it), a compromised
+/// coordinator still cannot have the same batch id signed over other content.
+#[test]
+fn a_batch_id_is_never_signed_again_with_other_content() {
+    let c = Cluster::start("settled", 3, 2);
+    let policy = r#"{
+      "tier": "hot",
+      "assets": { "EUR": { "per_request": 1000, "per_window": 100000, "window_secs": 1 } },
+      "allowlist": null, "allow_raw": false, "approvals": null, "time_lock_secs": 0,
+      "max_age_secs": null, "max_signatures": null
+    }"#;
+    let policy_file = c.dir.join("settle.json");
+    std::fs::write(&policy_file, policy).expect("policy");
+    let k = c.json(&[
+        "key",
+        "create",
+        "--suite",
+        "secp256k1-tr",
+        "--policy",
+        policy_file.to_str().expect("path"),
+        "--json",
+    ]);
+    let key = k["key_id"].as_str().expect("key id").to_string();
+    let settle = |batch: &str, root: u8| {
+        let p = Settlement {
+            batch_id: batch.into(),
+            root: vec![root; 32],
+            count: 1,
+            totals: vec![SettlementTotal {
+                currency: "EUR".into(),
+                amount: "5".into(),
+            }],
+            period_start_ms: 0,
+            period_end_ms: 1,
+        };
+        let request_id = format!("settle-{batch}");
+        let message = hot_warm_cold::Settlement::from_proto(&p, &request_id)
+            .expect("settlement")
+            .message(&key)
+            .to_vec();
+        as_rogue_coordinator_with(&c, &key, 2, message, &request_id, None, vec![], Some(p))
+    };
+    for r in settle("bat_1", 1) {
+        r.expect("within the limits");
+    }
+    // The window passes; another settlement prunes the request-id ledger.
+    std::thread::sleep(Duration::from_millis(2500));
+    for r in settle("bat_2", 2) {
+        r.expect("within the limits");
+    }
+    for r in settle("bat_1", 9) {
+        let st = r.expect_err("an honest signer refuses");
+        assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+        assert!(
+            st.message().contains("already settled with other content"),
+            "{}",
+            st.message()
+        );
+    }
+    // The same content again is a retry (the same batch, signed again).
+    for r in settle("bat_1", 1) {
+        r.expect("a retry of the same batch");
+    }
+}
+
 fn proto_transfer(t: &hot_warm_cold::Transfer) -> Transfer {
     Transfer {
         asset: t.asset.clone(),
@@ -1080,7 +1146,7 @@ fn as_rogue_coordinator(
     request_id: &str,
     transfer: Option<Transfer>,
 ) -> Vec<Result<(), tonic::Status>> {
-    as_rogue_coordinator_with(c, key, n, message, request_id, transfer, vec![])
+    as_rogue_coordinator_with(c, key, n, message, request_id, transfer, vec![], None)
 }
 
 /// [`as_rogue_coordinator`], presenting `approvals` too.
@@ -1092,6 +1158,7 @@ fn as_rogue_coordinator_with(
     request_id: &str,
     transfer: Option<Transfer>,
     approvals: Vec<Approval>,
+    settlement: Option<Settlement>,
 ) -> Vec<Result<(), tonic::Status>> {
     use custody_protocol::sign::{CommitmentBatch, SigningPackage, COORDINATOR};
     use custody_protocol::wire::{self, Header, Kind};
@@ -1168,7 +1235,7 @@ fn as_rogue_coordinator_with(
                     package: package.clone(),
                     request_id: request_id.into(),
                     transfer: transfer.clone(),
-                    settlement: None,
+                    settlement: settlement.clone(),
                     approvals: approvals.clone(),
                 })
                 .await;
@@ -1391,7 +1458,7 @@ fn warm_keys_sign_after_approvals_and_a_time_lock_that_every_signer_checks() {
             }
         })
         .collect();
-    for r in as_rogue_coordinator_with(&c, &key, 3, message, "w-rogue", Some(t), approvals) {
+    for r in as_rogue_coordinator_with(&c, &key, 3, message, "w-rogue", Some(t), approvals, None) {
         let st = r.expect_err("time lock");
         assert!(st.message().contains("time lock"), "{st:?}");
     }

@@ -242,6 +242,184 @@ fn tokenize_pay_batch_and_prove() {
     assert!(v["summary"]["signatures"].as_u64().unwrap() >= 1, "{v}");
 }
 
+/// A settlement key of the warm tier: each batch header waits, as a request that
+/// approvers see in full (`custody request show`), for their approvals and its time
+/// lock; then it is signed and the proofs verify against the warm key.
+#[test]
+fn warm_settlement_key_waits_for_approvals() {
+    let mut c = Cluster::start("paywarm", 2, 2);
+    let mut approvers = Vec::new();
+    for i in 1..=2 {
+        let file = c.dir.join(format!("approver-{i}.json"));
+        let o = c.offline(&["approver", "keygen", "--out", file.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        approvers.push((file, String::from_utf8_lossy(&o.stdout).trim().to_string()));
+    }
+    let policy = serde_json::json!({
+        "tier": "warm", "allow_raw": false, "allowlist": null,
+        "assets": { "EUR": { "per_request": 1_000_000, "per_window": 10_000_000, "window_secs": 86400 } },
+        "approvals": { "required": 2, "approvers": [&approvers[0].1, &approvers[1].1] },
+        "time_lock_secs": 1, "max_age_secs": null, "max_signatures": null,
+    });
+    let policy_file = c.dir.join("settle-warm.json");
+    std::fs::write(&policy_file, policy.to_string()).unwrap();
+    let k = c.json(&[
+        "key",
+        "create",
+        "--suite",
+        "ed25519",
+        "--name",
+        "settlement-warm",
+        "--policy",
+        policy_file.to_str().unwrap(),
+        "--json",
+    ]);
+    let key = k["key_id"].as_str().unwrap().to_string();
+    let pk = k["public_key"].as_str().unwrap().to_string();
+    assert_eq!(k["tier"], "warm");
+
+    // The payments daemon now settles with (and pins) the warm key.
+    c.kill("payments");
+    let config = c.dir.join("payments/payments.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let mut replaced = 0;
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("key_id = ") {
+                replaced += 1;
+                format!("key_id = \"{key}\"\n")
+            } else if l.starts_with("public_key = ") {
+                replaced += 1;
+                format!("public_key = \"{pk}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert_eq!(replaced, 2, "{text}");
+    std::fs::write(&config, text).unwrap();
+    c.restart("payments");
+
+    let token = c.json(&[
+        "payments", "tokenize", "--kind", "account", "--data", "ACC-7", "--json",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        let p = c.json(&[
+            "payments",
+            "pay",
+            "--token",
+            &token,
+            "--amount",
+            &format!("{}", 100 * i),
+            "--currency",
+            "EUR",
+            "--merchant",
+            "m-1",
+            "--idempotency-key",
+            &format!("w-{i}"),
+            "--json",
+        ]);
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    // The batch closes (2 s) and its settlement waits for approvals.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (batch, request) = loop {
+        let (_, batches, _) = out(&c.cli(&["payments", "batches", "--json"]));
+        let b: Option<Value> = batches
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .next();
+        if let Some(b) = b {
+            assert_eq!(b["state"], "closed", "signed without approvals: {b}");
+            let id = b["id"].as_str().unwrap().to_string();
+            let o = c.cli(&["request", "show", &format!("settle-{id}"), "--json"]);
+            if o.status.success() {
+                break (b, serde_json::from_slice::<Value>(&o.stdout).unwrap());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no settlement request: {batches}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let batch_id = batch["id"].as_str().unwrap().to_string();
+    let request_id = format!("settle-{batch_id}");
+    assert_eq!(request["state"], "waiting-approvals", "{request}");
+    assert_eq!(request["key_id"], key.as_str());
+    // Approvers see the header they approve, not just a hash.
+    assert_eq!(
+        request["settlement"]["batch_id"],
+        batch_id.as_str(),
+        "{request}"
+    );
+    assert_eq!(request["settlement"]["count"], 3);
+    assert_eq!(request["settlement"]["totals"]["EUR"], "600");
+    assert_eq!(request["settlement"]["root"], batch["root"]);
+    let (_, text, _) = out(&c.cli(&["request", "show", &request_id]));
+    assert!(
+        text.contains(&format!("settle batch {batch_id} of 3 payments")),
+        "{text}"
+    );
+    for (file, _) in &approvers {
+        let (ok, _, err) = out(&c.cli(&["approve", &request_id, "--key", file.to_str().unwrap()]));
+        assert!(ok, "{err}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, batches, _) = out(&c.cli(&["payments", "batches", "--json"]));
+        let b: Value = serde_json::from_str(batches.lines().next().unwrap()).unwrap();
+        if b["state"] == "signed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not signed after approvals: {b}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for id in &ids {
+        let (ok, proof, err) = out(&c.cli(&["payments", "proof", id]));
+        assert!(ok, "{err}");
+        let file = c.dir.join(format!("{id}.proof.json"));
+        std::fs::write(&file, &proof).unwrap();
+        let (ok, report, err) = out(&c.offline(&[
+            "payments",
+            "verify-proof",
+            file.to_str().unwrap(),
+            "--public-key",
+            &pk,
+        ]));
+        assert!(ok && report.contains(&key), "{report} {err}");
+    }
+    // The auditor sees the request, both approvals and the signature, and they check
+    // out against the key's approvers.
+    let export = c.dir.join("export.json");
+    let (ok, _, err) = out(&c.cli(&[
+        "audit",
+        "export",
+        "--as",
+        "auditor",
+        "--out",
+        export.to_str().unwrap(),
+    ]));
+    assert!(ok, "{err}");
+    let ca = c.dir.join("pki/ca.pem");
+    let (ok, report, err) = out(&c.offline(&[
+        "audit",
+        "verify",
+        export.to_str().unwrap(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "--json",
+    ]));
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&report).unwrap();
+    assert!(v["summary"]["signatures"].as_u64().unwrap() >= 1, "{v}");
+}
+
 /// `kill -9` of the payments daemon under load, again and again: no acknowledged
 /// payment is lost, no idempotency key makes two payments, no payment is in two
 /// batches, and every batch closed before a crash is signed after the restart.

@@ -71,28 +71,7 @@ pub(crate) fn signing_transcript<C: EngineSuite>(
         key_id: key.meta.key_id.clone(),
         suite: C::SUITE.name().into(),
         request_id: request_id.into(),
-        request: match (transfer, settlement) {
-            (_, Some(s)) => match hot_warm_cold::Settlement::from_proto(s, request_id) {
-                Ok(s) => SignedRequest::from_settlement(&s),
-                // Checked when the request came in; a raw record keeps the bytes.
-                Err(_) => SignedRequest::Raw {
-                    message: hex::encode(message),
-                },
-            },
-            (Some(t), None) => SignedRequest::Transfer {
-                asset: t.asset.clone(),
-                // Canonical decimal (the signers parsed it; "+5" and "05" are 5).
-                amount: t
-                    .amount
-                    .parse::<u128>()
-                    .map_or_else(|_| t.amount.clone(), |a| a.to_string()),
-                destination: t.destination.clone(),
-                memo: t.memo.clone(),
-            },
-            (None, None) => SignedRequest::Raw {
-                message: hex::encode(message),
-            },
-        },
+        request: signed_request(request_id, message, transfer, settlement),
         approvals: approvals
             .iter()
             .map(|a| custody_audit::transcript::ApprovalRecord {
@@ -193,4 +172,35 @@ pub(crate) async fn export(core: &Arc<Core>, nonce: &[u8]) -> Result<Bundle, Sta
         nonce: hex::encode(nonce),
         parties,
     })
+}
+
+/// What was asked to be signed, as the audit log records it.
+pub(crate) fn signed_request(
+    request_id: &str,
+    message: &[u8],
+    transfer: Option<&Transfer>,
+    settlement: Option<&custody_protocol::proto::Settlement>,
+) -> SignedRequest {
+    match (transfer, settlement) {
+        (_, Some(s)) => match hot_warm_cold::Settlement::from_proto(s, request_id) {
+            Ok(s) => SignedRequest::from_settlement(&s),
+            // Checked when the request came in; a raw record keeps the bytes.
+            Err(_) => SignedRequest::Raw {
+                message: hex::encode(message),
+            },
+        },
+        (Some(t), None) => SignedRequest::Transfer {
+            asset: t.asset.clone(),
+            // Canonical decimal (the signers parsed it; "+5" and "05" are 5).
+            amount: t
+                .amount
+                .parse::<u128>()
+                .map_or_else(|_| t.amount.clone(), |a| a.to_string()),
+            destination: t.destination.clone(),
+            memo: t.memo.clone(),
+        },
+        (None, None) => SignedRequest::Raw {
+            message: hex::encode(message),
+        },
+    }
 }

@@ -10,8 +10,11 @@ use custody_audit::export::{
     Approved, PolicyChangeRequested, PolicyChanged, RequestCreated, APPROVED, POLICY_CHANGED,
     POLICY_CHANGE_REQUESTED, REQUEST_CREATED,
 };
-use custody_audit::transcript::{ApprovalRecord, SignedRequest};
-use custody_protocol::proto::{Approval, ProposeRequest, SignResponse, SigningRequest, Transfer};
+use custody_audit::transcript::ApprovalRecord;
+use custody_protocol::proto::{
+    Approval, ProposeRequest, Settlement, SignResponse, SigningRequest, Transfer,
+};
+use prost::Message as _;
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
@@ -38,6 +41,16 @@ pub(crate) fn transfer_of(w: &WaitingRequest) -> Option<Transfer> {
             destination: destination.clone(),
             memo: memo.clone(),
         })
+}
+
+/// The settlement batch header of `w`, when it is one.
+pub(crate) fn settlement_of(w: &WaitingRequest) -> Option<Settlement> {
+    if w.settlement.is_empty() {
+        return None;
+    }
+    hex::decode(&w.settlement)
+        .ok()
+        .and_then(|b| Settlement::decode(b.as_slice()).ok())
 }
 
 pub(crate) fn approvals_of(w: &WaitingRequest) -> Vec<Approval> {
@@ -162,6 +175,7 @@ pub(crate) fn to_proto(core: &Core, w: &WaitingRequest) -> SigningRequest {
         new_policy: w.new_policy.clone(),
         current_policy_digest: hex::decode(&w.current_policy).unwrap_or_default(),
         policy_version: w.policy_version,
+        settlement: settlement_of(w),
     }
 }
 
@@ -195,6 +209,7 @@ pub(crate) async fn submit(
     request_id: &str,
     message: Vec<u8>,
     transfer: Option<Transfer>,
+    settlement: Option<Settlement>,
 ) -> Result<SignResponse, Status> {
     let meta = key.meta();
     if let Some(w) = core.store.waiting(request_id).map_err(store_err)? {
@@ -234,6 +249,10 @@ pub(crate) async fn submit(
         current_policy: String::new(),
         policy_version: 0,
         cold: None,
+        settlement: settlement
+            .as_ref()
+            .map(|s| hex::encode(s.encode_to_vec()))
+            .unwrap_or_default(),
     };
     core.audit
         .append(
@@ -242,17 +261,12 @@ pub(crate) async fn submit(
                 key_id: w.key_id.clone(),
                 request_id: w.request_id.clone(),
                 approval_digest: hex::encode(approval_digest(&w)),
-                request: match &w.transfer {
-                    Some((asset, amount, destination, memo)) => SignedRequest::Transfer {
-                        asset: asset.clone(),
-                        amount: amount.clone(),
-                        destination: destination.clone(),
-                        memo: memo.clone(),
-                    },
-                    None => SignedRequest::Raw {
-                        message: w.message.clone(),
-                    },
-                },
+                request: crate::audit::signed_request(
+                    &w.request_id,
+                    &message,
+                    transfer.as_ref(),
+                    settlement.as_ref(),
+                ),
             },
         )
         .await
@@ -276,12 +290,13 @@ async fn propose(core: &Arc<Core>, key: &AnyKey, w: &WaitingRequest) {
         let req = ProposeRequest {
             key_id: w.key_id.clone(),
             request_id: w.request_id.clone(),
-            message: if w.transfer.is_some() {
+            message: if w.transfer.is_some() || !w.settlement.is_empty() {
                 vec![]
             } else {
                 hex::decode(&w.message).unwrap_or_default()
             },
             transfer: transfer_of(w),
+            settlement: settlement_of(w),
         };
         let timeout = core.timeouts.sign();
         tasks.push(tokio::spawn(async move {
@@ -472,7 +487,7 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
         &w.request_id,
         message,
         transfer_of(&w),
-        None,
+        settlement_of(&w),
         approvals_of(&w),
     )
     .await
@@ -637,6 +652,7 @@ pub(crate) async fn propose_policy(
         current_policy: hex::encode(current.digest()),
         policy_version: key.meta().policy_version,
         cold: None,
+        settlement: String::new(),
     };
     core.audit
         .append(

@@ -695,15 +695,17 @@ impl CustodyService {
         }
         let policy = hot_warm_cold::Policy::from_json(&key.meta().policy)
             .map_err(|e| Status::internal(format!("key {key_id} policy: {e}")))?;
+        if settlement.is_some() && key.meta().tier == "cold" {
+            return Err(Status::failed_precondition(format!(
+                "settlement: key {key_id} is cold; settlements take a hot key (within its limits) or a warm key (with approvals)"
+            )));
+        }
         if policy.approvals.is_some() {
-            if settlement.is_some() {
-                return Err(Status::unimplemented(
-                    "settlement: settlements with keys that need approvals are not supported yet; use a hot key within limits",
-                ));
-            }
             // It waits for approvals (and its time lock) before anyone signs.
-            return crate::requests::submit(core, &key, &policy, request_id, message, transfer)
-                .await;
+            return crate::requests::submit(
+                core, &key, &policy, request_id, message, transfer, settlement,
+            )
+            .await;
         }
         let rec = sign_and_record(
             core,

@@ -98,6 +98,9 @@ pub struct WaitingRequest {
     /// For a cold key: the offline signers' progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold: Option<ColdProgress>,
+    /// For a settlement: the batch header, protobuf-encoded, hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub settlement: String,
 }
 
 /// Where an air-gapped signature is between its trips.

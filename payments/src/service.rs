@@ -225,7 +225,14 @@ async fn settle(
         .map_err(|st| format!("{:?}: {}", st.code(), st.message()))?
         .into_inner();
     if r.state != "signed" {
-        return Err(format!("the settlement request is {}", r.state));
+        // A warm settlement key: the header waits for its approvers.
+        return Err(match &r.pending {
+            Some(p) => format!(
+                "settlement request {} is {}: {} of {} approvals (approvers: custody approve {})",
+                p.request_id, p.state, p.approvals, p.required, p.request_id
+            ),
+            None => format!("the settlement request is {}", r.state),
+        });
     }
     let suite: custody_protocol::Suite = key.suite.parse().map_err(|e| format!("{e}"))?;
     let pk: [u8; 32] = key

@@ -376,6 +376,31 @@ impl Inner {
         let digest = custody_protocol::hash::TaggedHash::new("custody/v1/admitted-request")
             .part(&request.message(key_id))
             .finish();
+        // A settlement's request id names its batch: kept for good (not only for the
+        // policy's window), so a batch id is never signed with other content.
+        let settled_key = format!("{key_id}\0{}", request.request_id());
+        if matches!(request, hot_warm_cold::Request::Settlement(_)) {
+            let settled = self
+                .db
+                .open_tree("settled")
+                .map_err(|e| internal("database", e))?
+                .get(settled_key.as_bytes())
+                .map_err(|e| internal("database", e))?;
+            if let Some(seen) = settled {
+                if seen.as_ref() == digest.as_slice() {
+                    // A retry of a settlement already admitted and counted.
+                    return Ok(());
+                }
+                return Err(self.refuse(
+                    key_id,
+                    request.request_id(),
+                    format!(
+                        "policy of key {key_id}: batch {} was already settled with other content",
+                        request.request_id()
+                    ),
+                ));
+            }
+        }
         if k.policy.needs_ledger() {
             if let Some((_, seen)) = usage.requests.get(request.request_id()) {
                 if *seen == digest {
@@ -431,6 +456,14 @@ impl Inner {
             }
             return Err(st);
         }
+        let settlement = matches!(request, hot_warm_cold::Request::Settlement(_));
+        if settlement {
+            self.db
+                .open_tree("settled")
+                .map_err(|e| internal("database", e))?
+                .insert(settled_key.as_bytes(), digest.as_slice())
+                .map_err(|e| internal("settlement record write", e))?;
+        }
         if k.policy.needs_ledger() {
             let mut next = usage.clone();
             next.signatures += 1;
@@ -455,6 +488,8 @@ impl Inner {
                 .map_err(|e| internal("usage write", e))?;
             self.db.flush().map_err(|e| internal("usage flush", e))?;
             *usage = next;
+        } else if settlement {
+            self.db.flush().map_err(|e| internal("usage flush", e))?;
         }
         Ok(())
     }
@@ -1707,12 +1742,21 @@ impl Signer for SignerService {
         if !i.keys.lock().expect("lock").contains_key(&r.key_id) {
             return Err(Status::not_found(format!("no active key {}", r.key_id)));
         }
-        let request = match &r.transfer {
-            Some(t) => hot_warm_cold::Request::Transfer(
+        let request = match (&r.transfer, &r.settlement) {
+            (Some(_), Some(_)) => {
+                return Err(Status::invalid_argument(
+                    "transfer and settlement: a proposal is one or the other",
+                ))
+            }
+            (Some(t), None) => hot_warm_cold::Request::Transfer(
                 hot_warm_cold::Transfer::from_proto(t, &r.request_id)
                     .map_err(Status::invalid_argument)?,
             ),
-            None => hot_warm_cold::Request::Raw {
+            (None, Some(st)) => hot_warm_cold::Request::Settlement(
+                hot_warm_cold::Settlement::from_proto(st, &r.request_id)
+                    .map_err(Status::invalid_argument)?,
+            ),
+            (None, None) => hot_warm_cold::Request::Raw {
                 request_id: r.request_id.clone(),
                 message: r.message.clone(),
             },

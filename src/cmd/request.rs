@@ -215,12 +215,19 @@ async fn policy_change_digest(
 /// key id, message)`, the message computed here from the request's own fields.
 fn sign_digest(r: &SigningRequest) -> Result<[u8; 32], Error> {
     {
-        let message = match &r.transfer {
-            Some(t) => hot_warm_cold::Transfer::from_proto(t, &r.request_id)
+        let message = match (&r.transfer, &r.settlement) {
+            (Some(_), Some(_)) => {
+                return Err("the request is both a transfer and a settlement: refusing".into())
+            }
+            (Some(t), None) => hot_warm_cold::Transfer::from_proto(t, &r.request_id)
                 .map_err(|e| format!("the request's transfer is invalid: {e}"))?
                 .message(&r.key_id)
                 .to_vec(),
-            None => r.message.clone(),
+            (None, Some(s)) => hot_warm_cold::Settlement::from_proto(s, &r.request_id)
+                .map_err(|e| format!("the request's settlement is invalid: {e}"))?
+                .message(&r.key_id)
+                .to_vec(),
+            (None, None) => r.message.clone(),
         };
         if message != r.message {
             return Err(
@@ -241,6 +248,23 @@ fn describe(r: &SigningRequest) -> String {
         return format!(
             "request {} on key {}: change its policy to {}",
             r.request_id, r.key_id, r.new_policy
+        );
+    }
+    if let Some(s) = &r.settlement {
+        return format!(
+            "request {} on key {}: settle batch {} of {} payments, totals {}, Merkle root {}, period {}..{} ms",
+            r.request_id,
+            r.key_id,
+            s.batch_id,
+            s.count,
+            s.totals
+                .iter()
+                .map(|t| format!("{} {}", t.amount, t.currency))
+                .collect::<Vec<_>>()
+                .join(", "),
+            hex::encode(&s.root),
+            s.period_start_ms,
+            s.period_end_ms
         );
     }
     match &r.transfer {
@@ -302,6 +326,14 @@ fn to_json(r: &SigningRequest) -> serde_json::Value {
         "signature": r.result.as_ref().map(|s| hex::encode(&s.signature)),
         "kind": r.kind,
         "new_policy": serde_json::from_str::<serde_json::Value>(&r.new_policy).ok(),
+        "settlement": r.settlement.as_ref().map(|s| json!({
+            "batch_id": s.batch_id,
+            "root": hex::encode(&s.root),
+            "count": s.count,
+            "totals": s.totals.iter().map(|t| (t.currency.clone(), serde_json::Value::from(t.amount.clone()))).collect::<serde_json::Map<_, _>>(),
+            "period_start_ms": s.period_start_ms,
+            "period_end_ms": s.period_end_ms,
+        })),
     })
 }
 
