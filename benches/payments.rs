@@ -1,11 +1,16 @@
 //! Payments: durable ingest per second with 1, 16 and 64 concurrent clients (group
 //! commit: one transaction and one flush per group), and the time to close a batch of
 //! 100,000 payments (Merkle root over their leaves, every payment marked, one
-//! transaction, one flush). In process against the real store on this machine's disk;
-//! the gRPC/TLS hop and the threshold signature of the header are measured by
-//! `cargo bench --bench cluster` (one signature, milliseconds).
+//! transaction, one flush). In process against the real store on this machine's disk,
+//! then again end to end: `CreatePayment` over mTLS gRPC on loopback from this process
+//! to the payments daemon of a `custody dev` cluster (a separate OS process, batching
+//! and signing settlements in the background as it always does). The threshold
+//! signature of a header is measured by `cargo bench --bench cluster` (milliseconds).
 //!
 //! `cargo bench --bench payments` (SECONDS=5 by default per level).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -102,4 +107,73 @@ fn main() {
     );
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+    grpc_ingest(&rt, secs);
+}
+
+/// `CreatePayment` through the daemon: the client's TLS and HTTP/2, the daemon's
+/// validation, group commit and answer, from a separate process.
+fn grpc_ingest(rt: &tokio::runtime::Runtime, secs: u64) {
+    use custody_protocol::proto::payments_client::PaymentsClient;
+    use custody_protocol::proto::{CreatePaymentRequest, TokenizeRequest};
+    let cluster = support::Cluster::start("bench-payments", 2, 2);
+    let addr = std::fs::read_to_string(cluster.dir.join("payments/listen-addr"))
+        .expect("payments address")
+        .trim()
+        .to_string();
+    println!("\ndurable payment ingest over mTLS gRPC (custody dev's payments daemon, another process), {secs} s per level:");
+    rt.block_on(async {
+        // A few HTTP/2 connections, shared round robin, as a backend's pool would.
+        let mut channels = Vec::new();
+        for _ in 0..4 {
+            channels.push(PaymentsClient::new(
+                cluster
+                    .channel(&addr, Some("payment-backend"))
+                    .await
+                    .expect("connect"),
+            ));
+        }
+        let token = channels[0]
+            .clone()
+            .tokenize(TokenizeRequest {
+                kind: "account".into(),
+                data: "ACC-BENCH".into(),
+            })
+            .await
+            .expect("tokenize")
+            .into_inner()
+            .token;
+        let seq = Arc::new(AtomicU64::new(0));
+        for clients in [1usize, 16, 64] {
+            let done = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let mut tasks = Vec::new();
+            for i in 0..clients {
+                let mut c = channels[i % channels.len()].clone();
+                let (done, seq, token) = (done.clone(), seq.clone(), token.clone());
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let n = seq.fetch_add(1, Ordering::Relaxed);
+                        c.create_payment(CreatePaymentRequest {
+                            token: token.clone(),
+                            amount: 100 + n % 1000,
+                            currency: "EUR".into(),
+                            merchant: "m-bench".into(),
+                            idempotency_key: format!("grpc-{n}"),
+                        })
+                        .await
+                        .expect("create payment");
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+            let n = done.load(Ordering::Relaxed);
+            println!(
+                "  {clients:>2} clients: {:>8.0} payments/s ({n} in {secs} s)",
+                n as f64 / secs as f64
+            );
+        }
+    });
 }

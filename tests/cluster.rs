@@ -1149,7 +1149,8 @@ fn as_rogue_coordinator(
     as_rogue_coordinator_with(c, key, n, message, request_id, transfer, vec![], None)
 }
 
-/// [`as_rogue_coordinator`], presenting `approvals` too.
+/// [`as_rogue_coordinator`], presenting `approvals` (and a settlement) too.
+#[allow(clippy::too_many_arguments)]
 fn as_rogue_coordinator_with(
     c: &Cluster,
     key: &str,

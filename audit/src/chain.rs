@@ -64,47 +64,12 @@ pub fn verify_log(
     nonce: Option<&[u8]>,
 ) -> Result<Vec<Entry>, LogProblem> {
     let entries = parse_records(bytes).map_err(|(i, e)| problem(i, e.to_string()))?;
-    let mut prev = [0u8; 32];
-    for (i, e) in entries.iter().enumerate() {
-        if e.seq != i as u64 {
-            return Err(problem(
-                i,
-                format!(
-                    "sequence number {} where {i} was due (entries dropped, reordered or inserted)",
-                    e.seq
-                ),
-            ));
-        }
-        if e.prev != prev {
-            return Err(problem(
-                i,
-                "previous-entry hash does not match (entries dropped, reordered or altered)",
-            ));
-        }
-        if !e.verify_signature(writer) {
-            return Err(problem(
-                i,
-                "signature does not verify under the writer's identity key",
-            ));
-        }
-        e.json().map_err(|why| problem(i, why))?;
-        prev = e.hash();
+    let mut f = Follower::new(*writer);
+    for e in &entries {
+        f.check(e)?;
     }
-    let first = entries.first().ok_or_else(|| problem(0, "empty log"))?;
-    if first.kind != GENESIS {
-        return Err(problem(
-            0,
-            format!("first entry is {:?}, not {GENESIS:?}", first.kind),
-        ));
-    }
-    let g: Genesis = serde_json::from_slice(&first.body)
-        .map_err(|e| problem(0, format!("genesis body: {e}")))?;
-    let id = hex::decode(&g.identity).map_err(|_| problem(0, "genesis identity is not hex"))?;
-    if id.len() != 64 || id[..32] != writer[..] {
-        return Err(problem(
-            0,
-            "genesis names another identity than the writer's",
-        ));
+    if entries.is_empty() {
+        return Err(problem(0, "empty log"));
     }
     if let Some(nonce) = nonce {
         let last = entries.len() - 1;
@@ -128,4 +93,79 @@ pub fn verify_log(
         }
     }
     Ok(entries)
+}
+
+/// Checks a log entry by entry, in order, as it grows (what [`verify_log`] does for a
+/// whole file; the operator console follows the live log with it).
+#[derive(Clone, Debug)]
+pub struct Follower {
+    writer: [u8; 32],
+    next: u64,
+    prev: [u8; 32],
+}
+
+impl Follower {
+    /// A follower of the log of the holder of Ed25519 key `writer`, before its first
+    /// entry.
+    pub fn new(writer: [u8; 32]) -> Follower {
+        Follower {
+            writer,
+            next: 0,
+            prev: [0; 32],
+        }
+    }
+
+    /// Entries checked so far.
+    pub fn count(&self) -> u64 {
+        self.next
+    }
+
+    /// Checks `e` as the next entry: its sequence number, the previous entry's hash,
+    /// its signature, a JSON body and, for the first, a [`GENESIS`] naming the writer.
+    pub fn check(&mut self, e: &Entry) -> Result<(), LogProblem> {
+        let i = self.next as usize;
+        if e.seq != self.next {
+            return Err(problem(
+                i,
+                format!(
+                    "sequence number {} where {i} was due (entries dropped, reordered or inserted)",
+                    e.seq
+                ),
+            ));
+        }
+        if e.prev != self.prev {
+            return Err(problem(
+                i,
+                "previous-entry hash does not match (entries dropped, reordered or altered)",
+            ));
+        }
+        if !e.verify_signature(&self.writer) {
+            return Err(problem(
+                i,
+                "signature does not verify under the writer's identity key",
+            ));
+        }
+        e.json().map_err(|why| problem(i, why))?;
+        if i == 0 {
+            if e.kind != GENESIS {
+                return Err(problem(
+                    0,
+                    format!("first entry is {:?}, not {GENESIS:?}", e.kind),
+                ));
+            }
+            let g: Genesis = serde_json::from_slice(&e.body)
+                .map_err(|err| problem(0, format!("genesis body: {err}")))?;
+            let id =
+                hex::decode(&g.identity).map_err(|_| problem(0, "genesis identity is not hex"))?;
+            if id.len() != 64 || id[..32] != self.writer[..] {
+                return Err(problem(
+                    0,
+                    "genesis names another identity than the writer's",
+                ));
+            }
+        }
+        self.prev = e.hash();
+        self.next += 1;
+        Ok(())
+    }
 }

@@ -17,7 +17,7 @@ pub mod fuzzing;
 pub mod transcript;
 pub mod writer;
 
-pub use chain::{verify_log, LogProblem};
+pub use chain::{verify_log, Follower, LogProblem};
 pub use entry::Entry;
 pub use transcript::{replay_dkg, replay_signing, DkgTranscript, SigningTranscript, Trust};
 pub use writer::{AuditError, AuditLog};

@@ -11,6 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -99,6 +100,14 @@ pub struct Opened {
 pub struct AuditLog {
     tx: mpsc::Sender<Job>,
     path: PathBuf,
+    counts: Arc<Counts>,
+}
+
+/// What the writer did since the log was opened (for metrics).
+#[derive(Debug, Default)]
+struct Counts {
+    appended: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -117,6 +126,7 @@ struct State {
     prev: [u8; 32],
     len: u64,
     failed: Option<String>,
+    counts: Arc<Counts>,
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> AuditError {
@@ -223,6 +233,7 @@ impl AuditLog {
             prev,
             len: at as u64,
             failed: None,
+            counts: Arc::new(Counts::default()),
         };
         if count == 0 {
             let genesis = Genesis {
@@ -240,6 +251,7 @@ impl AuditLog {
             state.write(&mut jobs)?;
         }
         let (tx, rx) = mpsc::channel::<Job>();
+        let counts = state.counts.clone();
         std::thread::Builder::new()
             .name("audit-log".into())
             .spawn(move || state.run(rx))
@@ -248,6 +260,7 @@ impl AuditLog {
             AuditLog {
                 tx,
                 path: path.to_path_buf(),
+                counts,
             },
             Opened {
                 entries: count,
@@ -259,6 +272,15 @@ impl AuditLog {
     /// The log file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Entries written durably since the log was opened, and entries refused (a write
+    /// error, or a log that failed earlier).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.counts.appended.load(Ordering::Relaxed),
+            self.counts.failed.load(Ordering::Relaxed),
+        )
     }
 
     fn send(
@@ -331,6 +353,12 @@ impl State {
     /// Signs, writes and syncs `jobs` as one group, then answers each.
     fn write(&mut self, jobs: &mut [Job]) -> Result<(), AuditError> {
         let result = self.write_group(jobs);
+        let counter = if result.is_ok() {
+            &self.counts.appended
+        } else {
+            &self.counts.failed
+        };
+        counter.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         match &result {
             Ok(ends) => {
                 for (job, at) in jobs.iter_mut().zip(ends) {

@@ -31,6 +31,16 @@ pub struct Config {
     /// Timeouts (milliseconds); defaults suit a LAN.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Prometheus metrics (`GET /metrics`, plain HTTP) on this address; none by
+    /// default. Keep it on loopback or a monitoring network: it names signers and shows
+    /// volumes. Port 0: the OS picks one (written to `metrics-addr` in the data dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The operator console (HTTPS with this coordinator's certificate; operators and
+    /// auditors sign in with `custody console`); none by default. Port 0: the OS picks
+    /// one (written to `console-addr` in the data dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_listen: Option<SocketAddr>,
 }
 
 /// Where one signer listens.

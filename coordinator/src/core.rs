@@ -53,6 +53,10 @@ pub(crate) struct Core {
     /// Rotates quorum choice across signers.
     pub rotation: AtomicUsize,
     pub transcripts: std::path::PathBuf,
+    /// Metrics and recent history (for the console).
+    pub metrics: crate::metrics::Metrics,
+    /// The operator console's sessions and view of the audit log.
+    pub console: crate::console::Console,
 }
 
 /// A key loaded for signing, in its suite.
@@ -68,6 +72,25 @@ impl AnyKey {
             AnyKey::Secp(k) => &k.meta,
             AnyKey::Ed(k) => &k.meta,
         }
+    }
+
+    /// Commitments pooled per member signer (by name).
+    pub fn pool_levels(&self) -> Vec<(String, usize)> {
+        match self {
+            AnyKey::Secp(k) => k.pool_levels(),
+            AnyKey::Ed(k) => k.pool_levels(),
+        }
+    }
+}
+
+impl<C: EngineSuite> KeyRt<C> {
+    /// Commitments pooled per member signer (by name).
+    pub fn pool_levels(&self) -> Vec<(String, usize)> {
+        let pools = self.pools.lock().expect("lock");
+        self.members
+            .iter()
+            .map(|(p, h)| (h.name.clone(), pools.get(p).map_or(0, |q| q.queue.len())))
+            .collect()
     }
 }
 

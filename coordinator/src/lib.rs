@@ -19,8 +19,10 @@
 mod audit;
 mod cold;
 pub mod config;
+mod console;
 mod core;
 mod dkg;
+mod metrics;
 mod requests;
 mod service;
 pub mod signers;

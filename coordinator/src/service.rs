@@ -80,6 +80,8 @@ pub(crate) async fn serve(
         inflight: Mutex::new(HashMap::new()),
         rotation: AtomicUsize::new(0),
         transcripts,
+        metrics: crate::metrics::Metrics::new(),
+        console: Default::default(),
     });
     let metas = core.store.keys().map_err(|e| cfg_err(e.to_string()))?;
     let n_keys = metas.len();
@@ -92,6 +94,22 @@ pub(crate) async fn serve(
     let tls = files.server().map_err(|e| cfg_err(e.to_string()))?;
     let (listener, addr) = custody_pki::server::listen(config.listen, &config.data_dir).await?;
     info!(coordinator = %config.name, %addr, keys = n_keys, signers = core.signers.len(), "coordinator listening");
+    if let Some(listen) = config.metrics_listen {
+        let exporter = Arc::new(Mutex::new(crate::metrics::exporter(&core)));
+        let bound = custody_ops::serve_metrics(listen, exporter)
+            .await
+            .map_err(|e| cfg_err(format!("metrics_listen {listen}: {e}")))?;
+        custody_ops::write_addr(&config.data_dir.join("metrics-addr"), bound)
+            .map_err(|e| cfg_err(format!("metrics-addr: {e}")))?;
+    }
+    if let Some(listen) = config.console_listen {
+        let bound = crate::console::serve(&core, listen, &config.tls)
+            .await
+            .map_err(cfg_err)?;
+        custody_ops::write_addr(&config.data_dir.join("console-addr"), bound)
+            .map_err(|e| cfg_err(format!("console-addr: {e}")))?;
+    }
+    crate::signers::spawn_prober(core.clone());
     on_ready(addr);
     crate::requests::spawn_ticker(core.clone());
     let svc = CustodyServer::new(CustodyService(core))
@@ -273,9 +291,11 @@ impl Custody for CustodyService {
         let caller = self.authorize(&req, &[Role::Operator])?;
         let spec = self.spec(req.into_inner())?;
         info!(caller = %caller.name, suite = %spec.suite, "create key");
+        let t0 = std::time::Instant::now();
         let meta = dkg::create_key(&self.0, spec).await.inspect_err(|st| {
             warn!("create key failed: {:?}: {}", st.code(), st.message());
         })?;
+        self.0.metrics.dkg(&meta.suite, t0.elapsed());
         Ok(Response::new(key_proto(&meta)))
     }
 
@@ -386,15 +406,17 @@ impl Custody for CustodyService {
             None => (r.message, None),
         };
         let _guard = core.request_lock(&request_id).await;
-        self.sign_once(
-            &request_id,
-            &r.key_id,
-            message,
-            transfer,
-            settlement.map(|s| s.0),
-        )
-        .await
-        .map(Response::new)
+        let r = self
+            .sign_once(
+                &request_id,
+                &r.key_id,
+                message,
+                transfer,
+                settlement.map(|s| s.0),
+            )
+            .await;
+        core.metrics.sign_outcome(&r);
+        r.map(Response::new)
     }
 
     async fn get_signature(
@@ -625,6 +647,31 @@ impl Custody for CustodyService {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks(json)))))
     }
 
+    async fn console_login(
+        &self,
+        req: Request<ConsoleLoginRequest>,
+    ) -> Result<Response<ConsoleLoginResponse>, Status> {
+        use base64::Engine as _;
+        let caller = self.authorize(&req, &[Role::Operator, Role::Auditor])?;
+        let (url, expires_at, spki) = self
+            .0
+            .console
+            .login_link(caller.role, &caller.name)
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "the console is off: set console_listen in coordinator.toml",
+                )
+            })?;
+        info!(caller = %caller.name, "console sign-in link issued");
+        Ok(Response::new(ConsoleLoginResponse {
+            url,
+            expires_at,
+            spki_sha256: spki
+                .map(|s| base64::engine::general_purpose::STANDARD.encode(s))
+                .unwrap_or_default(),
+        }))
+    }
+
     async fn cluster_status(
         &self,
         req: Request<ClusterStatusRequest>,
@@ -733,6 +780,7 @@ pub(crate) async fn sign_and_record(
     approvals: Vec<custody_protocol::proto::Approval>,
 ) -> Result<SignRecord, Status> {
     let key_id = &key.meta().key_id;
+    let t0 = std::time::Instant::now();
     let signed = match key {
         AnyKey::Secp(k) => {
             signing::sign(
@@ -775,10 +823,12 @@ pub(crate) async fn sign_and_record(
             return Err(st);
         }
     };
-    record_signature(
+    let rec = record_signature(
         core, key, request_id, message, transfer, settlement, approvals, signed,
     )
-    .await
+    .await?;
+    core.metrics.signed(key, t0.elapsed());
+    Ok(rec)
 }
 
 /// Records a finished signature: its whole ceremony in the audit log, then the result

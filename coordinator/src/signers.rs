@@ -21,6 +21,10 @@ pub struct SignerHandle {
     health: Mutex<Health>,
     /// The signer's CA-verified certificate (DER), fetched on first contact.
     pub(crate) certificate: Mutex<Option<Vec<u8>>>,
+    /// Its sealing backend, as it last described it (`Identity`).
+    pub(crate) sealer: Mutex<String>,
+    /// Times it was named as a culprit (a share or message that failed its check).
+    pub(crate) culprits: std::sync::atomic::AtomicU64,
 }
 
 /// Health as last observed.
@@ -64,6 +68,8 @@ impl SignerHandle {
             channel: Mutex::new(None),
             health: Mutex::new(Health::default()),
             certificate: Mutex::new(None),
+            sealer: Mutex::new(String::new()),
+            culprits: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -164,4 +170,48 @@ impl SignerHandle {
     pub fn bump_epoch(&self) {
         self.health.lock().expect("lock").epoch += 1;
     }
+}
+
+/// How often every signer is asked who it is (so an idle cluster still shows a signer
+/// that went away, and the console shows each one's sealing backend).
+const PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Probes every signer in the background, until the coordinator stops.
+pub(crate) fn spawn_prober(core: std::sync::Arc<crate::core::Core>) {
+    let weak = std::sync::Arc::downgrade(&core);
+    drop(core);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROBE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(core) = weak.upgrade() else { return };
+            let timeout = core.timeouts.connect();
+            let mut tasks = Vec::new();
+            for h in core.signers.iter().cloned() {
+                tasks.push(tokio::spawn(async move {
+                    let r = match h.client() {
+                        Ok(mut c) => match tokio::time::timeout(
+                            timeout,
+                            c.identity(custody_protocol::proto::IdentityRequest {}),
+                        )
+                        .await
+                        {
+                            Ok(r) => r.map(tonic::Response::into_inner),
+                            Err(_) => Err(Status::deadline_exceeded("no answer")),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    h.observe(&r);
+                    if let Ok(id) = r {
+                        *h.sealer.lock().expect("lock") = id.sealer;
+                    }
+                }));
+            }
+            drop(core);
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    });
 }

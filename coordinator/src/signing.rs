@@ -417,6 +417,8 @@ impl Tracker {
                 );
                 if let Some(h) = handle {
                     h.mark_suspect(&why);
+                    h.culprits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 self.excluded.insert(p);
                 self.reasons

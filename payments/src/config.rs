@@ -28,6 +28,10 @@ pub struct Config {
     /// Who signs batch headers (without it, batches stay `closed`, unsigned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settlement: Option<SettlementConfig>,
+    /// Prometheus metrics (`GET /metrics`, plain HTTP) on this address; none by
+    /// default. Port 0: the OS picks one (written to `metrics-addr` in the data dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The threshold key that signs settlement batch headers, and how to reach the

@@ -8,6 +8,7 @@ use custody_hsm::Sealer;
 use custody_pki::{Role, StartError};
 use custody_protocol::proto::payments_server::{Payments, PaymentsServer};
 use custody_protocol::proto::*;
+use prometheus_client::metrics::counter::Counter;
 use rand_core::{OsRng, RngCore};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -20,6 +21,73 @@ use crate::store::{Created, Store, StoreError};
 struct Inner {
     store: Store,
     sealer: Arc<dyn Sealer>,
+    metrics: Metrics,
+}
+
+/// What the payments daemon counts (`custody_payments_ingested_total` and the rest:
+/// see [`exporter`]).
+struct Metrics {
+    ingested: Counter,
+    replayed: Counter,
+    rejected: Counter,
+    ingest_seconds: prometheus_client::metrics::histogram::Histogram,
+    batches_closed: Counter,
+    batches_settled: Counter,
+    settle_failures: Counter,
+}
+
+fn exporter(inner: &Arc<Inner>) -> custody_ops::Exporter {
+    use prometheus_client::metrics::gauge::Gauge;
+    let m = &inner.metrics;
+    let mut e = custody_ops::Exporter::new("payments");
+    e.register(
+        "payments_ingested",
+        "Payments acknowledged (durable) for the first time",
+        m.ingested.clone(),
+    );
+    e.register(
+        "payments_replayed",
+        "Repeated requests answered with the payment their idempotency key made",
+        m.replayed.clone(),
+    );
+    e.register(
+        "payments_rejected",
+        "Payment requests refused (invalid field, unknown token, idempotency conflict)",
+        m.rejected.clone(),
+    );
+    e.register_seconds(
+        "payment_ingest_duration",
+        "CreatePayment, from the request to the durable answer",
+        m.ingest_seconds.clone(),
+    );
+    e.register(
+        "batches_closed",
+        "Batches closed (by count or age)",
+        m.batches_closed.clone(),
+    );
+    e.register(
+        "batches_settled",
+        "Batches whose header the threshold key signed",
+        m.batches_settled.clone(),
+    );
+    e.register(
+        "settle_failures",
+        "Attempts to have a batch signed that did not end signed (retried)",
+        m.settle_failures.clone(),
+    );
+    let pending = Gauge::<i64>::default();
+    e.register(
+        "payments_pending",
+        "Payments acknowledged and not yet in a batch",
+        pending.clone(),
+    );
+    let weak = Arc::downgrade(inner);
+    e.on_scrape(move || {
+        if let Some(i) = weak.upgrade() {
+            pending.set(i.store.pending_count() as i64);
+        }
+    });
+    e
 }
 
 #[derive(Clone)]
@@ -55,6 +123,12 @@ pub async fn serve(
     on_ready: impl FnOnce(std::net::SocketAddr) + Send,
 ) -> Result<(), StartError> {
     let cfg_err = StartError::Config;
+    if matches!(
+        config.sealer,
+        custody_hsm::SealerConfig::InsecureSoftware { .. }
+    ) {
+        warn!("INSECURE software sealer: card and account data are sealed with a key file beside them (development only; use kind = \"pkcs11\")");
+    }
     let sealer = config
         .sealer
         .open()
@@ -66,7 +140,27 @@ pub async fn serve(
     if recovered > 0 {
         info!(recovered, "batches recorded before a stop are now signable");
     }
-    let inner = Arc::new(Inner { store, sealer });
+    let inner = Arc::new(Inner {
+        store,
+        sealer,
+        metrics: Metrics {
+            ingested: Counter::default(),
+            replayed: Counter::default(),
+            rejected: Counter::default(),
+            ingest_seconds: custody_ops::latency_histogram(),
+            batches_closed: Counter::default(),
+            batches_settled: Counter::default(),
+            settle_failures: Counter::default(),
+        },
+    });
+    if let Some(listen) = config.metrics_listen {
+        let exporter = Arc::new(std::sync::Mutex::new(exporter(&inner)));
+        let bound = custody_ops::serve_metrics(listen, exporter)
+            .await
+            .map_err(|e| cfg_err(format!("metrics_listen {listen}: {e}")))?;
+        custody_ops::write_addr(&config.data_dir.join("metrics-addr"), bound)
+            .map_err(|e| cfg_err(format!("metrics-addr: {e}")))?;
+    }
     spawn_batcher(inner.clone(), config.batch);
     match config.settlement.clone() {
         Some(s) => spawn_settler(inner.clone(), s),
@@ -119,6 +213,7 @@ fn spawn_batcher(inner: Arc<Inner>, cfg: crate::config::BatchConfig) {
             let max = cfg.max_count;
             match tokio::task::spawn_blocking(move || store.close_batch(max)).await {
                 Ok(Ok(Some(b))) => {
+                    inner.metrics.batches_closed.inc();
                     info!(batch = %b.id, count = b.count, root = %b.root, "batch closed")
                 }
                 Ok(Ok(None)) => {}
@@ -150,13 +245,17 @@ fn spawn_settler(inner: Arc<Inner>, cfg: crate::config::SettlementConfig) {
                         let store = inner.store.clone();
                         let b2 = b.clone();
                         match tokio::task::spawn_blocking(move || store.put_batch(&b2)).await {
-                            Ok(Ok(())) => info!(batch = %b.id, "batch signed"),
+                            Ok(Ok(())) => {
+                                inner.metrics.batches_settled.inc();
+                                info!(batch = %b.id, "batch signed")
+                            }
                             Ok(Err(e)) => warn!(batch = %b.id, "signed but not stored: {e}"),
                             Err(e) => warn!("settler: {e}"),
                         }
                         last_error.clear();
                     }
                     Err(e) => {
+                        inner.metrics.settle_failures.inc();
                         if e != last_error {
                             warn!(batch = %b.id, "settlement not signed yet: {e}");
                             last_error = e;
@@ -258,6 +357,33 @@ async fn settle(
     Ok(())
 }
 
+impl PaymentsService {
+    async fn create(&self, r: CreatePaymentRequest) -> Result<PaymentRecord, Status> {
+        let p = NewPayment {
+            token: r.token,
+            amount: r.amount,
+            currency: r.currency,
+            merchant: r.merchant,
+            idempotency_key: r.idempotency_key,
+        };
+        p.check()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if self.0.store.token(&p.token).map_err(store_err)?.is_none() {
+            return Err(Status::invalid_argument(format!(
+                "token: {} is not a token issued here",
+                p.token
+            )));
+        }
+        match self.0.store.create(p).await.map_err(store_err)? {
+            Created::New(p) => Ok(record(&p, false)),
+            Created::Existing(p) => Ok(record(&p, true)),
+            Created::Conflict(id) => Err(Status::already_exists(format!(
+                "idempotency_key: already used for payment {id} with another body"
+            ))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Payments for PaymentsService {
     async fn tokenize(
@@ -317,29 +443,18 @@ impl Payments for PaymentsService {
         req: Request<CreatePaymentRequest>,
     ) -> Result<Response<PaymentRecord>, Status> {
         custody_pki::authorize(&req, &[Role::PaymentBackend])?;
-        let r = req.into_inner();
-        let p = NewPayment {
-            token: r.token,
-            amount: r.amount,
-            currency: r.currency,
-            merchant: r.merchant,
-            idempotency_key: r.idempotency_key,
+        let t0 = std::time::Instant::now();
+        let r = self.create(req.into_inner()).await;
+        let m = &self.0.metrics;
+        match &r {
+            Ok(p) if p.replayed => m.replayed.inc(),
+            Ok(_) => {
+                m.ingest_seconds.observe(t0.elapsed().as_secs_f64());
+                m.ingested.inc()
+            }
+            Err(_) => m.rejected.inc(),
         };
-        p.check()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if self.0.store.token(&p.token).map_err(store_err)?.is_none() {
-            return Err(Status::invalid_argument(format!(
-                "token: {} is not a token issued here",
-                p.token
-            )));
-        }
-        match self.0.store.create(p).await.map_err(store_err)? {
-            Created::New(p) => Ok(Response::new(record(&p, false))),
-            Created::Existing(p) => Ok(Response::new(record(&p, true))),
-            Created::Conflict(id) => Err(Status::already_exists(format!(
-                "idempotency_key: already used for payment {id} with another body"
-            ))),
-        }
+        r.map(Response::new)
     }
 
     async fn get_payment(

@@ -270,6 +270,15 @@ pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, Error> {
     Ok(p.contents)
 }
 
+/// SHA-256 of a DER certificate's SubjectPublicKeyInfo (what HPKP-style pins and
+/// Chromium's `--ignore-certificate-errors-spki-list` name).
+pub fn spki_sha256(der: &[u8]) -> Result<[u8; 32], Error> {
+    use sha2::Digest;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
+    Ok(sha2::Sha256::digest(cert.public_key().raw).into())
+}
+
 /// Checks that `der` is signed by the CA certificate `ca_der` and currently valid, and
 /// returns what it says.
 pub fn verify_issued_by(der: &[u8], ca_der: &[u8]) -> Result<PeerInfo, Error> {

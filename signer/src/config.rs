@@ -27,6 +27,10 @@ pub struct Config {
     /// Never set it on a signer that matters: the signer logs a loud warning at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_injection: Option<Fault>,
+    /// Prometheus metrics (`GET /metrics`, plain HTTP) on this address; none by
+    /// default. Port 0: the OS picks one (written to `metrics-addr` in the data dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A deliberate misbehaviour (tests only).

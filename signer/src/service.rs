@@ -95,6 +95,9 @@ struct Inner {
     fault: Option<Fault>,
     /// Our audit log: written before what it records is acknowledged.
     audit: AuditLog,
+    /// Signature shares issued, and requests refused by policy (for metrics).
+    shares_issued: prometheus_client::metrics::counter::Counter,
+    refused: prometheus_client::metrics::counter::Counter,
 }
 
 /// The unused nonces of one key, by their encoded commitments, oldest first.
@@ -218,6 +221,8 @@ fn open_inner(config: &Config) -> Result<Inner, StartError> {
         repairs: Mutex::new(HashMap::new()),
         nonces: Mutex::new(HashMap::new()),
         fault: config.fault_injection,
+        shares_issued: Default::default(),
+        refused: Default::default(),
     };
     inner.load_keys().map_err(cfg_err)?;
     Ok(inner)
@@ -233,6 +238,14 @@ pub(crate) async fn serve(
     let inner = open_inner(&config)?;
     let loaded = inner.keys.lock().expect("lock").len();
     let svc = SignerService(Arc::new(inner));
+    if let Some(listen) = config.metrics_listen {
+        let exporter = Arc::new(Mutex::new(exporter(&svc.0)));
+        let bound = custody_ops::serve_metrics(listen, exporter)
+            .await
+            .map_err(|e| cfg_err(format!("metrics_listen {listen}: {e}")))?;
+        custody_ops::write_addr(&config.data_dir.join("metrics-addr"), bound)
+            .map_err(|e| cfg_err(format!("metrics-addr: {e}")))?;
+    }
 
     let tls = files.server().map_err(|e| cfg_err(e.to_string()))?;
     let (listener, addr) = custody_pki::server::listen(config.listen, &config.data_dir).await?;
@@ -249,6 +262,60 @@ pub(crate) async fn serve(
     .await?;
     info!(signer = %config.name, "signer stopped");
     Ok(())
+}
+
+/// The signer's metrics: `custody_shares_issued_total`, `custody_sign_refused_total`
+/// (by this signer's policy), `custody_nonces_pooled` (unused nonces in memory, all
+/// keys), `custody_keys{state}`, and the audit log's counts.
+fn exporter(inner: &Arc<Inner>) -> custody_ops::Exporter {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct StateLabel {
+        state: String,
+    }
+    let mut e = custody_ops::Exporter::new("signer");
+    e.register(
+        "shares_issued",
+        "Signature shares issued (each recorded in the audit log first)",
+        inner.shares_issued.clone(),
+    );
+    e.register(
+        "sign_refused",
+        "Requests this signer's policy refused",
+        inner.refused.clone(),
+    );
+    let nonces = Gauge::<i64>::default();
+    let keys: Family<StateLabel, Gauge> = Family::default();
+    e.register(
+        "nonces_pooled",
+        "Unused signing nonces held in memory (all keys); each is used at most once",
+        nonces.clone(),
+    );
+    e.register("keys", "Key shares held, by lifecycle state", keys.clone());
+    let weak = Arc::downgrade(inner);
+    e.on_scrape(move || {
+        let Some(i) = weak.upgrade() else { return };
+        let n: usize = i
+            .nonces
+            .lock()
+            .expect("lock")
+            .values()
+            .map(|p| p.by_commitment.len())
+            .sum();
+        nonces.set(n as i64);
+        keys.clear();
+        for k in i.keys.lock().expect("lock").values() {
+            keys.get_or_create(&StateLabel {
+                state: k.state.lock().expect("lock").name().to_string(),
+            })
+            .inc();
+        }
+    });
+    let weak = Arc::downgrade(inner);
+    e.audit_log(move || weak.upgrade().map_or((0, 0), |i| i.audit.counts()));
+    e
 }
 
 /// The action an entry records is refused when the entry cannot be written.
@@ -423,8 +490,6 @@ impl Inner {
             created_at: k.created_at,
             signatures: usage.signatures,
         };
-        // No approvals and no time lock for hot keys yet: warm and cold keys cannot be
-        // created until their approval flow exists.
         // A time lock counts from when this signer first saw the request (a proposal
         // before, or now), on its own clock.
         let first_seen = if k.policy.time_lock_secs > 0 {
@@ -540,6 +605,7 @@ impl Inner {
     /// Refuses a request: logged, recorded in the audit log, `PERMISSION_DENIED`.
     fn refuse(&self, key_id: &str, request_id: &str, reason: String) -> Status {
         warn!(%key_id, %request_id, "REFUSED by policy: {reason}");
+        self.refused.inc();
         self.audit.record(
             ax::SIGN_REFUSED,
             &ax::Refused {
@@ -1379,6 +1445,7 @@ impl Signer for SignerService {
             .append(ax::SHARE_ISSUED, &issued)
             .await
             .map_err(unrecorded)?;
+        i.shares_issued.inc();
         tracing::debug!(
             auth_us = t_auth.as_micros() as u64,
             open_us = (t_open - t_auth).as_micros() as u64,

@@ -256,6 +256,7 @@ pub fn init(layout: &Layout, signers: u16, threshold: u16, hsm: Hsm) -> Result<C
                 Hsm::Softhsm => softhsm_token(&dir, &name)?,
             },
             fault_injection: None,
+            metrics_listen: Some(listen),
         };
         write_toml(&layout.signer_config(i), &config)?;
         let identity = daemon_identity("signer", &layout.signer_config(i))?;
@@ -279,6 +280,8 @@ pub fn init(layout: &Layout, signers: u16, threshold: u16, hsm: Hsm) -> Result<C
         },
         signers: endpoints,
         timeouts: Default::default(),
+        metrics_listen: Some(listen),
+        console_listen: Some(listen),
     };
     config.check()?;
     write_toml(&layout.coordinator_config(), &config)?;
@@ -331,6 +334,7 @@ pub fn ensure_payments(layout: &Layout) -> Result<(), Error> {
         },
         // Filled in by `custody dev` once the coordinator runs (a key needs a DKG).
         settlement: None,
+        metrics_listen: Some("127.0.0.1:0".parse().expect("address")),
     };
     write_toml(&layout.payments_config(), &config)
 }

@@ -34,6 +34,10 @@ pub struct Args {
     /// PKCS#11; needs `apt-get install softhsm2`).
     #[arg(long, value_enum)]
     hsm: Option<cluster::Hsm>,
+    /// Create the cluster directory (CA, certificates, configs) and exit without
+    /// starting anything: to read or edit the configs first.
+    #[arg(long)]
+    init_only: bool,
 }
 
 /// How long a daemon may take to start.
@@ -102,6 +106,15 @@ async fn run_async(a: Args) -> Result<(), Error> {
             cluster::init(&layout, n, t, hsm)?
         }
     };
+    if a.init_only {
+        println!(
+            "custody dev: cluster in {} ({} signers, threshold {}); not started (--init-only)",
+            dir.display(),
+            file.signers,
+            file.threshold
+        );
+        return Ok(());
+    }
 
     let mut procs: Vec<Proc> = Vec::new();
     let started = start_all(&layout, &file, &mut procs).await;
@@ -112,8 +125,17 @@ async fn run_async(a: Args) -> Result<(), Error> {
             return Err(e);
         }
     };
+    let console = std::fs::read_to_string(layout.coordinator_dir().join("console-addr"))
+        .map(|a| {
+            format!(
+                ", console https://{} (sign in: custody console --cluster {})",
+                a.trim(),
+                dir.display()
+            )
+        })
+        .unwrap_or_default();
     println!(
-        "custody dev: cluster ready: coordinator {addr}, {} signers, threshold {}, sealing {}, dir {} (logs in {}; try: custody key create --cluster {} --suite secp256k1-tr)",
+        "custody dev: cluster ready: coordinator {addr}{console}, {} signers, threshold {}, sealing {}, dir {} (logs in {}; try: custody key create --cluster {} --suite secp256k1-tr)",
         file.signers,
         file.threshold,
         match file.hsm {
@@ -124,6 +146,16 @@ async fn run_async(a: Args) -> Result<(), Error> {
         layout.logs().display(),
         dir.display()
     );
+
+    let mut metrics = Vec::new();
+    for p in &procs {
+        if let Ok(a) = std::fs::read_to_string(dir.join(&p.name).join("metrics-addr")) {
+            metrics.push(format!("{} http://{}/metrics", p.name, a.trim()));
+        }
+    }
+    if !metrics.is_empty() {
+        eprintln!("custody dev: Prometheus metrics: {}", metrics.join(", "));
+    }
 
     // Run until interrupted; report children that die (the cluster tolerates n - t).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -24,7 +24,7 @@ pub enum Cmd {
         /// A name for the key.
         #[arg(long, default_value = "")]
         name: String,
-        /// Tier: hot (default; warm and cold need the approval flow, not built yet).
+        /// Tier: hot (default); warm and cold keys need a policy with approvers (--policy).
         #[arg(long, default_value = "")]
         tier: String,
         /// The key's policy, a JSON file (assets with limits, allowlist, allow_raw,

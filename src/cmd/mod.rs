@@ -44,6 +44,8 @@ enum Command {
     Signature(sign::GetArgs),
     /// Show the signers as the coordinator sees them.
     Status(status::Args),
+    /// A one-time sign-in link to the operator console (operators and auditors).
+    Console(status::ConsoleArgs),
     /// Run a whole DKG and a signature in one process (in-memory simulation of the
     /// signers and the coordinator) and print the result. No daemons, no storage.
     Demo(demo::Args),
@@ -80,6 +82,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Sign(a) => sign::run(a),
         Command::Signature(a) => sign::get(a),
         Command::Status(a) => status::run(a),
+        Command::Console(a) => status::console(a),
         Command::Demo(a) => demo::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Audit(c) => audit::run(c),

@@ -53,3 +53,37 @@ pub fn run(a: Args) -> Result<(), Error> {
         Ok(())
     })
 }
+
+#[derive(Debug, clap::Args)]
+pub struct ConsoleArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Print JSON (`url`, `expires_at`, `spki_sha256`).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `custody console`: a one-time sign-in link to the operator console.
+pub fn console(a: ConsoleArgs) -> Result<(), Error> {
+    super::daemon::runtime()?.block_on(async move {
+        let mut c = a.conn.connect().await?;
+        let r = c
+            .console_login(custody_protocol::proto::ConsoleLoginRequest {})
+            .await
+            .map_err(status)?
+            .into_inner();
+        if a.json {
+            println!(
+                "{}",
+                json!({ "url": r.url, "expires_at": r.expires_at, "spki_sha256": r.spki_sha256 })
+            );
+        } else {
+            println!("{}", r.url);
+            eprintln!(
+                "open it within a minute, once; the console's certificate is the cluster CA's (SPKI SHA-256 {})",
+                r.spki_sha256
+            );
+        }
+        Ok(())
+    })
+}
