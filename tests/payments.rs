@@ -553,7 +553,7 @@ fn kill_9_under_load_loses_and_doubles_nothing() {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let batches = cl
-                .list_batches(ListBatchesRequest {})
+                .list_batches(ListBatchesRequest { limit: 0 })
                 .await
                 .unwrap()
                 .into_inner()

@@ -106,3 +106,48 @@ pub fn verify(leaf: &[u8; 32], steps: &[Step], root: &[u8; 32]) -> bool {
     }
     h == *root
 }
+
+/// Whether `steps` have the shape of the proof of leaf `index` among `count` leaves:
+/// one step per level where the leaf's node has a sibling, each on the side its
+/// position says. Binds a proof's claimed index to its path.
+pub fn shape_matches(steps: &[Step], mut index: u64, count: u64) -> bool {
+    if index >= count {
+        return false;
+    }
+    let mut len = count;
+    let mut expected = Vec::new();
+    while len > 1 {
+        let sibling = index ^ 1;
+        if sibling < len {
+            expected.push(sibling < index);
+        }
+        index /= 2;
+        len = len.div_ceil(2);
+    }
+    expected.len() == steps.len() && expected.iter().zip(steps).all(|(l, s)| *l == s.left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_proof_has_the_shape_of_its_index_and_no_other() {
+        for count in 1..70usize {
+            let leaves: Vec<[u8; 32]> = (0..count).map(|i| leaf(&[i as u8])).collect();
+            let r = root(&leaves).unwrap();
+            for i in 0..count {
+                let p = proof(&leaves, i).unwrap();
+                assert!(verify(&leaves[i], &p, &r));
+                assert!(shape_matches(&p, i as u64, count as u64));
+                for j in (0..count).filter(|j| *j != i) {
+                    assert!(
+                        !shape_matches(&p, j as u64, count as u64),
+                        "{i} vs {j} of {count}"
+                    );
+                }
+                assert!(!shape_matches(&p, count as u64, count as u64));
+            }
+        }
+    }
+}

@@ -64,19 +64,34 @@ pub fn make(store: &Store, id: &str) -> Result<Proof, Status> {
         .batch(&bid)
         .map_err(|e| Status::unavailable(e.to_string()))?
         .ok_or_else(|| Status::internal(format!("batch {bid} missing")))?;
-    let mut leaves = Vec::with_capacity(b.payments.len());
-    let mut index = None;
-    for (i, pid) in b.payments.iter().enumerate() {
-        let q = store
-            .payment(pid)
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .ok_or_else(|| Status::internal(format!("payment {pid} missing")))?;
-        if q.id == p.id {
-            index = Some(i);
+    let index = b
+        .payments
+        .iter()
+        .position(|pid| *pid == p.id)
+        .ok_or_else(|| Status::internal("payment not in its batch"))?;
+    let leaves = match store
+        .batch_leaves(&bid)
+        .map_err(|e| Status::unavailable(e.to_string()))?
+    {
+        Some(l) if l.len() == b.payments.len() => l,
+        // Batches closed before their leaves were kept: from the payments.
+        _ => {
+            let mut leaves = Vec::with_capacity(b.payments.len());
+            for pid in &b.payments {
+                let q = store
+                    .payment(pid)
+                    .map_err(|e| Status::unavailable(e.to_string()))?
+                    .ok_or_else(|| Status::internal(format!("payment {pid} missing")))?;
+                leaves.push(q.leaf());
+            }
+            leaves
         }
-        leaves.push(q.leaf());
+    };
+    if leaves.get(index) != Some(&p.leaf()) {
+        return Err(Status::internal(format!(
+            "payment {id}: its leaf is not the batch's leaf {index}"
+        )));
     }
-    let index = index.ok_or_else(|| Status::internal("payment not in its batch"))?;
     let path = merkle::proof(&leaves, index).ok_or_else(|| Status::internal("proof"))?;
     Ok(Proof {
         format: PROOF_FORMAT.into(),
@@ -114,6 +129,12 @@ pub fn verify(p: &Proof, pinned: Option<&str>) -> Result<(), String> {
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or("root: not 32 bytes of hex")?;
+    if !merkle::shape_matches(&p.path, p.index, p.batch.count) {
+        return Err(format!(
+            "the path does not have the shape of position {} of {} payments",
+            p.index, p.batch.count
+        ));
+    }
     if !merkle::verify(&p.payment.leaf(), &p.path, &root) {
         return Err("the payment is not in this batch (its path does not lead to the root)".into());
     }

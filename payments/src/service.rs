@@ -234,11 +234,13 @@ fn spawn_settler(inner: Arc<Inner>, cfg: crate::config::SettlementConfig) {
         let mut last_error = String::new();
         loop {
             tick.tick().await;
-            let Ok(mut batches) = inner.store.batches() else {
+            let store = inner.store.clone();
+            let Ok(Ok(batches)) =
+                tokio::task::spawn_blocking(move || store.unsigned_batches()).await
+            else {
                 continue;
             };
             // Oldest first; one that fails does not hold back the others.
-            batches.reverse();
             for mut b in batches.into_iter().filter(|b| b.state == "closed") {
                 match settle(&cfg, &mut b).await {
                     Ok(()) => {
@@ -495,7 +497,15 @@ impl Payments for PaymentsService {
         req: Request<ListBatchesRequest>,
     ) -> Result<Response<ListBatchesResponse>, Status> {
         custody_pki::authorize(&req, &[Role::PaymentBackend, Role::Auditor, Role::Operator])?;
-        let batches = self.0.store.batches().map_err(store_err)?;
+        let limit = match req.into_inner().limit {
+            0 => 10_000,
+            n => n.min(10_000),
+        } as usize;
+        let store = self.0.store.clone();
+        let batches = tokio::task::spawn_blocking(move || store.recent_batches(limit))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(store_err)?;
         Ok(Response::new(ListBatchesResponse {
             batches: batches
                 .iter()

@@ -71,6 +71,12 @@ pub struct Store {
     /// Batch ranges: u64 first seq (BE) → (end seq, batch id).
     ranges: sled::Tree,
     batches: sled::Tree,
+    /// Batches not signed yet: id → (). What the settler looks at, instead of every
+    /// batch ever closed.
+    unsigned: sled::Tree,
+    /// Each batch's Merkle leaves (32 bytes each, in order), for proofs without
+    /// re-reading every payment of the batch.
+    leaves: sled::Tree,
     writer: mpsc::Sender<Job>,
 }
 
@@ -104,9 +110,12 @@ impl Store {
             meta: db.open_tree("meta")?,
             ranges: db.open_tree("batch-ranges")?,
             batches: db.open_tree("batches")?,
+            unsigned: db.open_tree("unsigned-batches")?,
+            leaves: db.open_tree("batch-leaves")?,
             writer: mpsc::channel().0,
             db,
         };
+        store.index_unsigned()?;
         let (tx, rx) = mpsc::channel::<Job>();
         let w = store.clone();
         std::thread::Builder::new()
@@ -117,6 +126,22 @@ impl Store {
             writer: tx,
             ..store
         })
+    }
+
+    /// Databases made before the unsigned-batch index get it once, from every batch.
+    fn index_unsigned(&self) -> Result<(), StoreError> {
+        if self.meta.get(b"unsigned-indexed")?.is_some() {
+            return Ok(());
+        }
+        for v in self.batches.iter().values() {
+            let b: Batch = serde_json::from_slice(&v?)?;
+            if b.state != "signed" {
+                self.unsigned.insert(b.id.as_bytes(), &[])?;
+            }
+        }
+        self.meta.insert(b"unsigned-indexed", &[1])?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Stores a sealed token durably.
@@ -320,15 +345,22 @@ impl Store {
         merchant: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Payment>, StoreError> {
-        let mut all: Vec<Payment> = self
-            .payments
-            .iter()
-            .values()
-            .map(|v| Ok(serde_json::from_slice::<Payment>(&v?)?))
-            .collect::<Result<_, StoreError>>()?;
-        all.retain(|p| merchant.is_none_or(|m| p.merchant == m));
-        all.sort_by_key(|p| std::cmp::Reverse(p.seq));
-        all.truncate(limit);
+        // Newest first, by arrival, until `limit` match.
+        let mut all: Vec<Payment> = Vec::new();
+        for item in self.by_seq.iter().rev() {
+            if all.len() >= limit {
+                break;
+            }
+            let (_, id) = item?;
+            let v = self
+                .payments
+                .get(&id)?
+                .ok_or_else(|| StoreError::Db("payment missing".into()))?;
+            let p: Payment = serde_json::from_slice(&v)?;
+            if merchant.is_none_or(|m| p.merchant == m) {
+                all.push(p);
+            }
+        }
         for p in &mut all {
             p.batch = self.batch_of(p.seq)?;
         }
@@ -397,8 +429,15 @@ impl Store {
         };
         let range = serde_json::to_vec(&(end, batch.id.clone()))?;
         let record = serde_json::to_vec(&batch)?;
-        let r: Result<(), TransactionError<()>> = (&self.meta, &self.ranges, &self.batches)
-            .transaction(|(meta, ranges, batches)| {
+        let leaf_bytes: Vec<u8> = leaves.concat();
+        let r: Result<(), TransactionError<()>> = (
+            &self.meta,
+            &self.ranges,
+            &self.batches,
+            &self.unsigned,
+            &self.leaves,
+        )
+            .transaction(|(meta, ranges, batches, unsigned, leaf_tree)| {
                 let now = meta
                     .get(b"batched-upto")?
                     .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -409,6 +448,8 @@ impl Store {
                 meta.insert(b"batched-upto", &end.to_be_bytes())?;
                 ranges.insert(&from.to_be_bytes(), range.clone())?;
                 batches.insert(batch.id.as_bytes(), record.clone())?;
+                unsigned.insert(batch.id.as_bytes(), &[])?;
+                leaf_tree.insert(batch.id.as_bytes(), leaf_bytes.as_slice())?;
                 Ok(())
             });
         r.map_err(|e| StoreError::Db(format!("{e:?}")))?;
@@ -426,7 +467,7 @@ impl Store {
     /// now, so signable.
     pub fn recover_committed(&self) -> Result<usize, StoreError> {
         let mut n = 0;
-        for mut b in self.batches()? {
+        for mut b in self.unsigned_batches()? {
             if b.state == "committed" {
                 b.state = "closed".into();
                 self.put_batch(&b)?;
@@ -440,8 +481,59 @@ impl Store {
     pub fn put_batch(&self, b: &Batch) -> Result<(), StoreError> {
         self.batches
             .insert(b.id.as_bytes(), serde_json::to_vec(b)?)?;
+        if b.state == "signed" {
+            // A crash before this leaves a signed batch in the index: skipped (and
+            // dropped) by `unsigned_batches`.
+            self.unsigned.remove(b.id.as_bytes())?;
+        }
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Batches not signed yet (committed or closed), oldest first.
+    pub fn unsigned_batches(&self) -> Result<Vec<Batch>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.unsigned.iter().keys() {
+            let id = id?;
+            match self.batches.get(&id)? {
+                Some(v) => {
+                    let b: Batch = serde_json::from_slice(&v)?;
+                    if b.state == "signed" {
+                        self.unsigned.remove(&id)?;
+                    } else {
+                        out.push(b);
+                    }
+                }
+                None => {
+                    self.unsigned.remove(&id)?;
+                }
+            }
+        }
+        out.sort_by_key(|b| b.closed_at_ms);
+        Ok(out)
+    }
+
+    /// The Merkle leaves of batch `id`, in order (batches closed before leaves were
+    /// kept have none: recompute them from the payments).
+    pub fn batch_leaves(&self, id: &str) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
+        Ok(self.leaves.get(id.as_bytes())?.map(|v| {
+            v.chunks_exact(32)
+                .map(|c| <[u8; 32]>::try_from(c).expect("32-byte chunks"))
+                .collect()
+        }))
+    }
+
+    /// The `limit` most recent batches, newest first (by the payments they hold).
+    pub fn recent_batches(&self, limit: usize) -> Result<Vec<Batch>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.ranges.iter().rev().take(limit) {
+            let (_, v) = item?;
+            let (_, id): (u64, String) = serde_json::from_slice(&v)?;
+            if let Some(b) = self.batch(&id)? {
+                out.push(b);
+            }
+        }
+        Ok(out)
     }
 
     /// One batch.
@@ -450,17 +542,5 @@ impl Store {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
-    }
-
-    /// Every batch, newest first.
-    pub fn batches(&self) -> Result<Vec<Batch>, StoreError> {
-        let mut all: Vec<Batch> = self
-            .batches
-            .iter()
-            .values()
-            .map(|v| Ok(serde_json::from_slice::<Batch>(&v?)?))
-            .collect::<Result<_, StoreError>>()?;
-        all.sort_by_key(|b| std::cmp::Reverse(b.closed_at_ms));
-        Ok(all)
     }
 }

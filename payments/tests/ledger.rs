@@ -172,7 +172,48 @@ fn idempotency_durability_and_batches() {
                 .map(|id| store.payment(id).unwrap().unwrap().amount as u128)
                 .sum::<u128>()
         );
+        // The leaves kept with the batch are the payments' own.
+        assert_eq!(store.batch_leaves(&b.id).unwrap().unwrap(), leaves);
+        // Proofs from the store verify, and only at their own position.
+        for id in &b.payments {
+            let mut proof = custody_payments::proof::make(&store, id).unwrap();
+            custody_payments::proof::verify(&proof, None).unwrap();
+            proof.index = (proof.index + 1) % proof.batch.count;
+            let err = custody_payments::proof::verify(&proof, None).unwrap_err();
+            assert!(err.contains("shape"), "{err}");
+        }
     }
+    // The settler's view: unsigned batches, oldest first; a signed one leaves it.
+    let unsigned: Vec<String> = store
+        .unsigned_batches()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(unsigned, vec![b1.id.clone(), b2.id.clone()]);
+    let mut signed = store.batch(&b1.id).unwrap().unwrap();
+    signed.state = "signed".into();
+    store.put_batch(&signed).unwrap();
+    let unsigned: Vec<String> = store
+        .unsigned_batches()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(unsigned, vec![b2.id.clone()]);
+    // Listing: newest first, bounded.
+    let recent: Vec<String> = store
+        .recent_batches(10)
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(recent, vec![b2.id.clone(), b1.id.clone()]);
+    assert_eq!(store.recent_batches(1).unwrap().len(), 1);
+    let newest = store.payments(None, 3).unwrap();
+    assert_eq!(newest.len(), 3);
+    assert!(newest.windows(2).all(|w| w[0].seq > w[1].seq));
+    assert!(store.payments(Some("nobody"), 3).unwrap().is_empty());
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }

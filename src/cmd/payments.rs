@@ -205,7 +205,7 @@ pub fn run(a: Args) -> Result<(), Error> {
                 }
             }
             Cmd::Batches { conn } => {
-                let r = client(&conn).await?.list_batches(ListBatchesRequest {}).await.map_err(status)?.into_inner();
+                let r = client(&conn).await?.list_batches(ListBatchesRequest { limit: 0 }).await.map_err(status)?.into_inner();
                 for b in &r.batches {
                     if conn.json {
                         println!(
