@@ -9,6 +9,7 @@ use custody_protocol::proto::custody_client::CustodyClient;
 use custody_protocol::proto::signer_client::SignerClient;
 use custody_protocol::proto::*;
 use serde_json::Value;
+use support::rogue::{as_rogue_coordinator, as_rogue_coordinator_with};
 use support::{hexs, verify_independently, Cluster};
 use tonic::Code;
 
@@ -1133,117 +1134,6 @@ fn proto_transfer(t: &hot_warm_cold::Transfer) -> Transfer {
         destination: t.destination.clone(),
         memo: t.memo.clone(),
     }
-}
-
-/// Acts as a compromised coordinator: with the coordinator's own certificate and
-/// identity key, draws fresh commitments from signers 1..=n of a secp256k1-tr key,
-/// builds and signs a package for `message`, and asks every signer for its share.
-fn as_rogue_coordinator(
-    c: &Cluster,
-    key: &str,
-    n: u16,
-    message: Vec<u8>,
-    request_id: &str,
-    transfer: Option<Transfer>,
-) -> Vec<Result<(), tonic::Status>> {
-    as_rogue_coordinator_with(c, key, n, message, request_id, transfer, vec![], None)
-}
-
-/// [`as_rogue_coordinator`], presenting `approvals` (and a settlement) too.
-#[allow(clippy::too_many_arguments)]
-fn as_rogue_coordinator_with(
-    c: &Cluster,
-    key: &str,
-    n: u16,
-    message: Vec<u8>,
-    request_id: &str,
-    transfer: Option<Transfer>,
-    approvals: Vec<Approval>,
-    settlement: Option<Settlement>,
-) -> Vec<Result<(), tonic::Status>> {
-    use custody_protocol::sign::{CommitmentBatch, SigningPackage, COORDINATOR};
-    use custody_protocol::wire::{self, Header, Kind};
-    use custody_protocol::{identity, ParticipantId, Roster, SessionId};
-    type C = custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR;
-    let coordinator_id = {
-        let d = c.dir.join("coordinator");
-        let sealer =
-            custody_hsm::InsecureSoftwareSealer::open_or_create(&d.join("INSECURE-sealing.key"))
-                .expect("sealer");
-        custody_pki::load_or_create_identity(
-            &d.join("identity.sealed"),
-            &sealer,
-            &custody_coordinator::identity_aad("coordinator"),
-        )
-        .expect("identity")
-    };
-    rt().block_on(async {
-        let mut clients = Vec::new();
-        let mut roster = Roster::new();
-        let mut commitments = std::collections::BTreeMap::new();
-        for i in 1..=n {
-            let name = format!("signer-{i}");
-            let mut s = SignerClient::new(
-                c.channel(&c.addr(&name), Some("coordinator"))
-                    .await
-                    .expect("channel"),
-            );
-            let id = s
-                .identity(IdentityRequest {})
-                .await
-                .expect("identity")
-                .into_inner();
-            let p = ParticipantId::new(i).expect("id");
-            roster.insert(
-                p,
-                custody_protocol::IdentityPublic::from_bytes(&id.identity).expect("identity"),
-            );
-            let batch = s
-                .commit(CommitRequest {
-                    key_id: key.to_string(),
-                    count: 1,
-                })
-                .await
-                .expect("commit")
-                .into_inner()
-                .batch;
-            let opened = identity::open_from(&roster, p, &batch).expect("batch");
-            let (_, b) = wire::decode_with(
-                opened.body,
-                custody_protocol::Suite::Secp256k1Tr,
-                Kind::CommitmentBatch,
-                &SessionId([0; 32]),
-                |_, r| CommitmentBatch::<C>::decode_body(r, 1),
-            )
-            .expect("decode");
-            commitments.insert(p, b.0[0]);
-            clients.push(s);
-        }
-        let pkg = SigningPackage::<C>::new(commitments, message).expect("package");
-        let header = Header {
-            suite: custody_protocol::Suite::Secp256k1Tr,
-            kind: Kind::SigningPackage,
-            session: SessionId([7; 32]),
-            from: COORDINATOR,
-            to: None,
-        };
-        let package = identity::signed(&coordinator_id, &header, &pkg).expect("signed package");
-        let mut out = Vec::new();
-        for s in clients.iter_mut() {
-            let r = s
-                .sign_share(SignShareRequest {
-                    key_id: key.to_string(),
-                    package: package.clone(),
-                    request_id: request_id.into(),
-                    transfer: transfer.clone(),
-                    settlement: settlement.clone(),
-                    approvals: approvals.clone(),
-                })
-                .await;
-            out.push(r.map(|_| ()));
-        }
-        out
-    })
 }
 
 #[test]

@@ -287,7 +287,90 @@ fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     out.entry("coordinator_config")
         .or_default()
         .push(COORDINATOR_TOML.as_bytes().to_vec());
+    out.entry("payments_config")
+        .or_default()
+        .push(PAYMENTS_TOML.as_bytes().to_vec());
+    out.entry("payment_proof")
+        .or_default()
+        .push(payment_proof());
+    use prost::Message as _;
+    let create = custody_protocol::proto::CreatePaymentRequest {
+        token: "tok_00112233445566778899aabbccddeeff".into(),
+        amount: 1250,
+        currency: "EUR".into(),
+        merchant: "m-1".into(),
+        idempotency_key: "order-1".into(),
+    };
+    let tokenize = custody_protocol::proto::TokenizeRequest {
+        kind: "card".into(),
+        data: "4111 1111 1111 1111".into(),
+    };
+    out.entry("payment_request").or_default().extend([
+        [vec![0], create.encode_to_vec()].concat(),
+        [vec![1], tokenize.encode_to_vec()].concat(),
+    ]);
     out
+}
+
+const PAYMENTS_TOML: &str = r#"name = "payments"
+listen = "127.0.0.1:0"
+data_dir = "/var/lib/custody/payments"
+metrics_listen = "127.0.0.1:9464"
+
+[tls]
+ca = "/etc/custody/ca.pem"
+cert = "/etc/custody/payments.pem"
+key = "/etc/custody/payments.key"
+
+[sealer]
+kind = "insecure-software"
+key_file = "/var/lib/custody/payments/INSECURE-sealing.key"
+
+[batch]
+max_count = 10000
+max_age_secs = 60
+
+[settlement]
+key_id = "k-00112233445566778899aabbccddeeff"
+coordinator = "coordinator.custody.internal:7443"
+public_key = "a4438ae8e1093dffc4423167ccb48f5075793df1b1786f677cb27985566c0ba6"
+
+[settlement.client_tls]
+ca = "/etc/custody/ca.pem"
+cert = "/etc/custody/payments.pem"
+key = "/etc/custody/payments.key"
+"#;
+
+/// A real inclusion proof: three payments in a store, one batch, the second's proof.
+fn payment_proof() -> Vec<u8> {
+    use custody_payments::model::NewPayment;
+    let dir = std::env::temp_dir().join(format!("custody-fuzz-proof-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let json = {
+        let store = custody_payments::store::Store::open(&dir).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut ids = Vec::new();
+        for i in 0..3u64 {
+            let p = NewPayment {
+                token: "tok_00112233445566778899aabbccddeeff".into(),
+                amount: 100 + i,
+                currency: "EUR".into(),
+                merchant: "m-1".into(),
+                idempotency_key: format!("o-{i}"),
+            };
+            match rt.block_on(store.create(p)).unwrap() {
+                custody_payments::store::Created::New(p) => ids.push(p.id),
+                other => panic!("{other:?}"),
+            }
+        }
+        store.close_batch(10).unwrap().unwrap();
+        let proof = custody_payments::proof::make(&store, &ids[1]).unwrap();
+        serde_json::to_vec_pretty(&proof).unwrap()
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    json
 }
 
 /// Runs a target's entry point on one input (what the fuzz target does).
@@ -323,6 +406,17 @@ fn run(target: &str, data: &[u8]) {
             custody_coordinator::config::Config::parse(std::str::from_utf8(data).unwrap())
                 .expect("seed config parses");
         }
+        "payments_config" => {
+            custody_payments::fuzzing::config(data);
+            custody_payments::config::Config::parse(std::str::from_utf8(data).unwrap())
+                .expect("seed config parses");
+        }
+        "payment_proof" => {
+            custody_payments::fuzzing::proof(data);
+            let p: custody_payments::proof::Proof = serde_json::from_slice(data).unwrap();
+            custody_payments::proof::verify(&p, None).expect("seed proof verifies");
+        }
+        "payment_request" => custody_payments::fuzzing::request(data),
         other => panic!("no target {other}"),
     }
 }
@@ -352,7 +446,7 @@ fn every_fuzz_target_has_seeds_that_go_through_it() {
                     .to_string()
             })
             .collect();
-    assert_eq!(targets.len(), 12, "{targets:?}");
+    assert_eq!(targets.len(), 15, "{targets:?}");
     for target in targets {
         let dir = root.join(&target);
         let files: Vec<PathBuf> = std::fs::read_dir(&dir)

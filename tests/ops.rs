@@ -39,6 +39,19 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Scrapes until `series` reads `value` (renders are cached for a second).
+fn eventually(c: &Cluster, daemon: &str, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = scrape(c, daemon);
+        if sample(&m, series) == Some(value) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} never {value}: {m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn every_daemon_exports_prometheus_metrics() {
     let c = Cluster::start("metrics", 3, 2);
@@ -54,28 +67,6 @@ fn every_daemon_exports_prometheus_metrics() {
             "--json",
         ]);
     }
-    let token = c.json(&[
-        "payments", "tokenize", "--kind", "account", "--data", "ACC-1", "--json",
-    ])["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    c.json(&[
-        "payments",
-        "pay",
-        "--token",
-        &token,
-        "--amount",
-        "100",
-        "--currency",
-        "EUR",
-        "--merchant",
-        "m-1",
-        "--idempotency-key",
-        "o-1",
-        "--json",
-    ]);
-
     let m = scrape(&c, "coordinator");
     assert_eq!(
         sample(
@@ -93,7 +84,11 @@ fn every_daemon_exports_prometheus_metrics() {
         Some(3.0),
         "{m}"
     );
-    assert!(m.contains("custody_dkg_duration_seconds_count{suite=\"ed25519\"} 1"));
+    assert_eq!(
+        sample(&m, r#"custody_dkg_duration_seconds_count{suite="ed25519"}"#),
+        Some(1.0),
+        "{m}"
+    );
     for s in ["signer-1", "signer-2", "signer-3"] {
         assert_eq!(
             sample(&m, &format!("custody_signer_up{{signer=\"{s}\"}}")),
@@ -121,14 +116,12 @@ fn every_daemon_exports_prometheus_metrics() {
         })
         .expect("settlement key");
     c.fails(&["sign", "--key", &settlement_key, "--message", "00"]);
-    let m = scrape(&c, "coordinator");
-    assert_eq!(
-        sample(
-            &m,
-            r#"custody_sign_requests_total{outcome="refused",reason="raw-not-allowed"}"#
-        ),
-        Some(1.0),
-        "{m}"
+    // (A render is reused for up to a second.)
+    eventually(
+        &c,
+        "coordinator",
+        r#"custody_sign_requests_total{outcome="refused",reason="raw-not-allowed"}"#,
+        1.0,
     );
 
     let mut issued = 0.0;
@@ -141,6 +134,28 @@ fn every_daemon_exports_prometheus_metrics() {
     }
     // Three signatures, two shares each (threshold 2).
     assert_eq!(issued, 6.0);
+
+    let token = c.json(&[
+        "payments", "tokenize", "--kind", "account", "--data", "ACC-1", "--json",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.json(&[
+        "payments",
+        "pay",
+        "--token",
+        &token,
+        "--amount",
+        "100",
+        "--currency",
+        "EUR",
+        "--merchant",
+        "m-1",
+        "--idempotency-key",
+        "o-1",
+        "--json",
+    ]);
 
     let m = scrape(&c, "payments");
     assert_eq!(
@@ -313,6 +328,8 @@ fn the_console_shows_the_cluster_in_a_real_browser() {
     let dom = browse(chromium, &profile, &spki, &format!("{base}/"));
     assert!(dom.contains("id=\"signed-out\""), "{dom}");
     assert!(!dom.contains(&hot), "{dom}");
+    let dom = browse(chromium, &profile, &spki, &format!("{base}/ceremony/1"));
+    assert!(dom.contains("id=\"signed-out\""), "{dom}");
 
     // Signed in (the one-time link becomes a session cookie).
     let dom = browse(chromium, &profile, &spki, &url);

@@ -51,6 +51,8 @@ pub const SHARE_REPAIRED: &str = "share-repaired";
 pub const KEY_REPAIRED: &str = "key-repaired";
 /// Either: a request was refused by policy (body [`Refused`]).
 pub const SIGN_REFUSED: &str = "sign-refused";
+/// Coordinator: a DKG or refresh that aborted, with the culprits its signers named.
+pub const CEREMONY_ABORTED: &str = "ceremony-aborted";
 /// Either: a key's lifecycle state changed (body [`Lifecycle`]).
 pub const LIFECYCLE: &str = "lifecycle";
 /// Either: a caller was refused for its certificate or role (body [`AuthDenied`]).
@@ -196,6 +198,22 @@ pub struct RepairHelped {
 pub struct KeyRepaired {
     /// The ceremony.
     pub transcript: crate::transcript::RepairTranscript,
+}
+
+/// Body of [`CEREMONY_ABORTED`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeremonyAborted {
+    /// `dkg` or `refresh`.
+    pub ceremony: String,
+    /// The key (to be) made or refreshed.
+    pub key_id: String,
+    /// The session, hex.
+    pub session: String,
+    /// Signers named as culprits (by the signers that checked their messages), by name.
+    pub culprits: Vec<String>,
+    /// The abort's status message.
+    pub reason: String,
 }
 
 /// Body of [`SIGN_REFUSED`].

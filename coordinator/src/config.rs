@@ -144,6 +144,13 @@ impl Config {
                 self.default_threshold
             ));
         }
+        if let Some(a) = self.console_listen {
+            if a.ip().is_unspecified() {
+                return Err(format!(
+                    "console_listen {a}: give the address operators reach (its sign-in links name it), not an unspecified one"
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -12,7 +12,7 @@
 //! whole chain is checked entry by entry ([`custody_audit::Follower`]), and each shown
 //! ceremony is replayed ([`custody_audit::replay_dkg`], [`custody_audit::replay_signing`])
 //! with identities pinned to the signers' CA-checked keys. An auditor's own check is
-//! `custody audit verify` on an export (the page links to one).
+//! `custody audit verify` on `custody audit export` (with the auditor's own nonce).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -31,7 +31,7 @@ use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::core::{AnyKey, Core};
+use crate::core::Core;
 
 /// How long a sign-in link works.
 const LOGIN_TTL: Duration = Duration::from_secs(60);
@@ -115,20 +115,28 @@ impl Console {
     }
 
     fn session(&self, headers: &HeaderMap) -> Option<Who> {
-        let cookies = headers.get_all(header::COOKIE);
-        for c in cookies.iter().filter_map(|v| v.to_str().ok()) {
-            for part in c.split(';') {
-                if let Some(v) = part.trim().strip_prefix(&format!("{COOKIE}=")) {
-                    let h: [u8; 32] = Sha256::digest(v.as_bytes()).into();
-                    let s = self.sessions.lock().expect("lock");
-                    if let Some(w) = s.get(&h).filter(|w| w.expires > now()) {
-                        return Some(w.clone());
-                    }
-                }
+        let s = self.sessions.lock().expect("lock");
+        session_hashes(headers)
+            .into_iter()
+            .find_map(|h| s.get(&h).filter(|w| w.expires > now()).cloned())
+    }
+}
+
+/// SHA-256 of every session cookie the request carries.
+fn session_hashes(headers: &HeaderMap) -> Vec<[u8; 32]> {
+    let mut out = Vec::new();
+    for c in headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        for part in c.split(';') {
+            if let Some(v) = part.trim().strip_prefix(&format!("{COOKIE}=")) {
+                out.push(Sha256::digest(v.as_bytes()).into());
             }
         }
-        None
     }
+    out
 }
 
 /// Starts the console on `listen` with the coordinator's certificate; records where.
@@ -170,7 +178,6 @@ pub(crate) async fn serve(
         .route("/logout", get(logout))
         .route("/console.css", get(css))
         .route("/ceremony/{seq}", get(ceremony))
-        .route("/audit-export", get(audit_export))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(Arc::downgrade(core));
@@ -308,17 +315,9 @@ async fn login(State(core): St, Query(q): Query<BTreeMap<String, String>>) -> Re
 
 async fn logout(State(core): St, headers: HeaderMap) -> Response {
     if let Some(core) = core.upgrade() {
-        for c in headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            for part in c.split(';') {
-                if let Some(v) = part.trim().strip_prefix(&format!("{COOKIE}=")) {
-                    let h: [u8; 32] = Sha256::digest(v.as_bytes()).into();
-                    core.console.sessions.lock().expect("lock").remove(&h);
-                }
-            }
+        let mut sessions = core.console.sessions.lock().expect("lock");
+        for h in session_hashes(&headers) {
+            sessions.remove(&h);
         }
     }
     let mut r = signed_out();
@@ -353,13 +352,20 @@ struct Ceremony {
 struct LogView {
     follower: Option<custody_audit::Follower>,
     offset: u64,
+    /// The log does not verify (sticky: a broken chain stays broken).
     problem: Option<String>,
+    /// The log could not be read this time (retried on the next look).
+    unreadable: Option<String>,
     sets: HashMap<String, String>,
     recent: VecDeque<Ceremony>,
 }
 
+/// Most bytes read from the log per look (a record is at most about `MAX_BODY`).
+const READ_PER_LOOK: usize = 2 * custody_audit::entry::MAX_BODY + (1 << 20);
+
 impl LogView {
-    /// Reads and checks what was appended since the last look.
+    /// Reads and checks what was appended since the last look (at most
+    /// [`READ_PER_LOOK`] bytes: a long log is caught up over several looks).
     fn update(&mut self, core: &Core) {
         if self.problem.is_some() {
             return;
@@ -368,27 +374,49 @@ impl LogView {
             .follower
             .get_or_insert_with(|| custody_audit::Follower::new(core.identity_public.verify));
         let path = core.audit.path();
-        let mut buf = Vec::new();
-        let read = std::fs::File::open(path).and_then(|mut file| {
-            file.seek(SeekFrom::Start(self.offset))?;
-            file.read_to_end(&mut buf)
+        let opened = std::fs::File::open(path).and_then(|file| {
+            let len = file.metadata()?.len();
+            Ok((len, file))
         });
-        if let Err(e) = read {
-            self.problem = Some(format!("{}: {e}", path.display()));
+        let (len, mut file) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                self.unreadable = Some(format!("{}: {e}", path.display()));
+                return;
+            }
+        };
+        if len < self.offset {
+            self.problem = Some(format!(
+                "the log is shorter ({len} bytes) than the {} bytes already checked: it was cut or replaced",
+                self.offset
+            ));
             return;
         }
+        let mut buf = Vec::new();
+        let read = file
+            .seek(SeekFrom::Start(self.offset))
+            .and_then(|_| (&mut file).take(READ_PER_LOOK as u64).read_to_end(&mut buf));
+        if let Err(e) = read {
+            self.unreadable = Some(format!("{}: {e}", path.display()));
+            return;
+        }
+        self.unreadable = None;
         let mut at = 0usize;
         while at < buf.len() {
-            // An incomplete last record is being written: look again next time.
-            let Ok((e, used)) = custody_audit::Entry::from_record(&buf[at..]) else {
-                break;
+            let (e, used) = match custody_audit::Entry::from_record(&buf[at..]) {
+                Ok(v) => v,
+                // The last record is being written (or straddles this look's end).
+                Err(custody_audit::entry::FormatError::Truncated { .. }) => break,
+                Err(err) => {
+                    self.problem = Some(format!("entry {}: {err}", f.count()));
+                    return;
+                }
             };
             if let Err(p) = f.check(&e) {
                 self.problem = Some(p.to_string());
                 return;
             }
             at += used;
-            let body = Arc::new(e.body.clone());
             let c = match e.kind.as_str() {
                 KEY_CREATED | KEY_REFRESHED => {
                     let Ok(k) = serde_json::from_slice::<KeyCreated>(&e.body) else {
@@ -404,7 +432,7 @@ impl LogView {
                         kind: e.kind.clone(),
                         key_id: k.transcript.key_id.clone(),
                         what: k.transcript.session.clone(),
-                        body,
+                        body: Arc::new(e.body),
                         expected_set: None,
                         settlement: None,
                         verdict: None,
@@ -421,7 +449,6 @@ impl LogView {
                         kind: e.kind.clone(),
                         key_id: t.key_id.clone(),
                         what: t.request_id.clone(),
-                        body,
                         expected_set: self.sets.get(&t.key_id).cloned(),
                         settlement: match &t.request {
                             SignedRequest::Settlement {
@@ -432,6 +459,7 @@ impl LogView {
                             } => Some((batch_id.clone(), *count, totals.clone())),
                             _ => None,
                         },
+                        body: Arc::new(e.body),
                         verdict: None,
                     }
                 }
@@ -446,36 +474,25 @@ impl LogView {
     }
 }
 
-/// Identities pinned by name: the coordinator's own and every signer's, as the keys'
-/// rosters hold them (each checked against the cluster CA when the key was made).
-fn trust(core: &Core) -> Trust {
+/// The identities a ceremony of `key_id` is replayed against: the coordinator's own,
+/// and those of the key's signers as the coordinator recorded them when the key was
+/// made (each checked against the cluster CA then).
+fn trust(core: &Core, key_id: &str) -> Option<Trust> {
+    let key = core.keys.read().expect("lock").get(key_id).cloned()?;
+    let meta = key.meta();
     let mut m = BTreeMap::new();
     m.insert(core.name.clone(), core.identity_public.to_bytes());
-    for k in core.keys.read().expect("lock").values() {
-        match k {
-            AnyKey::Secp(k) => pin(&mut m, &k.members, &k.roster),
-            AnyKey::Ed(k) => pin(&mut m, &k.members, &k.roster),
-        }
+    for (name, id) in meta.signers.iter().zip(&meta.identities) {
+        let id: [u8; 64] = hex::decode(id).ok()?.try_into().ok()?;
+        m.insert(name.clone(), id);
     }
-    Trust::Pinned(m)
+    Some(Trust::Pinned(m))
 }
 
-fn pin(
-    m: &mut BTreeMap<String, [u8; 64]>,
-    members: &[(
-        custody_protocol::ParticipantId,
-        Arc<crate::signers::SignerHandle>,
-    )],
-    roster: &custody_protocol::Roster,
-) {
-    for (p, h) in members {
-        if let Some(id) = roster.get(*p) {
-            m.insert(h.name.clone(), id.to_bytes());
-        }
-    }
-}
-
-fn verdict(c: &Ceremony, trust: &Trust) -> Result<String, String> {
+fn verdict(core: &Core, c: &Ceremony) -> Result<String, String> {
+    let trust = trust(core, &c.key_id)
+        .ok_or_else(|| format!("key {} is not known to this coordinator", c.key_id))?;
+    let trust = &trust;
     match c.kind.as_str() {
         KEY_CREATED | KEY_REFRESHED => {
             let k: KeyCreated = serde_json::from_slice(&c.body).map_err(|e| e.to_string())?;
@@ -489,7 +506,10 @@ fn verdict(c: &Ceremony, trust: &Trust) -> Result<String, String> {
         }
         _ => {
             let s: Signature = serde_json::from_slice(&c.body).map_err(|e| e.to_string())?;
-            custody_audit::replay_signing(&s.transcript, trust, c.expected_set.as_deref())
+            let set = c.expected_set.as_deref().ok_or(
+                "the key's creation is not in this log, so its key set cannot be checked here",
+            )?;
+            custody_audit::replay_signing(&s.transcript, trust, Some(set))
                 .map(|r| format!("replayed: shares of {} check", r.signers.join(", ")))
         }
     }
@@ -546,23 +566,41 @@ fn render(core: &Arc<Core>, who: &Who) -> String {
     signers_section(core, &mut o);
     keys_section(core, &mut o);
     requests_section(core, &mut o);
-    let (ceremonies, problem, checked) = {
+    // Catch up with the log under its lock; replay outside it; keep good verdicts only
+    // (a failure is computed again next time).
+    let (mut ceremonies, problem, checked) = {
         let mut log = core.console.log.lock().expect("lock");
         log.update(core);
-        let trust = trust(core);
-        for c in log.recent.iter_mut().rev().take(20) {
-            if c.verdict.is_none() {
-                c.verdict = Some(verdict(c, &trust));
-            }
-        }
         (
             log.recent.iter().rev().cloned().collect::<Vec<_>>(),
-            log.problem.clone(),
+            log.problem.clone().or_else(|| {
+                log.unreadable
+                    .as_ref()
+                    .map(|e| format!("cannot read the log now: {e}"))
+            }),
             log.follower
                 .as_ref()
                 .map_or(0, custody_audit::Follower::count),
         )
     };
+    let mut verified = Vec::new();
+    for c in ceremonies.iter_mut().take(20) {
+        if c.verdict.is_none() {
+            let v = verdict(core, c);
+            if v.is_ok() {
+                verified.push((c.seq, v.clone()));
+            }
+            c.verdict = Some(v);
+        }
+    }
+    if !verified.is_empty() {
+        let mut log = core.console.log.lock().expect("lock");
+        for c in log.recent.iter_mut() {
+            if let Some((_, v)) = verified.iter().find(|(seq, _)| *seq == c.seq) {
+                c.verdict = Some(v.clone());
+            }
+        }
+    }
     ceremonies_section(&ceremonies, problem.as_deref(), checked, &mut o);
     settlements_section(&ceremonies, &mut o);
     charts_section(core, &mut o);
@@ -680,10 +718,10 @@ fn keys_section(core: &Core, o: &mut String) {
 fn requests_section(core: &Core, o: &mut String) {
     let mut open: Vec<_> = core
         .store
-        .all_waiting()
+        .open_waiting()
         .unwrap_or_default()
         .into_iter()
-        .filter(|w| !matches!(w.state.as_str(), "signed" | "refused" | "applied"))
+        .filter(crate::store::WaitingRequest::is_open)
         .collect();
     open.sort_by_key(|w| w.created_at);
     let _ = write!(
@@ -736,7 +774,7 @@ fn ceremonies_section(
         None => {
             let _ = write!(
                 o,
-                "<p id=\"log-status\">The coordinator's audit log verifies: {checked} entries, hash chain and signatures checked. <a href=\"/audit-export\">Export every daemon's log</a> for <code>custody audit verify</code>.</p>"
+                "<p id=\"log-status\">The coordinator's audit log verifies: {checked} entries, hash chain and signatures checked. For an auditor's own check of every daemon's log: <code>custody audit export</code>, then <code>custody audit verify</code>.</p>"
             );
         }
     }
@@ -882,13 +920,17 @@ async fn ceremony(State(core): St, headers: HeaderMap, Path(seq): Path<String>) 
     let Ok(seq) = seq.parse::<u64>() else {
         return not_found().await;
     };
-    let body = {
-        let log = core.console.log.lock().expect("lock");
+    let c2 = core.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let log = c2.console.log.lock().expect("lock");
         log.recent
             .iter()
             .find(|c| c.seq == seq)
             .map(|c| c.body.clone())
-    };
+    })
+    .await
+    .ok()
+    .flatten();
     match body {
         Some(b) => (
             [
@@ -904,40 +946,7 @@ async fn ceremony(State(core): St, headers: HeaderMap, Path(seq): Path<String>) 
         None => page(
             "not here",
             false,
-            "<main><p>Only recent ceremonies are kept here; <a href=\"/audit-export\">export the audit logs</a> for all of them.</p></main>",
+            "<main><p>Only recent ceremonies are kept here; <code>custody audit export</code> has all of them.</p></main>",
         ),
-    }
-}
-
-async fn audit_export(State(core): St, headers: HeaderMap) -> Response {
-    let Some(core) = core.upgrade() else {
-        return signed_out();
-    };
-    let Some(who) = core.console.session(&headers) else {
-        return signed_out();
-    };
-    let mut nonce = [0u8; 32];
-    OsRng.fill_bytes(&mut nonce);
-    info!(caller = %who.name, "console: audit export");
-    match crate::audit::export(&core, &nonce).await {
-        Ok(bundle) => match serde_json::to_vec(&bundle) {
-            Ok(json) => (
-                [
-                    (header::CONTENT_TYPE, "application/json".to_string()),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        "attachment; filename=\"custody-audit-export.json\"".to_string(),
-                    ),
-                ],
-                json,
-            )
-                .into_response(),
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        },
-        Err(st) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{:?}: {}", st.code(), st.message()),
-        )
-            .into_response(),
     }
 }

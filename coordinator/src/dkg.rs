@@ -126,6 +126,54 @@ fn relayed(from: ParticipantId, to: ParticipantId, envelope: &[u8]) -> Relayed {
     }
 }
 
+/// Records an aborted ceremony (with the culprits its signers named, if any) in the
+/// audit log, and returns its status. A failure to record is logged, not returned:
+/// the abort acknowledges nothing.
+async fn aborted(
+    core: &Arc<Core>,
+    ceremony: &str,
+    key_id: &str,
+    session: SessionId,
+    parts: &[(ParticipantId, Arc<SignerHandle>)],
+    st: Status,
+) -> Status {
+    let culprits: Vec<String> = api::culprits(&st)
+        .into_iter()
+        .map(|p| {
+            parts
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map_or_else(|| format!("participant {p}"), |(_, h)| h.name.clone())
+        })
+        .collect();
+    warn!(%key_id, %ceremony, ?culprits, "ceremony aborted: {}", st.message());
+    let st = if culprits.is_empty() {
+        st
+    } else {
+        let mut named = Status::new(
+            st.code(),
+            format!("{}; culprit: {}", st.message(), culprits.join(", ")),
+        );
+        api::set_culprits(&mut named, &api::culprits(&st));
+        named
+    };
+    let entry = custody_audit::export::CeremonyAborted {
+        ceremony: ceremony.to_string(),
+        key_id: key_id.to_string(),
+        session: session.to_string(),
+        culprits,
+        reason: st.message().to_string(),
+    };
+    if let Err(e) = core
+        .audit
+        .append(custody_audit::export::CEREMONY_ABORTED, &entry)
+        .await
+    {
+        warn!("the abort could not be recorded: {e}");
+    }
+    st
+}
+
 /// Fetches and checks the certificates of the participants: each must be issued by the
 /// cluster CA, say `signer`, carry the signer's name and an identity.
 async fn identities(
@@ -390,8 +438,13 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         policy: &spec.policy,
         refresh: false,
     };
-    let r = rounds(core, &parts, &ids, &ask).await?;
-    finalize(core, &parts, session, &r.confirmations).await?;
+    let r = match rounds(core, &parts, &ids, &ask).await {
+        Ok(r) => r,
+        Err(st) => return Err(aborted(core, "dkg", &key_id, session, &parts, st).await),
+    };
+    if let Err(st) = finalize(core, &parts, session, &r.confirmations).await {
+        return Err(aborted(core, "dkg", &key_id, session, &parts, st).await);
+    }
 
     let created_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -512,7 +565,12 @@ pub(crate) async fn refresh_key(
     };
     let attempt = async {
         let ids = identities(core, &parts).await?;
-        let r = rounds(core, &parts, &ids, &ask).await?;
+        let r = match rounds(core, &parts, &ids, &ask).await {
+            Ok(r) => r,
+            Err(st) => {
+                return Err(aborted(core, "refresh", key_id, session, &parts, st).await);
+            }
+        };
         if hex::encode(r.public_key) != meta.public_key {
             return Err(Status::aborted(
                 "refresh: the signers derived another group key",

@@ -155,7 +155,15 @@ impl Metrics {
                     .get(custody_protocol::api::DENY_REASON)
                     .and_then(|v| v.to_str().ok())
                 {
-                    Some(tag) => ("refused", tag.to_string()),
+                    // Only the known tags: a signer cannot mint label values.
+                    Some(tag) => (
+                        "refused",
+                        hot_warm_cold::DenyReason::TAGS
+                            .iter()
+                            .find(|t| **t == tag)
+                            .map_or("other", |t| t)
+                            .to_string(),
+                    ),
                     None => ("denied", String::new()),
                 },
                 Code::Unavailable => ("unavailable", String::new()),
@@ -267,11 +275,11 @@ pub(crate) fn exporter(core: &Arc<Core>) -> Exporter {
             pooled.get_or_create(&SignerLabel { signer }).set(n);
         }
         waiting.clear();
-        if let Ok(all) = core.store.all_waiting() {
-            for w in all {
-                if matches!(w.state.as_str(), "signed" | "refused" | "applied") {
-                    continue;
-                }
+        if let Ok(all) = core.store.open_waiting() {
+            for w in all
+                .into_iter()
+                .filter(crate::store::WaitingRequest::is_open)
+            {
                 waiting
                     .get_or_create(&StateLabel {
                         state: w.state.clone(),

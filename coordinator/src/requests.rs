@@ -710,7 +710,7 @@ pub(crate) fn spawn_ticker(core: Arc<Core>) {
         loop {
             tick.tick().await;
             retire_old_keys(&core).await;
-            let Ok(all) = core.store.all_waiting() else {
+            let Ok(all) = core.store.open_waiting() else {
                 continue;
             };
             for w in all {

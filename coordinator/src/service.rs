@@ -95,12 +95,9 @@ pub(crate) async fn serve(
     let (listener, addr) = custody_pki::server::listen(config.listen, &config.data_dir).await?;
     info!(coordinator = %config.name, %addr, keys = n_keys, signers = core.signers.len(), "coordinator listening");
     if let Some(listen) = config.metrics_listen {
-        let exporter = Arc::new(Mutex::new(crate::metrics::exporter(&core)));
-        let bound = custody_ops::serve_metrics(listen, exporter)
+        custody_ops::start_metrics(listen, crate::metrics::exporter(&core), &config.data_dir)
             .await
-            .map_err(|e| cfg_err(format!("metrics_listen {listen}: {e}")))?;
-        custody_ops::write_addr(&config.data_dir.join("metrics-addr"), bound)
-            .map_err(|e| cfg_err(format!("metrics-addr: {e}")))?;
+            .map_err(cfg_err)?;
     }
     if let Some(listen) = config.console_listen {
         let bound = crate::console::serve(&core, listen, &config.tls)
@@ -109,7 +106,9 @@ pub(crate) async fn serve(
         custody_ops::write_addr(&config.data_dir.join("console-addr"), bound)
             .map_err(|e| cfg_err(format!("console-addr: {e}")))?;
     }
-    crate::signers::spawn_prober(core.clone());
+    if config.metrics_listen.is_some() || config.console_listen.is_some() {
+        crate::signers::spawn_prober(core.clone());
+    }
     on_ready(addr);
     crate::requests::spawn_ticker(core.clone());
     let svc = CustodyServer::new(CustodyService(core))
@@ -335,87 +334,8 @@ impl Custody for CustodyService {
     }
 
     async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
-        let caller = self.authorize(
-            &req,
-            &[Role::Operator, Role::PaymentBackend, Role::Payments],
-        )?;
-        let r = req.into_inner();
-        api::check_id("key_id", &r.key_id)?;
-        // Settlements come from the payments daemon only, and it asks for nothing else.
-        if r.settlement.is_some() != (caller.role == Role::Payments) {
-            return Err(Status::permission_denied(
-                if caller.role == Role::Payments {
-                    "the payments daemon may ask for settlements only"
-                } else {
-                    "settlement: only the payments daemon asks for settlements"
-                },
-            ));
-        }
-        if r.message.len() > wire::MAX_SIGNING_MESSAGE {
-            return Err(Status::invalid_argument(format!(
-                "message: {} bytes, at most {} allowed",
-                r.message.len(),
-                wire::MAX_SIGNING_MESSAGE
-            )));
-        }
-        let request_id = if r.request_id.is_empty() {
-            let mut b = [0u8; 16];
-            OsRng.fill_bytes(&mut b);
-            format!("r-{}", hex::encode(b))
-        } else {
-            api::check_id("request_id", &r.request_id)?;
-            r.request_id
-        };
-        let core = &self.0;
-
-        // A transfer: the signed message is derived from it (each signer derives it
-        // again and checks it against the key's policy).
-        let settlement = match r.settlement {
-            Some(s) => {
-                if !r.message.is_empty() || r.transfer.is_some() {
-                    return Err(Status::invalid_argument(
-                        "settlement: message and transfer must be empty with a settlement",
-                    ));
-                }
-                let parsed = hot_warm_cold::Settlement::from_proto(&s, &request_id)
-                    .map_err(Status::invalid_argument)?;
-                Some((s, parsed))
-            }
-            None => None,
-        };
-        let (message, transfer) = match r.transfer {
-            _ if settlement.is_some() => (
-                settlement
-                    .as_ref()
-                    .expect("some")
-                    .1
-                    .message(&r.key_id)
-                    .to_vec(),
-                None,
-            ),
-            Some(t) => {
-                if !r.message.is_empty() {
-                    return Err(Status::invalid_argument(
-                        "message: must be empty when a transfer is given (its message is derived)",
-                    ));
-                }
-                let parsed = hot_warm_cold::Transfer::from_proto(&t, &request_id)
-                    .map_err(Status::invalid_argument)?;
-                (parsed.message(&r.key_id).to_vec(), Some(t))
-            }
-            None => (r.message, None),
-        };
-        let _guard = core.request_lock(&request_id).await;
-        let r = self
-            .sign_once(
-                &request_id,
-                &r.key_id,
-                message,
-                transfer,
-                settlement.map(|s| s.0),
-            )
-            .await;
-        core.metrics.sign_outcome(&r);
+        let r = self.sign_request(req).await;
+        self.0.metrics.sign_outcome(&r);
         r.map(Response::new)
     }
 
@@ -716,6 +636,89 @@ impl Custody for CustodyService {
 }
 
 impl CustodyService {
+    /// `Sign`, before its outcome is counted.
+    async fn sign_request(&self, req: Request<SignRequest>) -> Result<SignResponse, Status> {
+        let caller = self.authorize(
+            &req,
+            &[Role::Operator, Role::PaymentBackend, Role::Payments],
+        )?;
+        let r = req.into_inner();
+        api::check_id("key_id", &r.key_id)?;
+        // Settlements come from the payments daemon only, and it asks for nothing else.
+        if r.settlement.is_some() != (caller.role == Role::Payments) {
+            return Err(Status::permission_denied(
+                if caller.role == Role::Payments {
+                    "the payments daemon may ask for settlements only"
+                } else {
+                    "settlement: only the payments daemon asks for settlements"
+                },
+            ));
+        }
+        if r.message.len() > wire::MAX_SIGNING_MESSAGE {
+            return Err(Status::invalid_argument(format!(
+                "message: {} bytes, at most {} allowed",
+                r.message.len(),
+                wire::MAX_SIGNING_MESSAGE
+            )));
+        }
+        let request_id = if r.request_id.is_empty() {
+            let mut b = [0u8; 16];
+            OsRng.fill_bytes(&mut b);
+            format!("r-{}", hex::encode(b))
+        } else {
+            api::check_id("request_id", &r.request_id)?;
+            r.request_id
+        };
+        let core = &self.0;
+
+        // A transfer: the signed message is derived from it (each signer derives it
+        // again and checks it against the key's policy).
+        let settlement = match r.settlement {
+            Some(s) => {
+                if !r.message.is_empty() || r.transfer.is_some() {
+                    return Err(Status::invalid_argument(
+                        "settlement: message and transfer must be empty with a settlement",
+                    ));
+                }
+                let parsed = hot_warm_cold::Settlement::from_proto(&s, &request_id)
+                    .map_err(Status::invalid_argument)?;
+                Some((s, parsed))
+            }
+            None => None,
+        };
+        let (message, transfer) = match r.transfer {
+            _ if settlement.is_some() => (
+                settlement
+                    .as_ref()
+                    .expect("some")
+                    .1
+                    .message(&r.key_id)
+                    .to_vec(),
+                None,
+            ),
+            Some(t) => {
+                if !r.message.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "message: must be empty when a transfer is given (its message is derived)",
+                    ));
+                }
+                let parsed = hot_warm_cold::Transfer::from_proto(&t, &request_id)
+                    .map_err(Status::invalid_argument)?;
+                (parsed.message(&r.key_id).to_vec(), Some(t))
+            }
+            None => (r.message, None),
+        };
+        let _guard = core.request_lock(&request_id).await;
+        self.sign_once(
+            &request_id,
+            &r.key_id,
+            message,
+            transfer,
+            settlement.map(|s| s.0),
+        )
+        .await
+    }
+
     async fn sign_once(
         &self,
         request_id: &str,

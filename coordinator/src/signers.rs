@@ -138,6 +138,35 @@ impl SignerHandle {
         }
     }
 
+    /// Records the outcome of a background probe: reachability and last contact only.
+    /// A probe never changes the signer's epoch (its pooled commitments stay), its
+    /// back-off after a failure or a bad share, or (unless the connection itself failed)
+    /// its channel: a slow answer under load must not cost the signing path anything.
+    pub fn observe_probe<T>(&self, r: &Result<T, Status>) {
+        let mut h = self.health.lock().expect("lock");
+        match r {
+            Ok(_) => {
+                h.reachable = true;
+                h.last_seen_ms = now_ms();
+            }
+            Err(st) if st.code() == Code::DeadlineExceeded => {
+                h.reachable = false;
+                h.last_error = format!("no answer to a probe: {}", st.message());
+            }
+            Err(st) if is_transport(st) => {
+                h.reachable = false;
+                h.last_error = format!("{:?}: {}", st.code(), st.message());
+                drop(h);
+                // Reconnect from scratch next time (the address may have changed).
+                *self.channel.lock().expect("lock") = None;
+            }
+            Err(_) => {
+                h.reachable = true;
+                h.last_seen_ms = now_ms();
+            }
+        }
+    }
+
     /// Health snapshot.
     pub fn health(&self) -> Health {
         self.health.lock().expect("lock").clone()
@@ -173,8 +202,10 @@ impl SignerHandle {
 }
 
 /// How often every signer is asked who it is (so an idle cluster still shows a signer
-/// that went away, and the console shows each one's sealing backend).
+/// that went away, and the console shows each one's sealing backend), and how long
+/// one probe may take.
 const PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Probes every signer in the background, until the coordinator stops.
 pub(crate) fn spawn_prober(core: std::sync::Arc<crate::core::Core>) {
@@ -186,7 +217,7 @@ pub(crate) fn spawn_prober(core: std::sync::Arc<crate::core::Core>) {
         loop {
             tick.tick().await;
             let Some(core) = weak.upgrade() else { return };
-            let timeout = core.timeouts.connect();
+            let timeout = PROBE_TIMEOUT.max(core.timeouts.connect());
             let mut tasks = Vec::new();
             for h in core.signers.iter().cloned() {
                 tasks.push(tokio::spawn(async move {
@@ -202,7 +233,7 @@ pub(crate) fn spawn_prober(core: std::sync::Arc<crate::core::Core>) {
                         },
                         Err(e) => Err(e),
                     };
-                    h.observe(&r);
+                    h.observe_probe(&r);
                     if let Ok(id) = r {
                         *h.sealer.lock().expect("lock") = id.sealer;
                     }

@@ -119,6 +119,12 @@ pub struct ColdProgress {
 }
 
 impl WaitingRequest {
+    /// Whether it still waits (for approvals, its time lock, offline signers or a
+    /// retry), as opposed to signed, refused or applied.
+    pub fn is_open(&self) -> bool {
+        !matches!(self.state.as_str(), "signed" | "refused" | "applied")
+    }
+
     /// Whether this is a policy change (not a signature).
     pub fn is_policy_change(&self) -> bool {
         self.kind == "policy-change"
@@ -170,6 +176,9 @@ pub struct Store {
     keys: sled::Tree,
     requests: sled::Tree,
     waiting: sled::Tree,
+    /// Ids of the waiting requests that are still open ([`WaitingRequest::is_open`]):
+    /// what the ticker, metrics and the console look at, not the whole history.
+    open: sled::Tree,
     committer: std::sync::mpsc::Sender<Pending>,
 }
 
@@ -184,13 +193,26 @@ impl Store {
             .name("store-committer".into())
             .spawn(move || commit_loop(&cdb, &ctree, &rx))
             .map_err(sled::Error::Io)?;
-        Ok(Store {
+        let store = Store {
             keys: db.open_tree("keys")?,
             waiting: db.open_tree("waiting")?,
+            open: db.open_tree("waiting-open")?,
             requests,
             db,
             committer: tx,
-        })
+        };
+        // Databases made before the open-request index get it once.
+        if !store.db.contains_key(b"waiting-open-indexed")? {
+            for v in store.waiting.iter().values() {
+                let w: WaitingRequest = serde_json::from_slice(&v?)?;
+                if w.is_open() {
+                    store.open.insert(w.request_id.as_bytes(), &[])?;
+                }
+            }
+            store.db.insert(b"waiting-open-indexed", &[1])?;
+            store.db.flush()?;
+        }
+        Ok(store)
     }
 
     /// Stores a key durably.
@@ -234,8 +256,27 @@ impl Store {
     pub fn put_waiting(&self, w: &WaitingRequest) -> Result<(), StoreError> {
         self.waiting
             .insert(w.request_id.as_bytes(), serde_json::to_vec(w)?)?;
+        if w.is_open() {
+            self.open.insert(w.request_id.as_bytes(), &[])?;
+        } else {
+            self.open.remove(w.request_id.as_bytes())?;
+        }
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The requests still open (see [`WaitingRequest::is_open`]).
+    pub fn open_waiting(&self) -> Result<Vec<WaitingRequest>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.open.iter().keys() {
+            if let Some(v) = self.waiting.get(id?)? {
+                let w: WaitingRequest = serde_json::from_slice(&v)?;
+                if w.is_open() {
+                    out.push(w);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A request of a key that needs approvals, by request id.

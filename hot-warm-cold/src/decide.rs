@@ -139,6 +139,41 @@ pub enum DenyReason {
     },
 }
 
+impl DenyReason {
+    /// Every reason's tag (the `reason` field of its JSON, and what signers send in
+    /// `custody-deny-reason` metadata).
+    pub const TAGS: &'static [&'static str] = &[
+        "not-active",
+        "too-old",
+        "too-many-signatures",
+        "invalid-request",
+        "raw-not-allowed",
+        "unknown-asset",
+        "over-request-limit",
+        "over-window-limit",
+        "destination-not-allowed",
+        "not-enough-approvals",
+        "time-locked",
+    ];
+
+    /// This reason's tag.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            DenyReason::NotActive(_) => "not-active",
+            DenyReason::TooOld { .. } => "too-old",
+            DenyReason::TooManySignatures { .. } => "too-many-signatures",
+            DenyReason::InvalidRequest(_) => "invalid-request",
+            DenyReason::RawNotAllowed => "raw-not-allowed",
+            DenyReason::UnknownAsset(_) => "unknown-asset",
+            DenyReason::OverRequestLimit { .. } => "over-request-limit",
+            DenyReason::OverWindowLimit { .. } => "over-window-limit",
+            DenyReason::DestinationNotAllowed(_) => "destination-not-allowed",
+            DenyReason::NotEnoughApprovals { .. } => "not-enough-approvals",
+            DenyReason::TimeLocked { .. } => "time-locked",
+        }
+    }
+}
+
 /// Allow, or deny with the reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decision {
@@ -298,4 +333,51 @@ fn check(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_serializes_with_its_listed_tag() {
+        let all = [
+            DenyReason::NotActive(crate::State::Suspended),
+            DenyReason::TooOld {
+                age_secs: 2,
+                max_secs: 1,
+            },
+            DenyReason::TooManySignatures { count: 2, max: 1 },
+            DenyReason::InvalidRequest("x".into()),
+            DenyReason::RawNotAllowed,
+            DenyReason::UnknownAsset("X".into()),
+            DenyReason::OverRequestLimit {
+                amount: 2,
+                limit: 1,
+            },
+            DenyReason::OverWindowLimit {
+                spent: 1,
+                amount: 2,
+                limit: 2,
+                window_secs: 1,
+            },
+            DenyReason::DestinationNotAllowed("m".into()),
+            DenyReason::NotEnoughApprovals {
+                valid: 0,
+                required: 1,
+            },
+            DenyReason::TimeLocked { remaining_secs: 1 },
+        ];
+        assert_eq!(all.len(), DenyReason::TAGS.len());
+        let mut tags = std::collections::BTreeSet::new();
+        for r in all {
+            // (Internally tagged: variants holding a bare string do not serialize.)
+            if let Ok(v) = serde_json::to_value(&r) {
+                assert_eq!(v["reason"], r.tag());
+            }
+            assert!(DenyReason::TAGS.contains(&r.tag()));
+            tags.insert(r.tag());
+        }
+        assert_eq!(tags.len(), DenyReason::TAGS.len(), "distinct tags");
+    }
 }

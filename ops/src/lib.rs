@@ -160,9 +160,17 @@ impl Exporter {
 /// The content type of [`Exporter::render`].
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// A render of the metrics and when it was made.
+type Rendered = (std::time::Instant, Arc<String>);
+
+/// Most connections a listener serves at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves `GET /metrics` (plain HTTP: metrics carry no secret, and Prometheus scrapes
 /// them) on `listen`, until the process ends. Returns the bound address (port 0 picks
-/// one). Only `/metrics` answers; anything else is 404.
+/// one). Only `/metrics` answers; anything else is 404. One render at a time, reused
+/// for a second (so a flood of scrapes costs one render a second, off the async
+/// threads), at most [`MAX_CONNECTIONS`] connections, each with a header deadline.
 pub async fn serve_metrics(
     listen: SocketAddr,
     exporter: Arc<Mutex<Exporter>>,
@@ -170,68 +178,135 @@ pub async fn serve_metrics(
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let cache: Arc<tokio::sync::Mutex<Option<Rendered>>> = Arc::new(tokio::sync::Mutex::new(None));
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
-            let exporter = exporter.clone();
+            let (exporter, cache) = (exporter.clone(), cache.clone());
             async move {
-                let text = tokio::task::spawn_blocking(move || {
-                    exporter.lock().map(|e| e.render()).unwrap_or_default()
-                })
-                .await
-                .unwrap_or_default();
-                ([(axum::http::header::CONTENT_TYPE, OPENMETRICS)], text)
+                let mut cached = cache.lock().await;
+                let fresh = cached
+                    .as_ref()
+                    .filter(|(at, _)| at.elapsed() < Duration::from_secs(1))
+                    .map(|(_, t)| t.clone());
+                let text = match fresh {
+                    Some(t) => t,
+                    None => {
+                        let rendered = tokio::task::spawn_blocking(move || {
+                            exporter.lock().map(|e| e.render()).ok()
+                        })
+                        .await
+                        .ok()
+                        .flatten();
+                        let Some(text) = rendered else {
+                            return (
+                                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                                [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                                String::from("metrics unavailable"),
+                            );
+                        };
+                        let text = Arc::new(text);
+                        *cached = Some((std::time::Instant::now(), text.clone()));
+                        text
+                    }
+                };
+                (
+                    axum::http::StatusCode::OK,
+                    [(axum::http::header::CONTENT_TYPE, OPENMETRICS)],
+                    text.as_ref().clone(),
+                )
             }
         }),
     );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!("metrics listener stopped: {e}");
-        }
-    });
+    serve_connections(listener, None, app);
     info!(%addr, "metrics at http://{addr}/metrics");
     Ok(addr)
 }
 
-/// Serves `app` over TLS on `listener`, one task per connection; handshakes that fail
-/// or take longer than 10 s are dropped (and logged at debug level only: scanners are
-/// noisy). Runs until the process ends.
+/// Starts [`serve_metrics`] and writes the bound address to `data_dir/metrics-addr`.
+pub async fn start_metrics(
+    listen: SocketAddr,
+    exporter: Exporter,
+    data_dir: &std::path::Path,
+) -> Result<SocketAddr, String> {
+    let bound = serve_metrics(listen, Arc::new(Mutex::new(exporter)))
+        .await
+        .map_err(|e| format!("metrics_listen {listen}: {e}"))?;
+    write_addr(&data_dir.join("metrics-addr"), bound).map_err(|e| format!("metrics-addr: {e}"))?;
+    Ok(bound)
+}
+
+/// Serves `app` over TLS on `listener` (the operator console). See
+/// [`serve_connections`].
 pub fn serve_https(
     listener: tokio::net::TcpListener,
     tls: Arc<tokio_rustls::rustls::ServerConfig>,
     app: axum::Router,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_connections(listener, Some(tokio_rustls::TlsAcceptor::from(tls)), app);
+}
+
+/// Serves `app` (HTTP/1.1, over TLS when `tls` is given) on `listener`, one task per
+/// connection, at most [`MAX_CONNECTIONS`] at once; TLS handshakes that fail or take
+/// longer than 10 s and requests whose headers take longer than 30 s are dropped
+/// (logged at debug level only: scanners are noisy). Runs until the process ends.
+pub fn serve_connections(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!("console: accept: {e}");
+                    warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, app) = (acceptor.clone(), app.clone());
+            let (tls, app) = (tls.clone(), app.clone());
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, "console: TLS handshake: {e}");
-                        return;
-                    }
-                    Err(_) => return,
-                };
+                let _permit = permit;
                 let service = hyper_util::service::TowerToHyperService::new(app);
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .header_read_timeout(Duration::from_secs(30))
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, "console: connection: {e}");
+                let builder = {
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.header_read_timeout(Duration::from_secs(30))
+                        .timer(hyper_util::rt::TokioTimer::new());
+                    b
+                };
+                let served = match tls {
+                    Some(acceptor) => {
+                        let stream = match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            acceptor.accept(tcp),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, "TLS handshake: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await
+                    }
+                    None => {
+                        builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                            .await
+                    }
+                };
+                if let Err(e) = served {
+                    tracing::debug!(%peer, "connection: {e}");
                 }
             });
         }

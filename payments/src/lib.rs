@@ -6,6 +6,7 @@
 //! Merkle root, with inclusion proofs that verify offline ([`merkle`]).
 
 pub mod config;
+pub mod fuzzing;
 pub mod merkle;
 pub mod model;
 pub mod proof;

@@ -154,12 +154,9 @@ pub async fn serve(
         },
     });
     if let Some(listen) = config.metrics_listen {
-        let exporter = Arc::new(std::sync::Mutex::new(exporter(&inner)));
-        let bound = custody_ops::serve_metrics(listen, exporter)
+        custody_ops::start_metrics(listen, exporter(&inner), &config.data_dir)
             .await
-            .map_err(|e| cfg_err(format!("metrics_listen {listen}: {e}")))?;
-        custody_ops::write_addr(&config.data_dir.join("metrics-addr"), bound)
-            .map_err(|e| cfg_err(format!("metrics-addr: {e}")))?;
+            .map_err(cfg_err)?;
     }
     spawn_batcher(inner.clone(), config.batch);
     match config.settlement.clone() {

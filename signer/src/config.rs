@@ -40,6 +40,18 @@ pub enum Fault {
     /// Every signature share is altered before it is signed into its envelope, so the
     /// envelope is valid but the share is wrong: the aggregator must name this signer.
     CorruptSignatureShares,
+    /// DKG round 1: the proof of knowledge of our secret is wrong (in a validly signed
+    /// envelope): every peer must name this signer and the DKG abort.
+    BadProofOfKnowledge,
+    /// DKG round 2: every encrypted share we send is garbage (in validly signed
+    /// envelopes): each recipient must name this signer and the DKG abort.
+    GarbageRound2,
+    /// Signing: we never answer a share request (we stall): the coordinator must time
+    /// out and sign with another quorum.
+    StallSigning,
+    /// Signing: from the second request on, we answer with our first share again (a
+    /// replay): the coordinator must name this signer and sign with another quorum.
+    ReplayShares,
 }
 
 impl Config {

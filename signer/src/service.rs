@@ -93,6 +93,8 @@ struct Inner {
     repairs: Mutex<HashMap<SessionId, RepairSession>>,
     nonces: Mutex<HashMap<String, NoncePool>>,
     fault: Option<Fault>,
+    /// Fault injection (`replay-shares`): the first share response, answered again.
+    replayed: Mutex<Option<SignShareResponse>>,
     /// Our audit log: written before what it records is acknowledged.
     audit: AuditLog,
     /// Signature shares issued, and requests refused by policy (for metrics).
@@ -221,6 +223,7 @@ fn open_inner(config: &Config) -> Result<Inner, StartError> {
         repairs: Mutex::new(HashMap::new()),
         nonces: Mutex::new(HashMap::new()),
         fault: config.fault_injection,
+        replayed: Mutex::new(None),
         shares_issued: Default::default(),
         refused: Default::default(),
     };
@@ -239,12 +242,9 @@ pub(crate) async fn serve(
     let loaded = inner.keys.lock().expect("lock").len();
     let svc = SignerService(Arc::new(inner));
     if let Some(listen) = config.metrics_listen {
-        let exporter = Arc::new(Mutex::new(exporter(&svc.0)));
-        let bound = custody_ops::serve_metrics(listen, exporter)
+        custody_ops::start_metrics(listen, exporter(&svc.0), &config.data_dir)
             .await
-            .map_err(|e| cfg_err(format!("metrics_listen {listen}: {e}")))?;
-        custody_ops::write_addr(&config.data_dir.join("metrics-addr"), bound)
-            .map_err(|e| cfg_err(format!("metrics-addr: {e}")))?;
+            .map_err(cfg_err)?;
     }
 
     let tls = files.server().map_err(|e| cfg_err(e.to_string()))?;
@@ -512,13 +512,10 @@ impl Inner {
                 request.request_id(),
                 format!("policy of key {key_id}: {reason}"),
             );
-            if let Some(tag) = serde_json::to_value(&reason)
-                .ok()
-                .and_then(|v| v["reason"].as_str().map(str::to_string))
-                .and_then(|t| t.parse().ok())
-            {
-                st.metadata_mut().insert(api::DENY_REASON, tag);
-            }
+            st.metadata_mut().insert(
+                api::DENY_REASON,
+                tonic::metadata::MetadataValue::from_static(reason.tag()),
+            );
             return Err(st);
         }
         let settlement = matches!(request, hot_warm_cold::Request::Settlement(_));
@@ -1037,6 +1034,17 @@ impl Signer for SignerService {
             let (s, m) = dkg::start::<C, _>(cfg, &*i.identity, &mut OsRng).map_err(|e| engine_status("dkg start", e))?;
             (Box::new(s) as Erased, m)
         });
+        let round1 = if i.fault == Some(Fault::BadProofOfKnowledge) {
+            // The proof's response scalar is the body's last 32 bytes; its lowest bit
+            // is the last byte's (big-endian, secp256k1) or the first's (Ed25519).
+            let at = match suite {
+                Suite::Ed25519 => 32,
+                _ => 1,
+            };
+            resign_altered(&*i.identity, &round1, at)?
+        } else {
+            round1
+        };
         let mut dkg = i.dkg.lock().expect("lock");
         if dkg.contains_key(&session) {
             return Err(Status::already_exists("DKG session already started"));
@@ -1092,17 +1100,23 @@ impl Signer for SignerService {
             }
         };
         i.put_stage(&session, Stage::Round2(next));
+        let mut shares = Vec::with_capacity(out.shares.len());
+        for (to, envelope) in out.shares {
+            let envelope = if i.fault == Some(Fault::GarbageRound2) {
+                // A byte of the sealed share (the AEAD tag, at the end) altered.
+                resign_altered(&*i.identity, &envelope, 1)?
+            } else {
+                envelope
+            };
+            shares.push(Relayed {
+                from: 0,
+                to: to.get() as u32,
+                envelope,
+            });
+        }
         Ok(Response::new(DkgRound1Response {
             echo: out.echo,
-            shares: out
-                .shares
-                .into_iter()
-                .map(|(to, envelope)| Relayed {
-                    from: 0,
-                    to: to.get() as u32,
-                    envelope,
-                })
-                .collect(),
+            shares,
         }))
     }
 
@@ -1438,8 +1452,19 @@ impl Signer for SignerService {
             settlement,
             approvals,
         };
+        if i.fault == Some(Fault::StallSigning) {
+            // Never answer (until the coordinator gives up on us).
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
         let (resp, issued) =
             with_suite!(k.suite, C => sign_with::<C>(i, &k, ask, opened.body, session))?;
+        if i.fault == Some(Fault::ReplayShares) {
+            let mut first = i.replayed.lock().expect("lock");
+            match first.as_ref() {
+                Some(old) => return Ok(Response::new(old.clone())),
+                None => *first = Some(resp.clone()),
+            }
+        }
         // The share leaves only once its issue is on disk in our audit log.
         i.audit
             .append(ax::SHARE_ISSUED, &issued)
@@ -2032,6 +2057,24 @@ fn draw_commitments(
             .map_err(|e| internal("encode", e))?;
         Ok((env, fresh))
     })
+}
+
+/// Fault injection: `envelope` again, signed by us, with one bit of its body flipped
+/// at `from_end` bytes before the body's end.
+fn resign_altered(
+    identity: &dyn custody_protocol::Identity,
+    envelope: &[u8],
+    from_end: usize,
+) -> Result<Vec<u8>, Status> {
+    let mut body = identity::envelope_body(envelope)
+        .map_err(|e| internal("fault injection", e))?
+        .to_vec();
+    let at = body
+        .len()
+        .checked_sub(from_end)
+        .ok_or_else(|| Status::internal("fault injection: short body"))?;
+    body[at] ^= 1;
+    identity::seal_envelope(identity, &body).map_err(|e| internal("fault injection", e))
 }
 
 /// A wrong but well-formed share (fault injection): one bit in the middle of the
