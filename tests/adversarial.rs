@@ -173,7 +173,7 @@ fn a_signer_replaying_an_old_share_is_named_and_honest_signers_sign() {
 
 #[test]
 fn a_coordinator_cannot_reuse_commitments_or_dkg_messages() {
-    let c = Cluster::start("adv-coord", 3, 2);
+    let mut c = Cluster::start("adv-coord", 3, 2);
     let k = c.json(&["key", "create", "--suite", "secp256k1-tr", "--json"]);
     let key = k["key_id"].as_str().unwrap().to_string();
 
@@ -239,6 +239,29 @@ fn a_coordinator_cannot_reuse_commitments_or_dkg_messages() {
             "{st:?}"
         );
     });
+    // Commitments drawn before a signer restarted died with its process (nonces live in
+    // memory only): asked over them afterwards, it refuses; its peer still signs.
+    let (_, package) = rt.block_on(rogue::package(&c, &key, 2, b"after a restart".to_vec()));
+    c.kill("signer-1");
+    c.restart("signer-1");
+    let ask = |name: &'static str| {
+        let (c, key, package) = (&c, key.clone(), package.clone());
+        rt.block_on(async move {
+            rogue::signer(c, name)
+                .await
+                .sign_share(custody_protocol::proto::SignShareRequest {
+                    key_id: key,
+                    package,
+                    request_id: "after-restart".into(),
+                    ..Default::default()
+                })
+                .await
+        })
+    };
+    let st = ask("signer-1").expect_err("nonces from before the restart");
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    assert!(ask("signer-2").is_ok());
+
     // The honest signers keep serving the real coordinator.
     let s = c.json(&["sign", "--key", &key, "--message", "00", "--json"]);
     assert!(verify_independently(

@@ -1,7 +1,8 @@
 //! Network-level bad input against every daemon: undecodable, truncated and oversized
-//! gRPC messages, unknown methods, callers without a certificate, and bytes that are
-//! not TLS at all. Each gets a clear status (or a closed connection), and the daemon
-//! keeps serving.
+//! gRPC messages, malformed gRPC frames (a length prefix longer than the stream, an
+//! unknown or unsupported compression flag, an absurd length), unknown methods, callers
+//! without a certificate, and bytes that are not TLS at all. Each gets a clear status
+//! (or a closed connection), and the daemon keeps serving.
 
 mod support;
 
@@ -161,5 +162,113 @@ fn every_daemon_survives_bad_frames_and_strangers() {
         s.identity(IdentityRequest {})
             .await
             .expect("signer still serves");
+    });
+}
+
+/// Sends `body` as the raw HTTP/2 body of a gRPC call to `path` (so the gRPC framing
+/// itself can be wrong) and returns the call's `grpc-status` (headers or trailers).
+async fn raw_frames(
+    channel: tonic::transport::Channel,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<i32, String> {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = tonic::codegen::http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            prost::bytes::Bytes::from(body),
+        )))
+        .map_err(|e| e.to_string())?;
+    let resp = channel.oneshot(req).await.map_err(|e| e.to_string())?;
+    let status = |h: &tonic::codegen::http::HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+    };
+    if let Some(s) = status(resp.headers()) {
+        return Ok(s);
+    }
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    collected
+        .trailers()
+        .and_then(status)
+        .ok_or_else(|| "no grpc-status".to_string())
+}
+
+#[test]
+fn malformed_grpc_frames_get_an_error_status_and_daemons_keep_serving() {
+    let c = Cluster::start("badframes", 2, 2);
+    let daemons = [
+        (
+            c.coordinator_addr(),
+            "operator",
+            "/custody.v1.Custody/ListKeys",
+        ),
+        (
+            c.addr("signer-1"),
+            "coordinator",
+            "/custody.v1.Signer/Identity",
+        ),
+        (
+            std::fs::read_to_string(c.dir.join("payments/listen-addr"))
+                .unwrap()
+                .trim()
+                .to_string(),
+            "payment-backend",
+            "/custody.v1.Payments/ListBatches",
+        ),
+    ];
+    let frame = |flag: u8, len: u32, payload: &[u8]| {
+        let mut f = vec![flag];
+        f.extend_from_slice(&len.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    rt().block_on(async {
+        for (addr, who, method) in &daemons {
+            let ch = || async { c.channel(addr, Some(who)).await.expect("channel") };
+            // A well-formed empty message works (the harness itself is right).
+            assert_eq!(
+                raw_frames(ch().await, method, frame(0, 0, &[])).await,
+                Ok(0)
+            );
+            // INTERNAL (13) for broken framing, OUT_OF_RANGE (11) for a message longer
+            // than the daemon takes.
+            for (what, body, code) in [
+                (
+                    "a length prefix longer than the stream",
+                    frame(0, 100, &[0; 10]),
+                    13,
+                ),
+                ("a frame cut inside its prefix", vec![0, 0, 0], 13),
+                (
+                    "compressed without a grpc-encoding",
+                    frame(1, 2, &[0x0a, 0x00]),
+                    13,
+                ),
+                ("an unknown flag", frame(7, 0, &[]), 13),
+                ("an absurd length", frame(0, u32::MAX, &[0; 16]), 11),
+            ] {
+                let st = raw_frames(ch().await, method, body).await;
+                assert_eq!(st, Ok(code), "{addr} {method}, {what}");
+            }
+        }
+        // Every daemon still serves a real client.
+        for (addr, who, method) in &daemons {
+            let ch = c.channel(addr, Some(who)).await.expect("channel");
+            assert_eq!(
+                raw_frames(ch, method, frame(0, 0, &[])).await,
+                Ok(0),
+                "{addr} after bad frames"
+            );
+        }
     });
 }

@@ -2454,3 +2454,82 @@ async fn log_cold_share(
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod nonce_pool_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// The coordinator draws this many commitments.
+        Draw(usize),
+        /// It asks for a share over the commitment drawn `n`-th (wrapping): any tag,
+        /// fresh, used, evicted or from before a restart.
+        Sign(usize),
+        /// The signer process restarts: nonces live in memory only.
+        Restart,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (1usize..1500).prop_map(Op::Draw),
+            6 => any::<usize>().prop_map(Op::Sign),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Over any interleaving of draws, signing requests (including repeats and
+        /// stale commitments) and restarts, the nonces behind a commitment are handed
+        /// out at most once, only if drawn since the last restart and not evicted.
+        #[test]
+        fn nonces_are_used_at_most_once(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut pool = NoncePool::default();
+            let mut drawn: Vec<Vec<u8>> = Vec::new();
+            // The model: live tags in drawing order (the oldest are evicted first).
+            let mut live: std::collections::VecDeque<Vec<u8>> = Default::default();
+            let mut used = std::collections::HashSet::new();
+            let mut next = 0u64;
+            for op in ops {
+                match op {
+                    Op::Draw(k) => {
+                        let mut fresh = Vec::new();
+                        for _ in 0..k {
+                            let tag = next.to_be_bytes().to_vec();
+                            next += 1;
+                            drawn.push(tag.clone());
+                            live.push_back(tag.clone());
+                            fresh.push((tag, Box::new(()) as Erased));
+                        }
+                        pool.extend(fresh);
+                        while live.len() > MAX_NONCES_PER_KEY {
+                            live.pop_front();
+                        }
+                    }
+                    Op::Sign(i) => {
+                        if drawn.is_empty() {
+                            continue;
+                        }
+                        let tag = &drawn[i % drawn.len()];
+                        let got = pool.take(tag).is_some();
+                        let expected = live.iter().position(|t| t == tag);
+                        prop_assert_eq!(got, expected.is_some());
+                        if let Some(at) = expected {
+                            live.remove(at);
+                        }
+                        if got {
+                            prop_assert!(used.insert(tag.clone()), "a nonce handed out twice");
+                        }
+                    }
+                    Op::Restart => {
+                        pool = NoncePool::default();
+                        live.clear();
+                    }
+                }
+            }
+        }
+    }
+}
