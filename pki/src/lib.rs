@@ -172,18 +172,43 @@ impl Ca {
         role: Role,
         identity: Option<&IdentityPublic>,
     ) -> Result<(), Error> {
+        let local = ["localhost", "127.0.0.1", "::1"].map(String::from);
+        self.issue_for(dir, name, role, identity, &local)
+    }
+
+    /// [`Ca::issue`] for the host names and IP addresses in `hosts` (what clients
+    /// connect to: they check the server's certificate against the host they dialled).
+    pub fn issue_for(
+        &self,
+        dir: &Path,
+        name: &str,
+        role: Role,
+        identity: Option<&IdentityPublic>,
+        hosts: &[String],
+    ) -> Result<(), Error> {
+        if hosts.is_empty() {
+            return Err(Error::Certificate(
+                "at least one host name or IP address".into(),
+            ));
+        }
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         dn.push(DnType::OrganizationalUnitName, role.as_str());
         params.distinguished_name = dn;
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().expect("literal")));
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("::1".parse().expect("literal")));
+        for h in hosts {
+            params
+                .subject_alt_names
+                .push(match h.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => {
+                        SanType::DnsName(h.clone().try_into().map_err(|_| {
+                            Error::Certificate(format!("host {h:?}: not a DNS name"))
+                        })?)
+                    }
+                });
+        }
         let uri = |s: String| -> Result<SanType, Error> { Ok(SanType::URI(s.try_into()?)) };
         params
             .subject_alt_names
@@ -263,6 +288,35 @@ fn info_of(cert: &X509Certificate<'_>) -> Result<PeerInfo, Error> {
     })
 }
 
+/// The DNS names and IP addresses a DER certificate is valid for.
+pub fn hosts(der: &[u8]) -> Result<Vec<String>, Error> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
+    let mut out = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+            for gn in &san.general_names {
+                match gn {
+                    GeneralName::DNSName(d) => out.push(d.to_string()),
+                    GeneralName::IPAddress(b) => match b.len() {
+                        4 => out.push(
+                            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).expect("4"))
+                                .to_string(),
+                        ),
+                        16 => out.push(
+                            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).expect("16"))
+                                .to_string(),
+                        ),
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Parses a PEM certificate file's first certificate into DER.
 pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, Error> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
@@ -333,11 +387,12 @@ impl TlsFiles {
             .client_ca_root(tonic::transport::Certificate::from_pem(read(&self.ca)?)))
     }
 
-    /// Client side: trust only the CA, present our certificate.
+    /// Client side: trust only the CA, present our certificate. The server's
+    /// certificate is checked against the host dialled (a DNS name or an IP address in
+    /// its subject alternative names), on top of the role and name checks per RPC.
     pub fn client(&self) -> Result<tonic::transport::ClientTlsConfig, Error> {
         Ok(tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)?))
-            .domain_name("localhost")
             .identity(self.identity()?))
     }
 

@@ -10,6 +10,7 @@ mod demo;
 mod dev;
 mod key;
 mod payments;
+mod pki;
 mod request;
 mod sign;
 mod signer;
@@ -68,6 +69,9 @@ enum Command {
     /// Audit logs and ceremony transcripts: export, verify, replay.
     #[command(subcommand)]
     Audit(audit::Cmd),
+    /// A cluster CA and members' certificates for a production layout: init, issue.
+    #[command(subcommand)]
+    Pki(pki::Cmd),
 }
 
 /// A command failure: one line naming the cause.
@@ -86,6 +90,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Demo(a) => demo::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Audit(c) => audit::run(c),
+        Command::Pki(c) => pki::run(c),
         Command::Payments(a) => payments::run(a),
         Command::Request(c) => request::run(c),
         Command::Approve(a) => request::approve(a),
