@@ -20,16 +20,22 @@ fn canonical<B: Body>(body: &B, input: &[u8]) {
     }
 }
 
-fn message_in<C: EngineSuite>(kind: Kind, body: &[u8]) {
+/// Decodes `body` as a `kind` message; whether it decoded completely (no bytes left),
+/// after checking that whatever decoded re-encodes to exactly `body`. Sealed kinds
+/// (ciphertext, opened only by their recipient) are `None`.
+fn message_in<C: EngineSuite>(kind: Kind, body: &[u8]) -> Option<bool> {
     let mut r = Reader::new(body);
     macro_rules! check {
-        ($decoded:expr) => {
+        ($decoded:expr) => {{
+            let mut ok = false;
             if let Ok(b) = $decoded {
                 if r.finish().is_ok() {
                     canonical(&b, body);
+                    ok = true;
                 }
             }
-        };
+            Some(ok)
+        }};
     }
     match kind {
         Kind::DkgRound1 | Kind::RefreshRound1 => {
@@ -49,17 +55,34 @@ fn message_in<C: EngineSuite>(kind: Kind, body: &[u8]) {
         Kind::SigningPackage => check!(SigningPackage::<C>::decode_body(&mut r)),
         Kind::SignatureShare => check!(ShareMessage::<C>::decode_body(&mut r)),
         // Sealed kinds: the body is ciphertext, opened only by its recipient.
-        Kind::DkgRound2 | Kind::RefreshRound2 | Kind::RepairDelta | Kind::RepairSigma => {}
+        Kind::DkgRound2 | Kind::RefreshRound2 | Kind::RepairDelta | Kind::RepairSigma => None,
     }
 }
 
 /// A complete wire message (header and body), as a relay or peer hands it over.
 pub fn message(bytes: &[u8]) {
+    let _ = decodes(bytes);
+}
+
+/// Whether `bytes` is a complete, canonical wire message (header and body) of a kind
+/// that is not sealed; `None` for sealed kinds (ciphertext). Panics if something
+/// decodes to a value that re-encodes to other bytes.
+pub fn decodes(bytes: &[u8]) -> Option<bool> {
     let Ok((header, _)) = wire::split(bytes) else {
-        return;
+        return Some(false);
     };
     let body = &bytes[wire::HEADER_LEN..];
-    with_suite!(header.suite, C => message_in::<C>(header.kind, body));
+    with_suite!(header.suite, C => message_in::<C>(header.kind, body))
+}
+
+/// Whether `bytes` is an envelope that opens (signature valid) against the fuzz
+/// targets' fixed roster.
+pub fn envelope_opens(bytes: &[u8]) -> bool {
+    let key = IdentityKey::from_secret_bytes(&[7; 64]);
+    let mut roster = Roster::new();
+    roster.insert(ParticipantId::new(1).expect("non-zero"), key.public());
+    roster.insert(COORDINATOR, key.public());
+    identity::open_envelope(&roster, bytes).is_ok()
 }
 
 /// A signed envelope, opened against a fixed roster (one known sender).
