@@ -53,6 +53,8 @@ pub const KEY_REPAIRED: &str = "key-repaired";
 pub const SIGN_REFUSED: &str = "sign-refused";
 /// Coordinator: a DKG or refresh that aborted, with the culprits its signers named.
 pub const CEREMONY_ABORTED: &str = "ceremony-aborted";
+/// Coordinator: a one-time sign-in link to the operator console was issued.
+pub const CONSOLE_LINK: &str = "console-link-issued";
 /// Either: a key's lifecycle state changed (body [`Lifecycle`]).
 pub const LIFECYCLE: &str = "lifecycle";
 /// Either: a caller was refused for its certificate or role (body [`AuthDenied`]).
@@ -198,6 +200,18 @@ pub struct RepairHelped {
 pub struct KeyRepaired {
     /// The ceremony.
     pub transcript: crate::transcript::RepairTranscript,
+}
+
+/// Body of [`CONSOLE_LINK`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleLink {
+    /// Who asked (the name in their certificate).
+    pub caller: String,
+    /// Their role (`operator` or `auditor`).
+    pub role: String,
+    /// Until when the link works (Unix seconds).
+    pub expires_at: u64,
 }
 
 /// Body of [`CEREMONY_ABORTED`].

@@ -582,6 +582,19 @@ impl Custody for CustodyService {
                     "the console is off: set console_listen in coordinator.toml",
                 )
             })?;
+        // The link is a credential: on record before it is handed out.
+        self.0
+            .audit
+            .append(
+                custody_audit::export::CONSOLE_LINK,
+                &custody_audit::export::ConsoleLink {
+                    caller: caller.name.clone(),
+                    role: caller.role.as_str().to_string(),
+                    expires_at,
+                },
+            )
+            .await
+            .map_err(crate::audit::refused)?;
         info!(caller = %caller.name, "console sign-in link issued");
         Ok(Response::new(ConsoleLoginResponse {
             url,

@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use rand_core::{OsRng, RngCore};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
+use zeroize::Zeroize;
 
 use crate::config::Config;
 use crate::model::{check_clear, NewPayment, Payment};
@@ -390,16 +391,19 @@ impl Payments for PaymentsService {
         req: Request<TokenizeRequest>,
     ) -> Result<Response<TokenizeResponse>, Status> {
         custody_pki::authorize(&req, &[Role::PaymentBackend])?;
-        let r = req.into_inner();
-        let clear =
-            check_clear(&r.kind, &r.data).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut r = req.into_inner();
+        // Our copies of the clear data are wiped when dropped (the request's too, below).
+        let clear = check_clear(&r.kind, &r.data).map(zeroize::Zeroizing::new);
+        r.data.zeroize();
+        let clear = clear.map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut b = [0u8; 16];
         OsRng.fill_bytes(&mut b);
         let token = format!("tok_{}", hex::encode(b));
+        let plain = zeroize::Zeroizing::new(format!("{}:{}", r.kind, clear.as_str()));
         let sealed = self
             .0
             .sealer
-            .seal(&token_aad(&token), format!("{}:{clear}", r.kind).as_bytes())
+            .seal(&token_aad(&token), plain.as_bytes())
             .map_err(|e| Status::unavailable(format!("sealing: {e}")))?;
         let (store, t) = (self.0.store.clone(), token.clone());
         tokio::task::spawn_blocking(move || store.put_token(&t, &sealed))
@@ -428,7 +432,7 @@ impl Payments for PaymentsService {
             .sealer
             .unseal(&token_aad(&r.token), &sealed)
             .map_err(|e| Status::internal(format!("unsealing: {e}")))?;
-        let text = String::from_utf8_lossy(&clear).to_string();
+        let text = zeroize::Zeroizing::new(String::from_utf8_lossy(&clear).to_string());
         let data = text
             .split_once(':')
             .map(|(_, d)| d.to_string())
