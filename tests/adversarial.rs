@@ -40,20 +40,7 @@ fn set_fault(c: &mut Cluster, signer: &str, fault: Option<&str>) {
 
 /// The entries of kind `kind` in the coordinator's audit log (from an export).
 fn coordinator_entries(c: &Cluster, kind: &str) -> Vec<Value> {
-    let export = c.dir.join(format!("export-{kind}.json"));
-    let out = c.cli(&[
-        "audit",
-        "export",
-        "--as",
-        "auditor",
-        "--out",
-        export.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let export = c.audit_export(&format!("export-{kind}.json"));
     let bundle: Value = serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
     let log = bundle["parties"]
         .as_array()
@@ -102,6 +89,7 @@ fn dkg_names_the_culprit(name: &str, fault: &str) {
         assert_eq!(a["culprits"], serde_json::json!(["signer-3"]), "{a}");
     }
     // The export (with the aborts in it) still verifies.
+    c.audit_verify(&c.audit_export("after-aborts.json"));
     set_fault(&mut c, "signer-3", None);
     let k = c.json(&["key", "create", "--suite", "secp256k1-tr", "--json"]);
     let key = k["key_id"].as_str().unwrap();

@@ -1355,34 +1355,8 @@ fn warm_keys_sign_after_approvals_and_a_time_lock_that_every_signer_checks() {
     }
 
     // The audit export verifies, approvals checked against the key's approver set.
-    let file = c.dir.join("export.json");
-    let out = c.cli(&[
-        "audit",
-        "export",
-        "--as",
-        "auditor",
-        "--out",
-        file.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ca = c.dir.join("pki/ca.pem");
-    let out = c.offline(&[
-        "audit",
-        "verify",
-        file.to_str().unwrap(),
-        "--ca",
-        ca.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let file = c.audit_export("export.json");
+    c.audit_verify(&file);
 }
 
 #[test]
@@ -1666,35 +1640,8 @@ fn policy_changes_need_the_admins_that_every_signer_checks() {
     );
 
     // The auditor sees the change, with its approvals checked against the old policy.
-    let file = c.dir.join("export.json");
-    let out = c.cli(&[
-        "audit",
-        "export",
-        "--as",
-        "auditor",
-        "--out",
-        file.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ca = c.dir.join("pki/ca.pem");
-    let out = c.offline(&[
-        "audit",
-        "verify",
-        file.to_str().unwrap(),
-        "--ca",
-        ca.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file = c.audit_export("export.json");
+    let v = c.audit_verify(&file);
     assert_eq!(v["summary"]["policy_changes"], 2, "{v}");
 }
 
@@ -1866,35 +1813,8 @@ fn cold_keys_sign_with_air_gapped_signers_over_files() {
     for s in ["signer-1", "signer-3"] {
         c.restart(s);
     }
-    let export = c.dir.join("export.json");
-    let out = c.cli(&[
-        "audit",
-        "export",
-        "--as",
-        "auditor",
-        "--out",
-        export.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ca = c.dir.join("pki/ca.pem");
-    let out = c.offline(&[
-        "audit",
-        "verify",
-        export.to_str().unwrap(),
-        "--ca",
-        ca.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let export = c.audit_export("export.json");
+    let v = c.audit_verify(&export);
     assert_eq!(v["summary"]["signatures"], 1, "{v}");
     assert_eq!(v["summary"]["shares_matched"], 2, "{v}");
 }
@@ -1929,34 +1849,7 @@ fn a_signer_that_lost_its_share_gets_it_back_from_the_others() {
         "{err}"
     );
     c.restart("signer-1");
-    let file = c.dir.join("export.json");
-    let out = c.cli(&[
-        "audit",
-        "export",
-        "--as",
-        "auditor",
-        "--out",
-        file.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ca = c.dir.join("pki/ca.pem");
-    let out = c.offline(&[
-        "audit",
-        "verify",
-        file.to_str().unwrap(),
-        "--ca",
-        ca.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file = c.audit_export("export.json");
+    let v = c.audit_verify(&file);
     assert_eq!(v["summary"]["repairs"], 1, "{v}");
 }

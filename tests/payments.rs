@@ -218,27 +218,7 @@ fn tokenize_pay_batch_and_prove() {
     }
     // The settlement is a signature of the key like any other: in the audit log, and
     // replayed by the auditor with its message recomputed from the settlement fields.
-    let export = c.dir.join("export.json");
-    let (ok, _, err) = out(&c.cli(&[
-        "audit",
-        "export",
-        "--as",
-        "auditor",
-        "--out",
-        export.to_str().unwrap(),
-    ]));
-    assert!(ok, "{err}");
-    let ca = c.dir.join("pki/ca.pem");
-    let (ok, report, err) = out(&c.offline(&[
-        "audit",
-        "verify",
-        export.to_str().unwrap(),
-        "--ca",
-        ca.to_str().unwrap(),
-        "--json",
-    ]));
-    assert!(ok, "{err}");
-    let v: Value = serde_json::from_str(&report).unwrap();
+    let v = c.audit_verify(&c.audit_export("export.json"));
     assert!(v["summary"]["signatures"].as_u64().unwrap() >= 1, "{v}");
 }
 
@@ -396,27 +376,7 @@ fn warm_settlement_key_waits_for_approvals() {
     }
     // The auditor sees the request, both approvals and the signature, and they check
     // out against the key's approvers.
-    let export = c.dir.join("export.json");
-    let (ok, _, err) = out(&c.cli(&[
-        "audit",
-        "export",
-        "--as",
-        "auditor",
-        "--out",
-        export.to_str().unwrap(),
-    ]));
-    assert!(ok, "{err}");
-    let ca = c.dir.join("pki/ca.pem");
-    let (ok, report, err) = out(&c.offline(&[
-        "audit",
-        "verify",
-        export.to_str().unwrap(),
-        "--ca",
-        ca.to_str().unwrap(),
-        "--json",
-    ]));
-    assert!(ok, "{err}");
-    let v: Value = serde_json::from_str(&report).unwrap();
+    let v = c.audit_verify(&c.audit_export("export.json"));
     assert!(v["summary"]["signatures"].as_u64().unwrap() >= 1, "{v}");
 }
 

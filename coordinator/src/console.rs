@@ -679,13 +679,7 @@ fn policy_summary(policy: &str) -> String {
 }
 
 fn keys_section(core: &Core, o: &mut String) {
-    let mut keys: Vec<_> = core
-        .keys
-        .read()
-        .expect("lock")
-        .values()
-        .map(|k| k.meta().clone())
-        .collect();
+    let mut keys = core.key_metas();
     keys.sort_by_key(|k| std::cmp::Reverse(k.created_at));
     let _ = write!(
         o,

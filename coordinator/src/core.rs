@@ -245,6 +245,16 @@ impl Core {
         Ok(())
     }
 
+    /// A snapshot of every key's metadata.
+    pub fn key_metas(&self) -> Vec<crate::store::KeyMeta> {
+        self.keys
+            .read()
+            .expect("lock")
+            .values()
+            .map(|k| k.meta().clone())
+            .collect()
+    }
+
     pub fn key(&self, key_id: &str) -> Result<AnyKey, Status> {
         self.keys
             .read()

@@ -674,13 +674,7 @@ pub(crate) async fn propose_policy(
 /// Retires active keys past their policy's maximum age (every signer refuses them
 /// already; this says so).
 async fn retire_old_keys(core: &Arc<Core>) {
-    let keys: Vec<_> = core
-        .keys
-        .read()
-        .expect("lock")
-        .values()
-        .map(|k| k.meta().clone())
-        .collect();
+    let keys = core.key_metas();
     for meta in keys {
         if meta.state != "active" {
             continue;

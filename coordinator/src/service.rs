@@ -319,14 +319,7 @@ impl Custody for CustodyService {
         req: Request<ListKeysRequest>,
     ) -> Result<Response<ListKeysResponse>, Status> {
         self.authorize(&req, &[Role::Operator, Role::Auditor, Role::PaymentBackend])?;
-        let mut keys: Vec<KeyMeta> = self
-            .0
-            .keys
-            .read()
-            .expect("lock")
-            .values()
-            .map(|k| k.meta().clone())
-            .collect();
+        let mut keys: Vec<KeyMeta> = self.0.key_metas();
         keys.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
         Ok(Response::new(ListKeysResponse {
             keys: keys.iter().map(key_proto).collect(),

@@ -231,6 +231,46 @@ impl Cluster {
         }
     }
 
+    /// `custody audit export --as auditor` into `DIR/<name>`; the file (asserts success).
+    pub fn audit_export(&self, name: &str) -> PathBuf {
+        let file = self.dir.join(name);
+        let out = self.cli(&[
+            "audit",
+            "export",
+            "--as",
+            "auditor",
+            "--out",
+            file.to_str().expect("path"),
+        ]);
+        assert!(
+            out.status.success(),
+            "audit export: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        file
+    }
+
+    /// `custody audit verify FILE --ca DIR/pki/ca.pem --json` (offline): the report
+    /// (asserts that everything checks).
+    pub fn audit_verify(&self, file: &Path) -> serde_json::Value {
+        let ca = self.dir.join("pki/ca.pem");
+        let out = self.offline(&[
+            "audit",
+            "verify",
+            file.to_str().expect("path"),
+            "--ca",
+            ca.to_str().expect("path"),
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "audit verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("verify report")
+    }
+
     /// A daemon's log so far.
     pub fn log(&self, daemon: &str) -> String {
         std::fs::read_to_string(self.dir.join("logs").join(format!("{daemon}.log")))
