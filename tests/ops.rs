@@ -85,7 +85,10 @@ fn every_daemon_exports_prometheus_metrics() {
         "{m}"
     );
     assert_eq!(
-        sample(&m, r#"custody_dkg_duration_seconds_count{suite="ed25519"}"#),
+        sample(
+            &m,
+            r#"custody_dkg_duration_seconds_count{suite="ed25519",tier="hot"}"#
+        ),
         Some(1.0),
         "{m}"
     );

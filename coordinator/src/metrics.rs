@@ -3,7 +3,7 @@
 //!
 //! - `custody_sign_duration_seconds{suite,tier}`: a signature, from the request to the
 //!   durable result (commitments, shares, aggregation, audit log, store);
-//! - `custody_dkg_duration_seconds{suite}`: key creation, from the request to the
+//! - `custody_dkg_duration_seconds{suite,tier}`: key creation, from the request to the
 //!   recorded key;
 //! - `custody_sign_requests_total{outcome,reason}`: every `Sign` answer: `signed`,
 //!   `replayed`, `pending` (waits for approvals), `refused` (a signer's policy, with its
@@ -31,11 +31,6 @@ use crate::core::{AnyKey, Core};
 pub(crate) struct SuiteTier {
     pub suite: String,
     pub tier: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct SuiteLabel {
-    pub suite: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,7 +76,7 @@ pub(crate) const HISTORY: usize = 60;
 #[derive(Debug)]
 pub(crate) struct Metrics {
     sign_seconds: LatencyFamily<SuiteTier>,
-    dkg_seconds: LatencyFamily<SuiteLabel>,
+    dkg_seconds: LatencyFamily<SuiteTier>,
     sign_requests: Family<Outcome, Counter>,
     history: Mutex<VecDeque<Minute>>,
 }
@@ -134,10 +129,11 @@ impl Metrics {
     }
 
     /// A key created in `took`.
-    pub fn dkg(&self, suite: &str, took: Duration) {
+    pub fn dkg(&self, suite: &str, tier: &str, took: Duration) {
         self.dkg_seconds
-            .get_or_create(&SuiteLabel {
+            .get_or_create(&SuiteTier {
                 suite: suite.to_string(),
+                tier: tier.to_string(),
             })
             .observe(took.as_secs_f64());
     }

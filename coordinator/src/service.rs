@@ -294,7 +294,7 @@ impl Custody for CustodyService {
         let meta = dkg::create_key(&self.0, spec).await.inspect_err(|st| {
             warn!("create key failed: {:?}: {}", st.code(), st.message());
         })?;
-        self.0.metrics.dkg(&meta.suite, t0.elapsed());
+        self.0.metrics.dkg(&meta.suite, &meta.tier, t0.elapsed());
         Ok(Response::new(key_proto(&meta)))
     }
 
