@@ -509,8 +509,18 @@ impl Store {
                 }
             }
         }
-        out.sort_by_key(|b| b.closed_at_ms);
-        Ok(out)
+        // Oldest first by the payments they hold (arrival order; two batches can
+        // close within the same millisecond).
+        let mut keyed = Vec::with_capacity(out.len());
+        for b in out {
+            let first = match b.payments.first() {
+                Some(id) => self.payment(id)?.map_or(u64::MAX, |p| p.seq),
+                None => u64::MAX,
+            };
+            keyed.push((first, b));
+        }
+        keyed.sort_by_key(|(first, _)| *first);
+        Ok(keyed.into_iter().map(|(_, b)| b).collect())
     }
 
     /// The Merkle leaves of batch `id`, in order (batches closed before leaves were
