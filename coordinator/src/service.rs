@@ -357,7 +357,7 @@ impl Custody for CustodyService {
         let caller = self.authorize(&req, &[Role::Operator])?;
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
-        let meta = apply_event(&self.0, &r.key_id, &r.event, &caller.name, "").await?;
+        let meta = apply_event(&self.0, &r.key_id, &r.event, &caller.name, "", |_| {}).await?;
         warn!(key_id = %meta.key_id, caller = %caller.name, state = %meta.state, "key lifecycle: {}", r.event);
         Ok(Response::new(key_proto(&meta)))
     }
@@ -405,7 +405,12 @@ impl Custody for CustodyService {
         info!(caller = %caller.name, key_id = %old.key_id, "rotate key");
         let mut new = dkg::create_key(core, spec).await?;
         // Then the old key retires on every signer (and here).
-        let mut retired = apply_event(core, &old.key_id, "retire", &caller.name, &new.key_id).await.map_err(|st| {
+        let successor = new.key_id.clone();
+        let retired = apply_event(core, &old.key_id, "retire", &caller.name, &new.key_id, |m| {
+            m.rotated_to = successor;
+        })
+        .await
+        .map_err(|st| {
             Status::new(
                 st.code(),
                 format!(
@@ -417,11 +422,8 @@ impl Custody for CustodyService {
                 ),
             )
         })?;
-        retired.rotated_to = new.key_id.clone();
         new.rotated_from = retired.key_id.clone();
-        for m in [&retired, &new] {
-            core.record_key(m).await?;
-        }
+        core.record_key(&new).await?;
         warn!(old = %retired.key_id, new = %new.key_id, "key rotated");
         Ok(Response::new(RotateKeyResponse {
             old: Some(key_proto(&retired)),
@@ -929,9 +931,13 @@ pub(crate) async fn retire_by_policy(
     why: &str,
 ) -> Result<(), Status> {
     let reason = format!("retired automatically: {why}");
-    let mut meta = apply_event(core, key_id, "retire", "policy", "").await?;
-    meta.state_reason = reason.clone();
-    core.record_key(&meta).await?;
+    // The state and its reason are recorded together (a reader never sees one without
+    // the other).
+    let r2 = reason.clone();
+    apply_event(core, key_id, "retire", "policy", "", move |m| {
+        m.state_reason = r2
+    })
+    .await?;
     warn!(%key_id, "key {reason}; rotate it to keep signing");
     Ok(())
 }
@@ -942,6 +948,7 @@ async fn apply_event(
     event_name: &str,
     by: &str,
     successor: &str,
+    adjust: impl FnOnce(&mut KeyMeta),
 ) -> Result<KeyMeta, Status> {
     let r = ChangeKeyStateRequest {
         key_id: key_id.to_string(),
@@ -1027,6 +1034,7 @@ async fn apply_event(
         )
         .await
         .map_err(crate::audit::refused)?;
+    adjust(&mut meta);
     core.record_key(&meta).await?;
     Ok(meta)
 }
