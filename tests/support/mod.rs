@@ -182,9 +182,14 @@ impl Cluster {
         let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
         let deadline = Instant::now() + Duration::from_secs(20);
         while proc_dir.exists() && Instant::now() < deadline {
-            // A zombie (exited, not yet reaped by its parent) no longer serves.
+            // A zombie (exited, not yet reaped by its parent) no longer serves, once
+            // all its threads are gone: the leader turns zombie first, and a thread
+            // still finishing an fsync keeps the files (and the database lock) open.
             if let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) {
-                if stat.split_whitespace().nth(2) == Some("Z") {
+                let threads = std::fs::read_dir(proc_dir.join("task"))
+                    .map(|d| d.count())
+                    .unwrap_or(0);
+                if stat.split_whitespace().nth(2) == Some("Z") && threads <= 1 {
                     return;
                 }
             }
@@ -223,12 +228,28 @@ impl Cluster {
         self.extra.push(child);
         let deadline = Instant::now() + START;
         while !ready.exists() {
+            let child = self.extra.last_mut().expect("child");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "{daemon} exited while restarting ({status}); its log ends:\n{}",
+                    self.log_tail(daemon)
+                );
+            }
             assert!(
                 Instant::now() < deadline,
-                "{daemon} did not restart in time"
+                "{daemon} did not restart in time; its log ends:\n{}",
+                self.log_tail(daemon)
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The last lines of a daemon's log (for failure messages).
+    pub fn log_tail(&self, daemon: &str) -> String {
+        let log = std::fs::read_to_string(self.dir.join("logs").join(format!("{daemon}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     /// `custody audit export --as auditor` into `DIR/<name>`; the file (asserts success).
