@@ -109,11 +109,25 @@ pub trait EngineSuite: Ciphersuite + sealed::Sealed + Send + Sync + 'static {
     fn post_dkg_public(
         package: frost_core::keys::PublicKeyPackage<Self>,
     ) -> frost_core::keys::PublicKeyPackage<Self>;
+
+    /// Whether `bytes`, which the group's decoder accepted, is the one canonical
+    /// encoding of its point, without re-encoding it (re-encoding costs a field
+    /// inversion per point, on every message). The wire tests and fuzz targets check
+    /// it against a re-encode.
+    fn accepted_is_canonical(bytes: &[u8]) -> bool;
 }
 
 impl EngineSuite for frost_secp256k1_tr::Secp256K1Sha256TR {
     const SUITE: Suite = Suite::Secp256k1Tr;
     const ELEMENT_LEN: usize = 33;
+
+    fn accepted_is_canonical(bytes: &[u8]) -> bool {
+        // At 33 bytes k256 decodes the SEC1 compressed form (tag 02 or 03, y from x and
+        // the tag) and also the "compact" form (tag 05, y chosen from x): a second
+        // encoding of half the points, which the property tests found. x is always
+        // below p (k256 refuses larger values), so the tag is all that can differ.
+        matches!(bytes.first(), Some(2 | 3))
+    }
 
     fn post_dkg_public(
         package: frost_core::keys::PublicKeyPackage<Self>,
@@ -135,6 +149,21 @@ impl EngineSuite for frost_secp256k1_tr::Secp256K1Sha256TR {
 impl EngineSuite for frost_ed25519::Ed25519Sha512 {
     const SUITE: Suite = Suite::Ed25519;
     const ELEMENT_LEN: usize = 32;
+
+    fn accepted_is_canonical(bytes: &[u8]) -> bool {
+        // curve25519-dalek reduces a y-coordinate at or above p = 2^255 - 19 instead of
+        // refusing it; those 19 values (with either sign bit) give the only second
+        // encodings of points. frost-ed25519 already refuses all of them, since none is
+        // of prime order (eprint 2020/1244), as it refuses y = 1 and y = -1 (the only
+        // points where a set sign bit would be a second encoding); this byte check
+        // keeps the rule local and costs nothing.
+        let Ok(b) = <&[u8; 32]>::try_from(bytes) else {
+            return false;
+        };
+        let at_least_p =
+            b[0] >= 0xed && b[1..31].iter().all(|x| *x == 0xff) && b[31] & 0x7f == 0x7f;
+        !at_least_p
+    }
 
     fn post_dkg_public(
         package: frost_core::keys::PublicKeyPackage<Self>,

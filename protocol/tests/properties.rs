@@ -243,3 +243,69 @@ proptest! {
         let _ = custody_protocol::PublicKeySet::<Ed>::from_bytes(&bytes);
     }
 }
+
+/// Whether `bytes` decode as a wire element: the group's decoder accepts them and
+/// [`EngineSuite::accepted_is_canonical`] too, which must agree exactly with
+/// re-encoding (the wire decoder calls it instead of re-encoding every point).
+fn accepted_encoding_is_canonical<C: EngineSuite>(bytes: &[u8]) -> Result<bool, TestCaseError> {
+    use frost_core::Group;
+    let Ok(ser) = <<C::Group as Group>::Serialization>::try_from(bytes) else {
+        return Ok(false);
+    };
+    let Ok(e) = <C::Group as Group>::deserialize(&ser) else {
+        return Ok(false);
+    };
+    let again = <C::Group as Group>::serialize(&e).expect("not the identity");
+    prop_assert_eq!(
+        C::accepted_is_canonical(bytes),
+        again.as_ref() == bytes,
+        "canonical check and re-encoding disagree on {:?}",
+        bytes
+    );
+    Ok(again.as_ref() == bytes)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The wire's canonical-encoding check agrees with re-encoding on random bytes and
+    /// on small changes of real points (a flipped bit, a changed tag or sign).
+    #[test]
+    fn decoded_points_have_one_encoding(x: [u8; 32], tag in 0u8..8, at in 0usize..33, bit in 0u8..8) {
+        let mut secp = [0u8; 33];
+        secp[0] = tag;
+        secp[1..].copy_from_slice(&x);
+        accepted_encoding_is_canonical::<Secp>(&secp)?;
+        accepted_encoding_is_canonical::<Ed>(&x)?;
+        // A real point, then one bit flipped.
+        let real_secp = fixture_secp().1.values().next().unwrap().public().verifying_key().serialize().unwrap();
+        let real_ed = fixture_ed().1.values().next().unwrap().public().verifying_key().serialize().unwrap();
+        prop_assert!(accepted_encoding_is_canonical::<Secp>(&real_secp)?);
+        prop_assert!(accepted_encoding_is_canonical::<Ed>(&real_ed)?);
+        let mut m = real_secp.clone();
+        flip(&mut m, at, bit);
+        accepted_encoding_is_canonical::<Secp>(&m)?;
+        let mut m = real_ed.clone();
+        flip(&mut m, at % 32, bit);
+        accepted_encoding_is_canonical::<Ed>(&m)?;
+    }
+}
+
+/// The only second encodings of Ed25519 points, y in [p, 2^255) with either sign bit,
+/// never decode as wire elements.
+#[test]
+fn non_canonical_ed25519_y_is_refused() {
+    for k in 0u8..19 {
+        for sign in [0u8, 0x80] {
+            let mut b = [0xffu8; 32];
+            b[0] = 0xed + k;
+            b[31] = 0x7f | sign;
+            assert!(!Ed::accepted_is_canonical(&b), "y = p + {k}");
+        }
+    }
+    // The largest canonical y is accepted by the byte check.
+    let mut b = [0xffu8; 32];
+    b[0] = 0xec;
+    b[31] = 0x7f;
+    assert!(Ed::accepted_is_canonical(&b));
+}
