@@ -85,6 +85,25 @@ struct Job {
     reply: Option<oneshot::Sender<Result<Appended, AuditError>>>,
 }
 
+/// An entry handed to the writer ([`AuditLog::append_started`]): resolves once it is
+/// on disk (or failed).
+#[derive(Debug)]
+#[must_use = "the entry is durable only once this resolves"]
+pub struct PendingAppend(oneshot::Receiver<Result<Appended, AuditError>>);
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<Appended, AuditError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(AuditError::Stopped)))
+    }
+}
+
 /// What [`AuditLog::open`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Opened {
@@ -163,14 +182,45 @@ impl AuditLog {
         Self::open_file(path, file, identity, writer, role)
     }
 
+    /// Like [`AuditLog::open`], and shows `visit` every entry already in the file, in
+    /// order, as the chain is checked (a daemon rebuilds what its log holds and its
+    /// database lost). Use what it saw only if the open succeeds.
+    pub fn open_visiting(
+        path: &Path,
+        identity: SharedIdentity,
+        writer: &str,
+        role: &str,
+        visit: &mut dyn FnMut(&Entry),
+    ) -> Result<(AuditLog, Opened), AuditError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io(path, e))?;
+        Self::open_inner(path, file, identity, writer, role, visit)
+    }
+
     /// Like [`AuditLog::open`] on a file the caller opened (positioned anywhere; it
     /// must be readable). Tests open a log read-only to get a disk that refuses writes.
     pub fn open_file(
+        path: &Path,
+        file: File,
+        identity: SharedIdentity,
+        writer: &str,
+        role: &str,
+    ) -> Result<(AuditLog, Opened), AuditError> {
+        Self::open_inner(path, file, identity, writer, role, &mut |_| {})
+    }
+
+    fn open_inner(
         path: &Path,
         mut file: File,
         identity: SharedIdentity,
         writer: &str,
         role: &str,
+        visit: &mut dyn FnMut(&Entry),
     ) -> Result<(AuditLog, Opened), AuditError> {
         file.seek(SeekFrom::Start(0)).map_err(|e| io(path, e))?;
         let mut bytes = Vec::new();
@@ -194,6 +244,7 @@ impl AuditLog {
                     prev = e.hash();
                     count += 1;
                     at += used;
+                    visit(&e);
                     last = Some(e);
                 }
                 Err(FormatError::Truncated { .. }) => {
@@ -309,6 +360,20 @@ impl AuditLog {
         let (tx, rx) = oneshot::channel();
         self.send(kind, body, Some(tx))?;
         rx.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Hands an entry to the writer now and returns what waits until it is on disk, so
+    /// the caller can work while the entry is synced (a signer computes its share
+    /// meanwhile, and lets the share leave only once both are done).
+    pub fn append_started<T: Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        body: &T,
+    ) -> Result<PendingAppend, AuditError> {
+        let body = serde_json::to_vec(body).map_err(|e| AuditError::Entry(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.send(kind, body, Some(tx))?;
+        Ok(PendingAppend(rx))
     }
 
     /// Appends an entry without waiting (for events that acknowledge nothing, such as a

@@ -13,6 +13,7 @@ use tonic::Status;
 
 use crate::core::{Core, KeyRt};
 use crate::signing::Signed;
+use crate::store::{SignRecord, Store};
 
 /// The action the entry records is refused: nothing is acknowledged that is not in
 /// the log.
@@ -21,14 +22,45 @@ pub(crate) fn refused(e: AuditError) -> Status {
     Status::unavailable(format!("{e}: refused because it cannot be recorded"))
 }
 
-/// Opens the log in the data directory and records the start.
+/// Opens the log in the data directory, puts back into `store` every signing result
+/// the log holds and the store lost (the store flushes them in the background: the log
+/// is what makes them durable), and records the start.
 pub(crate) fn open(
     core_dir: &std::path::Path,
     name: &str,
     identity: custody_audit::writer::SharedIdentity,
+    store: &Store,
 ) -> Result<AuditLog, String> {
-    let (log, opened) = AuditLog::open(&core_dir.join("audit.log"), identity, name, "coordinator")
-        .map_err(|e| e.to_string())?;
+    let mut lost = Vec::new();
+    let mut problem = None;
+    let (log, opened) = AuditLog::open_visiting(
+        &core_dir.join("audit.log"),
+        identity,
+        name,
+        "coordinator",
+        &mut |e| {
+            if problem.is_none() && e.kind == ax::SIGNATURE {
+                match lost_result(store, e) {
+                    Ok(Some(rec)) => lost.push(rec),
+                    Ok(None) => {}
+                    Err(why) => problem = Some(format!("audit entry {}: {why}", e.seq)),
+                }
+            }
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(p) = problem {
+        return Err(p);
+    }
+    if !lost.is_empty() {
+        store
+            .restore_requests(&lost)
+            .map_err(|e| format!("restoring signing results from the audit log: {e}"))?;
+        tracing::warn!(
+            restored = lost.len(),
+            "signing results the database lost in a crash are back, from the audit log"
+        );
+    }
     tracing::info!(path = %log.path().display(), entries = opened.entries, "audit log open");
     log.record(
         ax::DAEMON_STARTED,
@@ -37,6 +69,38 @@ pub(crate) fn open(
         },
     );
     Ok(log)
+}
+
+/// The signing result a `signature` entry records, if the store does not have it.
+fn lost_result(store: &Store, e: &custody_audit::Entry) -> Result<Option<SignRecord>, String> {
+    // Most are in the store: read only the request id first.
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        transcript: PeekTranscript,
+    }
+    #[derive(serde::Deserialize)]
+    struct PeekTranscript {
+        request_id: String,
+    }
+    let peek: Peek = serde_json::from_slice(&e.body).map_err(|e| e.to_string())?;
+    if store
+        .has_request(&peek.transcript.request_id)
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(None);
+    }
+    let t = serde_json::from_slice::<ax::Signature>(&e.body)
+        .map_err(|e| e.to_string())?
+        .transcript;
+    Ok(Some(SignRecord {
+        message: hex::encode(t.message()?),
+        request_id: t.request_id,
+        key_id: t.key_id,
+        signature: t.signature,
+        signers: t.signers.iter().map(|p| p.id).collect(),
+        session: t.session,
+        created_at_ms: e.time_ms,
+    }))
 }
 
 /// The transcript of a finished signature.
@@ -202,5 +266,107 @@ pub(crate) fn signed_request(
         (None, None) => SignedRequest::Raw {
             message: hex::encode(message),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custody_audit::transcript::SignedRequest;
+
+    fn transcript(request_id: &str, message: &[u8]) -> SigningTranscript {
+        let party = |id: u16| Party {
+            id,
+            name: format!("signer-{id}"),
+            identity: String::new(),
+            certificate: None,
+        };
+        SigningTranscript {
+            format: SIGNING_FORMAT.into(),
+            key_id: "k1".into(),
+            suite: "ed25519".into(),
+            request_id: request_id.into(),
+            request: SignedRequest::Raw {
+                message: hex::encode(message),
+            },
+            approvals: vec![],
+            session: "00".repeat(32),
+            coordinator: party(0),
+            signers: vec![party(1), party(3)],
+            public_key_set: String::new(),
+            package: String::new(),
+            shares: vec![],
+            signature: "ab".repeat(64),
+        }
+    }
+
+    /// Opens the store again once the last run's flusher thread let go of it.
+    fn reopen(path: &std::path::Path) -> Store {
+        for _ in 0..200 {
+            if let Ok(s) = Store::open(path) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Store::open(path).unwrap()
+    }
+
+    /// A result the audit log holds and the store lost (a crash before the store's
+    /// background flush) is back after the next open, once, and counted once.
+    #[tokio::test]
+    async fn results_lost_by_the_store_come_back_from_the_audit_log() {
+        let dir =
+            std::env::temp_dir().join(format!("custody-coord-restore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let id: custody_audit::writer::SharedIdentity =
+            Arc::new(custody_protocol::IdentityKey::from_secret_bytes(&[9; 64]));
+        {
+            // The run that crashed: both results reached the log, one the store.
+            let store = Store::open(&dir.join("db")).unwrap();
+            let log = open(&dir, "coordinator", id.clone(), &store).unwrap();
+            for (rid, msg) in [("kept", b"one".as_slice()), ("lost", b"two".as_slice())] {
+                log.append(
+                    ax::SIGNATURE,
+                    &ax::Signature {
+                        transcript: transcript(rid, msg),
+                    },
+                )
+                .await
+                .unwrap();
+            }
+            let kept = lost_result(&Store::open(&dir.join("db2")).unwrap(), &{
+                let bytes = std::fs::read(dir.join("audit.log")).unwrap();
+                custody_audit::entry::parse_records(&bytes)
+                    .unwrap()
+                    .into_iter()
+                    .find(|e| e.kind == ax::SIGNATURE)
+                    .unwrap()
+            })
+            .unwrap()
+            .unwrap();
+            assert_eq!(kept.request_id, "kept");
+            store.put_request(&kept).unwrap();
+            store.bump_signatures("k1").unwrap();
+            store.restore_requests(&[]).unwrap(); // flush
+        }
+        let store = reopen(&dir.join("db"));
+        assert!(store.request("lost").unwrap().is_none());
+        let _log = open(&dir, "coordinator", id.clone(), &store).unwrap();
+        let lost = store.request("lost").unwrap().expect("restored");
+        assert_eq!(lost.message, hex::encode(b"two"));
+        assert_eq!(lost.signers, vec![1, 3]);
+        assert_eq!(lost.signature, "ab".repeat(64));
+        assert_eq!(lost.key_id, "k1");
+        assert!(store.request("kept").unwrap().is_some());
+        // Counted: the kept one before the crash, the restored one now.
+        assert_eq!(store.bump_signatures("k1").unwrap(), 3);
+        drop(_log);
+        drop(store);
+        // Opening again restores nothing more.
+        let store = reopen(&dir.join("db"));
+        let _log = open(&dir, "coordinator", id, &store).unwrap();
+        assert_eq!(store.bump_signatures("k1").unwrap(), 4);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -63,8 +63,8 @@ pub(crate) async fn serve(
     let transcripts = config.data_dir.join("transcripts");
     std::fs::create_dir_all(&transcripts)
         .map_err(|e| cfg_err(format!("{}: {e}", transcripts.display())))?;
-    let audit =
-        crate::audit::open(&config.data_dir, &config.name, identity.clone()).map_err(cfg_err)?;
+    let audit = crate::audit::open(&config.data_dir, &config.name, identity.clone(), &store)
+        .map_err(cfg_err)?;
     let core = Arc::new(Core {
         name: config.name.clone(),
         cert_der,
@@ -893,10 +893,8 @@ pub(crate) async fn record_signature(
         created_at_ms: now_ms(),
     };
     let t0 = std::time::Instant::now();
-    core.store
-        .put_request(rec.clone())
-        .await
-        .map_err(store_err)?;
+    // Durable already, in the audit log; the store flushes it in the background.
+    core.store.put_request(&rec).map_err(store_err)?;
     // A maximum number of signatures: counted here, by what this coordinator signed
     // (a signer's word alone does not retire a key); at the limit the key retires.
     if let Ok(policy) = hot_warm_cold::Policy::from_json(&key.meta().policy) {

@@ -1,7 +1,10 @@
 //! The coordinator's durable state in `sled`: key metadata and signing results. Every
-//! write is flushed before the client hears about it. Signing results go through one
-//! committer thread that writes whatever is waiting and flushes once for all of it
-//! (group commit), so concurrent requests share a flush.
+//! write is flushed before the client hears about it, but for signing results: each
+//! is on disk in the audit log (its whole ceremony) before the client hears of it, so
+//! the store's copy is written at once (visible to every reader) and flushed in the
+//! background by one flusher thread, and the results a crash lost are rebuilt from
+//! the audit log when the coordinator starts ([`Store::restore_requests`]). A signature
+//! thus costs one sync on the coordinator's path, not two in series.
 
 use serde::{Deserialize, Serialize};
 
@@ -162,12 +165,7 @@ pub enum StoreError {
     /// A grouped write failed.
     #[error("database write: {0}")]
     Write(String),
-    /// The committer thread is gone.
-    #[error("database committer stopped")]
-    Committer,
 }
-
-type Pending = (SignRecord, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 /// The coordinator's database.
 #[derive(Debug, Clone)]
@@ -179,7 +177,8 @@ pub struct Store {
     /// Ids of the waiting requests that are still open ([`WaitingRequest::is_open`]):
     /// what the ticker, metrics and the console look at, not the whole history.
     open: sled::Tree,
-    committer: std::sync::mpsc::Sender<Pending>,
+    /// Wakes the flusher thread (signing results are flushed in the background).
+    flusher: std::sync::mpsc::Sender<()>,
 }
 
 impl Store {
@@ -187,11 +186,11 @@ impl Store {
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
         let db = sled::open(path)?;
         let requests = db.open_tree("requests")?;
-        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
-        let (cdb, ctree) = (db.clone(), requests.clone());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let fdb = db.clone();
         std::thread::Builder::new()
-            .name("store-committer".into())
-            .spawn(move || commit_loop(&cdb, &ctree, &rx))
+            .name("store-flusher".into())
+            .spawn(move || flush_loop(&fdb, &rx))
             .map_err(sled::Error::Io)?;
         let store = Store {
             keys: db.open_tree("keys")?,
@@ -199,7 +198,7 @@ impl Store {
             open: db.open_tree("waiting-open")?,
             requests,
             db,
-            committer: tx,
+            flusher: tx,
         };
         // Databases made before the open-request index get it once.
         if !store.db.contains_key(b"waiting-open-indexed")? {
@@ -239,17 +238,37 @@ impl Store {
             .collect()
     }
 
-    /// Stores a signing result durably: returns once it is flushed.
-    pub async fn put_request(&self, r: SignRecord) -> Result<(), StoreError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.committer
-            .send((r, tx))
-            .map_err(|_| StoreError::Committer)?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Write(e)),
-            Err(_) => Err(StoreError::Committer),
+    /// Stores a signing result whose ceremony is already durable in the audit log:
+    /// every reader sees it at once; it reaches the disk with the next background
+    /// flush, and a crash before that is repaired from the log at the next start.
+    pub fn put_request(&self, r: &SignRecord) -> Result<(), StoreError> {
+        self.requests
+            .insert(r.request_id.as_bytes(), serde_json::to_vec(r)?)?;
+        // A stopped flusher (only at exit) leaves it to the log and the next start.
+        let _ = self.flusher.send(());
+        Ok(())
+    }
+
+    /// Whether a signing result is stored for `request_id`.
+    pub fn has_request(&self, request_id: &str) -> Result<bool, StoreError> {
+        Ok(self.requests.contains_key(request_id.as_bytes())?)
+    }
+
+    /// Puts back signing results found in the audit log but not here (the store lost
+    /// its last background flush in a crash), counting them toward their keys'
+    /// signature limits (their counts were written after them, so were lost with them;
+    /// should one have survived, the key is counted once too often and retires early,
+    /// never late), and flushes.
+    pub fn restore_requests(&self, records: &[SignRecord]) -> Result<(), StoreError> {
+        for r in records {
+            if !self.has_request(&r.request_id)? {
+                self.requests
+                    .insert(r.request_id.as_bytes(), serde_json::to_vec(r)?)?;
+                self.bump_signatures(&r.key_id)?;
+            }
         }
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Stores a request that waits for approvals (or its latest state) durably.
@@ -317,34 +336,14 @@ impl Store {
     }
 }
 
-/// Writes every waiting record, flushes once, answers everyone; until the channel closes.
-fn commit_loop(db: &sled::Db, tree: &sled::Tree, rx: &std::sync::mpsc::Receiver<Pending>) {
-    const MAX_BATCH: usize = 1024;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let mut written = sled::Batch::default();
-        let mut results: Vec<Result<(), String>> = Vec::with_capacity(batch.len());
-        for (r, _) in &batch {
-            match serde_json::to_vec(r) {
-                Ok(v) => {
-                    written.insert(r.request_id.as_bytes(), v);
-                    results.push(Ok(()));
-                }
-                Err(e) => results.push(Err(e.to_string())),
-            }
-        }
-        let outcome = tree
-            .apply_batch(written)
-            .and_then(|_| db.flush().map(|_| ()))
-            .map_err(|e| e.to_string());
-        for ((_, reply), r) in batch.into_iter().zip(results) {
-            let _ = reply.send(r.and(outcome.clone()));
+/// Flushes after every wake-up (one flush for all the wake-ups waiting), until the
+/// store is dropped.
+fn flush_loop(db: &sled::Db, rx: &std::sync::mpsc::Receiver<()>) {
+    while rx.recv().is_ok() {
+        while rx.try_recv().is_ok() {}
+        if let Err(e) = db.flush() {
+            // The audit log holds every result; the next start restores what is lost.
+            tracing::error!("database flush of signing results failed: {e}");
         }
     }
 }

@@ -1456,8 +1456,11 @@ impl Signer for SignerService {
             // Never answer (until the coordinator gives up on us).
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
-        let (resp, issued) =
+        let (resp, logged) =
             with_suite!(k.suite, C => sign_with::<C>(i, &k, ask, opened.body, session))?;
+        // The share leaves only once its issue is on disk in our audit log (the entry
+        // was handed to the log before the share was computed, and synced meanwhile).
+        logged.await.map_err(unrecorded)?;
         if i.fault == Some(Fault::ReplayShares) {
             let mut first = i.replayed.lock().expect("lock");
             match first.as_ref() {
@@ -1465,11 +1468,6 @@ impl Signer for SignerService {
                 None => *first = Some(resp.clone()),
             }
         }
-        // The share leaves only once its issue is on disk in our audit log.
-        i.audit
-            .append(ax::SHARE_ISSUED, &issued)
-            .await
-            .map_err(unrecorded)?;
         i.shares_issued.inc();
         tracing::debug!(
             auth_us = t_auth.as_micros() as u64,
@@ -1930,13 +1928,20 @@ struct Ask<'a> {
     approvals: Vec<hot_warm_cold::Approval>,
 }
 
+/// Checks `ask` against the key's policy, records the use, and computes this signer's
+/// share. The `share-issued` audit entry is handed to the log once the policy admitted
+/// the request and the nonces are taken, before the share is computed (so its sync and
+/// the arithmetic overlap): the second value waits for it, and the share must not
+/// leave before. Computing a share of an admitted request with this signer's own
+/// commitment does not fail; if it ever did, the entry would name a share that never
+/// left (never the reverse).
 fn sign_with<C: EngineSuite>(
     i: &Inner,
     k: &Loaded,
     ask: Ask<'_>,
     body: &[u8],
     session: SessionId,
-) -> Result<(SignShareResponse, ax::ShareIssued), Status> {
+) -> Result<(SignShareResponse, custody_audit::writer::PendingAppend), Status> {
     let key_id = ask.key_id;
     let share = k
         .share
@@ -1997,6 +2002,19 @@ fn sign_with<C: EngineSuite>(
     // Check, then persist, then sign: the nonces are already gone whatever the policy
     // says, and the use is durable before the share exists.
     i.admit(key_id, k, &request, &ask.approvals)?;
+    let transcript = sign::transcript_digest(key_id, ask.request_id, body);
+    let logged = i
+        .audit
+        .append_started(
+            ax::SHARE_ISSUED,
+            &ax::ShareIssued {
+                key_id: key_id.to_string(),
+                request_id: ask.request_id.to_string(),
+                session: session.to_string(),
+                transcript: hex::encode(transcript),
+            },
+        )
+        .map_err(unrecorded)?;
     let mut sig_share = nonces
         .sign(share, &package)
         .map_err(|e| engine_status("sign", e))?;
@@ -2011,17 +2029,11 @@ fn sign_with<C: EngineSuite>(
         to: Some(COORDINATOR),
     };
     let msg = sign::ShareMessage {
-        transcript: sign::transcript_digest(key_id, ask.request_id, body),
+        transcript,
         share: sig_share,
     };
     let env = identity::signed(&*i.identity, &header, &msg).map_err(|e| internal("encode", e))?;
-    let issued = ax::ShareIssued {
-        key_id: key_id.to_string(),
-        request_id: ask.request_id.to_string(),
-        session: session.to_string(),
-        transcript: hex::encode(msg.transcript),
-    };
-    Ok((SignShareResponse { share: env }, issued))
+    Ok((SignShareResponse { share: env }, logged))
 }
 
 type Drawn = (Vec<u8>, Vec<(Vec<u8>, Erased)>);
