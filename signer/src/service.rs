@@ -1460,6 +1460,7 @@ impl Signer for SignerService {
             with_suite!(k.suite, C => sign_with::<C>(i, &k, ask, opened.body, session))?;
         // The share leaves only once its issue is on disk in our audit log (the entry
         // was handed to the log before the share was computed, and synced meanwhile).
+        let t_signed = t0.elapsed();
         logged.await.map_err(unrecorded)?;
         if i.fault == Some(Fault::ReplayShares) {
             let mut first = i.replayed.lock().expect("lock");
@@ -1472,7 +1473,8 @@ impl Signer for SignerService {
         tracing::debug!(
             auth_us = t_auth.as_micros() as u64,
             open_us = (t_open - t_auth).as_micros() as u64,
-            sign_us = (t0.elapsed() - t_open).as_micros() as u64,
+            sign_us = (t_signed - t_open).as_micros() as u64,
+            audit_wait_us = (t0.elapsed() - t_signed).as_micros() as u64,
             "signature share"
         );
         Ok(Response::new(resp))
