@@ -14,7 +14,13 @@
 //! - **throughput**: signatures per second with 1, 16 and 64 concurrent clients.
 //!
 //! "Crypto alone on 2 cores" is `2 / baseline`: what the machine could sign if every
-//! core did nothing but the serial signature's arithmetic.
+//! core did nothing but the serial signature's arithmetic. The daemons' CPU time per
+//! signature (user + system, from `/proc`, coordinator and signers) at the highest
+//! level says the same less noisily: `serial / CPU per signature` is the share of the
+//! cluster's work that is the signature's arithmetic.
+//!
+//! `CUSTODY_BENCH_ONLY=software,secp256k1-tr` keeps only the named sealings and suites;
+//! `CUSTODY_BENCH_LEVELS=64` measures only those concurrency levels (for a profile).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -107,12 +113,33 @@ async fn latency(
     (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
+/// CPU time (user + system) the coordinator and signers used so far.
+fn daemons_cpu(cluster: &support::Cluster) -> Duration {
+    // /proc/<pid>/stat counts in USER_HZ ticks, 100 per second on Linux.
+    const TICK: Duration = Duration::from_millis(10);
+    let mut ticks = 0u64;
+    for name in cluster.daemon_names() {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", cluster.pid(&name)))
+            .expect("daemon stat");
+        // Fields after the command (which is in parentheses and may hold spaces).
+        let rest = &stat[stat.rfind(')').expect("stat") + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15, i.e. 11 and 12 after the command.
+        ticks += f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    }
+    TICK * ticks as u32
+}
+
+/// Signatures per second with `clients` concurrent clients, and the daemons' CPU time
+/// per signature meanwhile.
 async fn throughput(
+    cluster: &support::Cluster,
     client: &CustodyClient<tonic::transport::Channel>,
     key: &str,
     clients: usize,
     secs: u64,
-) -> f64 {
+) -> (f64, Duration) {
+    let cpu0 = daemons_cpu(cluster);
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let t0 = Instant::now();
@@ -139,7 +166,9 @@ async fn throughput(
     for t in tasks {
         t.await.expect("client task");
     }
-    done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+    let n = done.load(Ordering::Relaxed);
+    let cpu = (daemons_cpu(cluster) - cpu0) / n.max(1) as u32;
+    (n as f64 / t0.elapsed().as_secs_f64(), cpu)
 }
 
 /// Concurrency levels for throughput: `CUSTODY_BENCH_LEVELS` (comma-separated), default
@@ -175,7 +204,8 @@ fn selected(name: &str) -> bool {
 struct Row {
     p50: Duration,
     p99: Duration,
-    tput: Vec<(usize, f64)>,
+    /// (clients, signatures per second, daemons' CPU time per signature).
+    tput: Vec<(usize, f64, Duration)>,
     rpc_floor: Duration,
 }
 
@@ -232,7 +262,8 @@ fn measure(
         let (p50, p99) = latency(&client, &key, samples).await;
         let mut tput = Vec::new();
         for c in levels() {
-            tput.push((c, throughput(&client, &key, c, secs).await));
+            let (rate, cpu) = throughput(cluster, &client, &key, c, secs).await;
+            tput.push((c, rate, cpu));
         }
         Row {
             p50,
@@ -286,29 +317,35 @@ fn main() {
         .iter()
         .map(|c| format!(" {c} client{} |", if *c == 1 { "" } else { "s" }))
         .collect();
-    println!("| signers seal with | suite | in-process serial signature | gRPC floor (GetKey p50) | p50 | p99 | p50 / serial |{heads} crypto alone on 2 cores (2 / serial) | {top} clients / crypto alone |");
+    println!("| signers seal with | suite | in-process serial signature | gRPC floor (GetKey p50) | p50 | p99 | p50 / serial |{heads} crypto alone on 2 cores (2 / serial) | {top} clients / crypto alone | daemons' CPU per signature at {top} clients | serial / that CPU |");
     println!(
-        "|---|---|---|---|---|---|---|{}---|---|",
+        "|---|---|---|---|---|---|---|{}---|---|---|---|",
         "---|".repeat(levels.len())
     );
     for (sealing, suite, base, r) in rows {
         let crypto = 2.0 / base.as_secs_f64();
-        let tput: String = r.tput.iter().map(|(_, x)| format!(" {x:.0}/s |")).collect();
-        let best = r
+        let tput: String = r
             .tput
             .iter()
-            .find(|(c, _)| *c == top)
-            .map(|(_, x)| *x)
-            .unwrap_or(0.0);
+            .map(|(_, x, _)| format!(" {x:.0}/s |"))
+            .collect();
+        let (best, cpu) = r
+            .tput
+            .iter()
+            .find(|(c, _, _)| *c == top)
+            .map(|(_, x, cpu)| (*x, *cpu))
+            .unwrap_or_default();
         println!(
-            "| {sealing} | {suite} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}× |{tput} {:.0}/s | {:.0}% |",
+            "| {sealing} | {suite} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}× |{tput} {:.0}/s | {:.0}% | {:.2} ms | {:.0}% |",
             ms(base),
             ms(r.rpc_floor),
             ms(r.p50),
             ms(r.p99),
             r.p50.as_secs_f64() / base.as_secs_f64(),
             crypto,
-            100.0 * best / crypto
+            100.0 * best / crypto,
+            ms(cpu),
+            100.0 * base.as_secs_f64() / cpu.as_secs_f64().max(1e-9),
         );
     }
 }

@@ -94,7 +94,8 @@ impl Cluster {
         self.dev = Self::spawn_dev(&self.dir, &[]);
     }
 
-    fn daemon_names(&self) -> Vec<String> {
+    /// The signer and coordinator directories' names (`coordinator`, `signer-1`, …).
+    pub fn daemon_names(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(&self.dir)
             .map(|d| {
                 d.filter_map(|e| e.ok())
