@@ -877,6 +877,18 @@ fn sign_transfer(
 fn signers_enforce_the_key_policy_even_against_their_coordinator() {
     // 3-of-3: every signer takes part in every signature, so every ledger sees all.
     let c = Cluster::start("policy", 3, 3);
+    // An empty policy file is a mistake, never the permissive development policy.
+    let empty = c.dir.join("empty-policy.json");
+    std::fs::write(&empty, "\n").expect("policy");
+    let err = c.fails(&[
+        "key",
+        "create",
+        "--suite",
+        "secp256k1-tr",
+        "--policy",
+        empty.to_str().expect("path"),
+    ]);
+    assert!(err.contains("the file is empty"), "{err}");
     let policy_file = c.dir.join("policy.json");
     std::fs::write(&policy_file, LIMITED_POLICY).expect("policy");
     let k = c.json(&[

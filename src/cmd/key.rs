@@ -182,8 +182,20 @@ pub fn run(cmd: Cmd) -> Result<(), Error> {
                 json,
             } => {
                 let policy = match policy {
-                    Some(f) => std::fs::read_to_string(&f)
-                        .map_err(|e| format!("--policy {}: {e}", f.display()))?,
+                    Some(f) => {
+                        let text = std::fs::read_to_string(&f)
+                            .map_err(|e| format!("--policy {}: {e}", f.display()))?;
+                        // An empty request policy means the permissive development
+                        // policy: never from a file that is empty by mistake.
+                        if text.trim().is_empty() {
+                            return Err(format!(
+                                "--policy {}: the file is empty (omit --policy for the permissive development policy)",
+                                f.display()
+                            )
+                            .into());
+                        }
+                        text
+                    }
                     None => String::new(),
                 };
                 let mut c = conn.connect().await?;
