@@ -57,6 +57,16 @@ fn production_examples_parse_and_every_key_is_documented() {
     assert_eq!(c.default_threshold, 3);
     assert!(c.console_listen.is_some());
     documented(&s, &docs, "coordinator.toml");
+    // Out-of-range timeouts are refused with the key's name.
+    for (from, to, key) in [
+        ("sign_ms = 2000", "sign_ms = 0", "timeouts.sign_ms"),
+        ("dkg_ms = 30000", "dkg_ms = 3600001", "timeouts.dkg_ms"),
+    ] {
+        assert!(s.contains(from), "{from}");
+        let e = custody_coordinator::Config::parse(&s.replace(from, to))
+            .expect_err("out-of-range timeout");
+        assert!(e.contains(key), "{e}");
+    }
 
     let s = read("payments.toml");
     let c = custody_payments::Config::parse(&s).expect("payments.toml");

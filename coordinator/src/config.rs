@@ -114,7 +114,7 @@ impl Config {
     }
 
     /// Checks what serde cannot: every signer has exactly one address source, names are
-    /// unique, the default threshold fits.
+    /// unique, the default threshold fits, timeouts are between 1 ms and an hour.
     pub fn check(&self) -> Result<(), String> {
         if self.signers.is_empty() {
             return Err("signers: at least one signer is required".into());
@@ -143,6 +143,19 @@ impl Config {
                 "default_threshold {}: need 2 <= t <= {n} (the number of signers)",
                 self.default_threshold
             ));
+        }
+        // A zero timeout fails every call; one past an hour hangs a request for good.
+        for (name, ms) in [
+            ("connect_ms", self.timeouts.connect_ms),
+            ("sign_ms", self.timeouts.sign_ms),
+            ("dkg_ms", self.timeouts.dkg_ms),
+            ("backoff_ms", self.timeouts.backoff_ms),
+        ] {
+            if ms == 0 || ms > 3_600_000 {
+                return Err(format!(
+                    "timeouts.{name} = {ms}: need 1..=3600000 (milliseconds)"
+                ));
+            }
         }
         if let Some(a) = self.console_listen {
             if a.ip().is_unspecified() {
