@@ -167,7 +167,7 @@ async fn throughput(
         t.await.expect("client task");
     }
     let n = done.load(Ordering::Relaxed);
-    let cpu = (daemons_cpu(cluster) - cpu0) / n.max(1) as u32;
+    let cpu = daemons_cpu(cluster).saturating_sub(cpu0) / n.max(1) as u32;
     (n as f64 / t0.elapsed().as_secs_f64(), cpu)
 }
 

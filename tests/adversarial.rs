@@ -250,6 +250,22 @@ fn a_coordinator_cannot_reuse_commitments_or_dkg_messages() {
     assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
     assert!(ask("signer-2").is_ok());
 
+    // A package with fewer commitments than the key's threshold is refused before the
+    // signer takes a nonce, spends allowance or writes `share-issued`.
+    let (mut one, short) = rt.block_on(rogue::package(&c, &key, 1, b"too few".to_vec()));
+    let st = rt
+        .block_on(
+            one[0].sign_share(custody_protocol::proto::SignShareRequest {
+                key_id: key.clone(),
+                package: short,
+                request_id: "too-few".into(),
+                ..Default::default()
+            }),
+        )
+        .expect_err("below the threshold");
+    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+    assert!(st.message().contains("threshold"), "{st:?}");
+
     // The honest signers keep serving the real coordinator.
     let s = c.json(&["sign", "--key", &key, "--message", "00", "--json"]);
     assert!(verify_independently(

@@ -31,7 +31,9 @@ pub(crate) fn open(
     identity: custody_audit::writer::SharedIdentity,
     store: &Store,
 ) -> Result<AuditLog, String> {
-    let mut lost = Vec::new();
+    // By request id: should the log hold two signatures of one request (a retry after
+    // the store refused the first), the later one is what the client last received.
+    let mut lost: std::collections::BTreeMap<String, SignRecord> = Default::default();
     let mut problem = None;
     let (log, opened) = AuditLog::open_visiting(
         &core_dir.join("audit.log"),
@@ -41,9 +43,14 @@ pub(crate) fn open(
         &mut |e| {
             if problem.is_none() && e.kind == ax::SIGNATURE {
                 match lost_result(store, e) {
-                    Ok(Some(rec)) => lost.push(rec),
+                    Ok(Some(rec)) => {
+                        lost.insert(rec.request_id.clone(), rec);
+                    }
                     Ok(None) => {}
-                    Err(why) => problem = Some(format!("audit entry {}: {why}", e.seq)),
+                    Err(why) => problem = Some(format!(
+                        "audit entry {} (a signature) cannot be read: {why}; the coordinator does not start, since it could not tell whether that request was signed (check the log with `custody audit verify`)",
+                        e.seq
+                    )),
                 }
             }
         },
@@ -53,6 +60,18 @@ pub(crate) fn open(
         return Err(p);
     }
     if !lost.is_empty() {
+        let lost: Vec<(SignRecord, bool)> = lost
+            .into_values()
+            .map(|r| {
+                let counted = store
+                    .key(&r.key_id)
+                    .ok()
+                    .flatten()
+                    .and_then(|k| hot_warm_cold::Policy::from_json(&k.policy).ok())
+                    .is_some_and(|p| p.max_signatures.is_some());
+                (r, counted)
+            })
+            .collect();
         store
             .restore_requests(&lost)
             .map_err(|e| format!("restoring signing results from the audit log: {e}"))?;
@@ -311,8 +330,43 @@ mod tests {
         Store::open(path).unwrap()
     }
 
+    /// A key with a signature limit (only such keys are counted).
+    fn limited_key(key_id: &str) -> crate::store::KeyMeta {
+        let mut policy = hot_warm_cold::Policy::permissive_hot();
+        policy.max_signatures = Some(100);
+        crate::store::KeyMeta {
+            key_id: key_id.into(),
+            name: String::new(),
+            suite: "ed25519".into(),
+            threshold: 2,
+            signers: vec![],
+            identities: vec![],
+            public_key: String::new(),
+            public_key_set: String::new(),
+            tier: "hot".into(),
+            state: "active".into(),
+            created_at: 0,
+            dkg_session: String::new(),
+            policy: policy.to_json(),
+            rotated_from: String::new(),
+            rotated_to: String::new(),
+            state_reason: String::new(),
+            policy_version: 0,
+            pending_refresh: None,
+        }
+    }
+
+    /// Appends a `signature` entry and waits for it (and for everything before it,
+    /// such as the start entry, so the file is complete before it is opened again).
+    async fn sign_entry(log: &AuditLog, t: SigningTranscript) {
+        log.append(ax::SIGNATURE, &ax::Signature { transcript: t })
+            .await
+            .unwrap();
+    }
+
     /// A result the audit log holds and the store lost (a crash before the store's
-    /// background flush) is back after the next open, once, and counted once.
+    /// background flush) is back after the next open, once, and counted once; of two
+    /// signatures of one request id the later one comes back.
     #[tokio::test]
     async fn results_lost_by_the_store_come_back_from_the_audit_log() {
         let dir =
@@ -322,51 +376,69 @@ mod tests {
         let id: custody_audit::writer::SharedIdentity =
             Arc::new(custody_protocol::IdentityKey::from_secret_bytes(&[9; 64]));
         {
-            // The run that crashed: both results reached the log, one the store.
+            // The run that crashed: every result reached the log, one the store.
             let store = Store::open(&dir.join("db")).unwrap();
+            store.put_key(&limited_key("k1")).unwrap();
             let log = open(&dir, "coordinator", id.clone(), &store).unwrap();
-            for (rid, msg) in [("kept", b"one".as_slice()), ("lost", b"two".as_slice())] {
-                log.append(
-                    ax::SIGNATURE,
-                    &ax::Signature {
-                        transcript: transcript(rid, msg),
-                    },
-                )
-                .await
+            sign_entry(&log, transcript("kept", b"one")).await;
+            sign_entry(&log, transcript("lost", b"two")).await;
+            let mut first = transcript("dup", b"three");
+            first.signature = "cd".repeat(64);
+            sign_entry(&log, first).await;
+            sign_entry(&log, transcript("dup", b"three")).await;
+            let bytes = std::fs::read(dir.join("audit.log")).unwrap();
+            let entry = custody_audit::entry::parse_records(&bytes)
+                .unwrap()
+                .into_iter()
+                .find(|e| e.kind == ax::SIGNATURE)
                 .unwrap();
-            }
-            let kept = lost_result(&Store::open(&dir.join("db2")).unwrap(), &{
-                let bytes = std::fs::read(dir.join("audit.log")).unwrap();
-                custody_audit::entry::parse_records(&bytes)
-                    .unwrap()
-                    .into_iter()
-                    .find(|e| e.kind == ax::SIGNATURE)
-                    .unwrap()
-            })
-            .unwrap()
-            .unwrap();
+            let kept = lost_result(&store, &entry).unwrap().unwrap();
             assert_eq!(kept.request_id, "kept");
-            store.put_request(&kept).unwrap();
             store.bump_signatures("k1").unwrap();
+            store.put_request(&kept).unwrap();
             store.restore_requests(&[]).unwrap(); // flush
+            assert!(lost_result(&store, &entry).unwrap().is_none());
         }
         let store = reopen(&dir.join("db"));
         assert!(store.request("lost").unwrap().is_none());
-        let _log = open(&dir, "coordinator", id.clone(), &store).unwrap();
+        let log = open(&dir, "coordinator", id.clone(), &store).unwrap();
         let lost = store.request("lost").unwrap().expect("restored");
         assert_eq!(lost.message, hex::encode(b"two"));
         assert_eq!(lost.signers, vec![1, 3]);
         assert_eq!(lost.signature, "ab".repeat(64));
         assert_eq!(lost.key_id, "k1");
         assert!(store.request("kept").unwrap().is_some());
-        // Counted: the kept one before the crash, the restored one now.
-        assert_eq!(store.bump_signatures("k1").unwrap(), 3);
-        drop(_log);
+        let dup = store.request("dup").unwrap().expect("restored");
+        assert_eq!(
+            dup.signature,
+            "ab".repeat(64),
+            "the later of two signatures"
+        );
+        // Counted: the kept one before the crash, the two restored ones now.
+        assert_eq!(store.signatures("k1").unwrap(), 3);
+        sign_entry(&log, transcript("after", b"four")).await;
+        store
+            .put_request(
+                &lost_result(&store, &{
+                    let bytes = std::fs::read(dir.join("audit.log")).unwrap();
+                    custody_audit::entry::parse_records(&bytes)
+                        .unwrap()
+                        .pop()
+                        .unwrap()
+                })
+                .unwrap()
+                .unwrap(),
+            )
+            .unwrap();
+        store.restore_requests(&[]).unwrap(); // flush
+        drop(log);
         drop(store);
-        // Opening again restores nothing more.
+        // Opening again restores and counts nothing more.
         let store = reopen(&dir.join("db"));
-        let _log = open(&dir, "coordinator", id, &store).unwrap();
-        assert_eq!(store.bump_signatures("k1").unwrap(), 4);
+        let log = open(&dir, "coordinator", id, &store).unwrap();
+        assert_eq!(store.signatures("k1").unwrap(), 3);
+        sign_entry(&log, transcript("last", b"five")).await;
+        drop(log);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -114,7 +114,8 @@ impl Config {
     }
 
     /// Checks what serde cannot: every signer has exactly one address source, names are
-    /// unique, the default threshold fits, timeouts are between 1 ms and an hour.
+    /// unique, the default threshold fits, timeouts are at most an hour (and not 0, but
+    /// for the back-off).
     pub fn check(&self) -> Result<(), String> {
         if self.signers.is_empty() {
             return Err("signers: at least one signer is required".into());
@@ -145,15 +146,16 @@ impl Config {
             ));
         }
         // A zero timeout fails every call; one past an hour hangs a request for good.
-        for (name, ms) in [
-            ("connect_ms", self.timeouts.connect_ms),
-            ("sign_ms", self.timeouts.sign_ms),
-            ("dkg_ms", self.timeouts.dkg_ms),
-            ("backoff_ms", self.timeouts.backoff_ms),
+        // A zero back-off is meaningful: a failed signer is not passed over.
+        for (name, ms, least) in [
+            ("connect_ms", self.timeouts.connect_ms, 1),
+            ("sign_ms", self.timeouts.sign_ms, 1),
+            ("dkg_ms", self.timeouts.dkg_ms, 1),
+            ("backoff_ms", self.timeouts.backoff_ms, 0),
         ] {
-            if ms == 0 || ms > 3_600_000 {
+            if ms < least || ms > 3_600_000 {
                 return Err(format!(
-                    "timeouts.{name} = {ms}: need 1..=3600000 (milliseconds)"
+                    "timeouts.{name} = {ms}: need {least}..=3600000 (milliseconds)"
                 ));
             }
         }

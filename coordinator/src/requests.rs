@@ -671,8 +671,10 @@ pub(crate) async fn propose_policy(
     Ok(to_proto(core, &w))
 }
 
-/// Retires active keys past their policy's maximum age (every signer refuses them
-/// already; this says so).
+/// Retires active keys past their policy's maximum age or number of signatures (every
+/// signer refuses them already; this says so). Signing retires a key at its limit at
+/// once; this also catches a count that reached it otherwise (results put back from
+/// the audit log at start, or a retirement that did not complete).
 async fn retire_old_keys(core: &Arc<Core>) {
     let keys = core.key_metas();
     for meta in keys {
@@ -682,12 +684,21 @@ async fn retire_old_keys(core: &Arc<Core>) {
         let Ok(policy) = hot_warm_cold::Policy::from_json(&meta.policy) else {
             continue;
         };
-        let Some(max) = policy.max_age_secs else {
-            continue;
-        };
-        let age = now().saturating_sub(meta.created_at);
-        if age > max {
-            let why = format!("key is {age} s old, policy allows {max} s");
+        let mut why = None;
+        if let Some(max) = policy.max_signatures {
+            if let Ok(n) = core.store.signatures(&meta.key_id) {
+                if n >= max {
+                    why = Some(format!("{n} signatures made, policy allows {max}"));
+                }
+            }
+        }
+        if let Some(max) = policy.max_age_secs {
+            let age = now().saturating_sub(meta.created_at);
+            if age > max {
+                why = Some(format!("key is {age} s old, policy allows {max} s"));
+            }
+        }
+        if let Some(why) = why {
             if let Err(st) = crate::service::retire_by_policy(core, &meta.key_id, &why).await {
                 warn!(key_id = %meta.key_id, "automatic retirement not complete: {}", st.message());
             }

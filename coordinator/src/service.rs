@@ -893,13 +893,21 @@ pub(crate) async fn record_signature(
         created_at_ms: now_ms(),
     };
     let t0 = std::time::Instant::now();
-    // Durable already, in the audit log; the store flushes it in the background.
-    core.store.put_request(&rec).map_err(store_err)?;
     // A maximum number of signatures: counted here, by what this coordinator signed
     // (a signer's word alone does not retire a key); at the limit the key retires.
+    // Counted before the result is stored: sled recovers its writes in order, so a
+    // crash never keeps the result without its count (a count without its result is
+    // counted again when the result comes back from the audit log: early, never late).
+    let mut limit = None;
     if let Ok(policy) = hot_warm_cold::Policy::from_json(&key.meta().policy) {
         if let Some(max) = policy.max_signatures {
-            let n = core.store.bump_signatures(key_id).map_err(store_err)?;
+            limit = Some((core.store.bump_signatures(key_id).map_err(store_err)?, max));
+        }
+    }
+    // Durable already, in the audit log; the store flushes it in the background.
+    core.store.put_request(&rec).map_err(store_err)?;
+    {
+        if let Some((n, max)) = limit {
             if n >= max {
                 let (core, key_id) = (core.clone(), key_id.to_string());
                 let why = format!("{n} signatures made, policy allows {max}");
@@ -928,6 +936,15 @@ pub(crate) async fn retire_by_policy(
     key_id: &str,
     why: &str,
 ) -> Result<(), Status> {
+    // One retirement of a key at a time (signing at the limit and the ticker can both
+    // ask): the second finds it retired. The lock's id is no client's request id (those
+    // have no NUL).
+    let _one = core
+        .request_lock(&format!("retire-by-policy\0{key_id}"))
+        .await;
+    if core.key(key_id)?.meta().state != "active" {
+        return Ok(());
+    }
     let reason = format!("retired automatically: {why}");
     // The state and its reason are recorded together (a reader never sees one without
     // the other).

@@ -255,20 +255,32 @@ impl Store {
     }
 
     /// Puts back signing results found in the audit log but not here (the store lost
-    /// its last background flush in a crash), counting them toward their keys'
-    /// signature limits (their counts were written after them, so were lost with them;
-    /// should one have survived, the key is counted once too often and retires early,
-    /// never late), and flushes.
-    pub fn restore_requests(&self, records: &[SignRecord]) -> Result<(), StoreError> {
-        for r in records {
+    /// its last background flush in a crash), and flushes. Those marked `counted`
+    /// (keys with a signature limit) are counted again, before being put back as at
+    /// signing: sled recovers writes in order, so a result is never back without its
+    /// count; a count that survived the crash without its result is counted twice,
+    /// and the key retires one signature early, never late.
+    pub fn restore_requests(&self, records: &[(SignRecord, bool)]) -> Result<(), StoreError> {
+        for (r, counted) in records {
             if !self.has_request(&r.request_id)? {
+                if *counted {
+                    self.bump_signatures(&r.key_id)?;
+                }
                 self.requests
                     .insert(r.request_id.as_bytes(), serde_json::to_vec(r)?)?;
-                self.bump_signatures(&r.key_id)?;
             }
         }
         self.db.flush()?;
         Ok(())
+    }
+
+    /// How many signatures of `key_id` were counted toward its signature limit.
+    pub fn signatures(&self, key_id: &str) -> Result<u64, StoreError> {
+        let tree = self.db.open_tree("signature-counts")?;
+        Ok(tree
+            .get(key_id.as_bytes())?
+            .and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
+            .map_or(0, u64::from_be_bytes))
     }
 
     /// Stores a request that waits for approvals (or its latest state) durably.

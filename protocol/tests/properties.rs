@@ -303,6 +303,25 @@ fn non_canonical_ed25519_y_is_refused() {
             assert!(!Ed::accepted_is_canonical(&b), "y = p + {k}");
         }
     }
+    // secp256k1: x at or above p never decodes, with either tag.
+    let mut p = [0xffu8; 32]; // p = 2^256 - 2^32 - 977 = ff..ff fffffffe fffffc2f
+    p[27] = 0xfe;
+    p[30] = 0xfc;
+    p[31] = 0x2f;
+    for tag in [2u8, 3] {
+        for x in [p, [0xff; 32], {
+            let mut q = p;
+            q[31] = 0x30;
+            q
+        }] {
+            let mut b = [tag; 33];
+            b[1..].copy_from_slice(&x);
+            assert!(
+                !accepted_encoding_is_canonical::<Secp>(&b).unwrap(),
+                "x >= p decodes: {b:?}"
+            );
+        }
+    }
     // The largest canonical y is accepted by the byte check.
     let mut b = [0xffu8; 32];
     b[0] = 0xec;

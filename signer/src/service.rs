@@ -1934,9 +1934,10 @@ struct Ask<'a> {
 /// share. The `share-issued` audit entry is handed to the log once the policy admitted
 /// the request and the nonces are taken, before the share is computed (so its sync and
 /// the arithmetic overlap): the second value waits for it, and the share must not
-/// leave before. Computing a share of an admitted request with this signer's own
-/// commitment does not fail; if it ever did, the entry would name a share that never
-/// left (never the reverse).
+/// leave before. What could make computing the share fail is checked before the entry
+/// (the package holds only signers of this key, at least t, and this signer's own
+/// unused commitment); were it ever to fail anyway, the entry would name a share that
+/// never left, never the reverse.
 fn sign_with<C: EngineSuite>(
     i: &Inner,
     k: &Loaded,
@@ -1953,6 +1954,12 @@ fn sign_with<C: EngineSuite>(
         SigningPackage::<C>::decode_body(r)
     })
     .map_err(|e| engine_status("signing package", e))?;
+    // Signers of this key only, at least t of them: what computing the share needs
+    // besides our own commitment (checked below), so that once the request is admitted
+    // the share cannot fail, and a malformed package takes no nonce and no allowance.
+    package
+        .check_against(share.public())
+        .map_err(|e| engine_status("signing package", e))?;
     // The request, as this signer sees it: a transfer's message is computed here, and
     // the package must carry exactly it.
     let request = match ask.transfer {

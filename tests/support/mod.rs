@@ -196,6 +196,12 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        assert!(
+            !proc_dir.exists(),
+            "{daemon} ({}) is still running 20 s after kill -9; its log ends:\n{}",
+            pid.trim(),
+            self.log_tail(daemon)
+        );
     }
 
     /// Starts a daemon again (after [`Cluster::kill`]) as a child of the test.
