@@ -32,6 +32,9 @@ pub const MAX_BODY: usize = 8 << 20;
 pub const MAX_KIND: usize = 64;
 /// Fixed bytes of a record besides kind and body.
 const FIXED: usize = 1 + 8 + 8 + 32 + 1 + 4 + 64;
+/// The longest a record can be after its 4-byte length (readers bound their buffers
+/// by it).
+pub const MAX_RECORD: usize = FIXED + MAX_KIND + MAX_BODY;
 
 /// A decoded entry.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -140,7 +143,7 @@ impl Entry {
             })
         };
         let len = u32::from_be_bytes(take(0, 4)?.try_into().expect("4 bytes")) as usize;
-        if !(FIXED + 1..=FIXED + MAX_KIND + MAX_BODY).contains(&len) {
+        if !(FIXED + 1..=MAX_RECORD).contains(&len) {
             return Err(FormatError::Malformed(format!("record length {len}")));
         }
         let rec = take(4, len)?;

@@ -85,6 +85,20 @@ struct Job {
     reply: Option<oneshot::Sender<Result<Appended, AuditError>>>,
 }
 
+/// Whether everything `reader` has left is zeros.
+fn rest_is_zeros(reader: &mut impl Read, path: &Path) -> Result<bool, AuditError> {
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| io(path, e))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+    }
+}
+
 /// An entry handed to the writer ([`AuditLog::append_started`]): resolves once it is
 /// on disk (or failed).
 #[derive(Debug)]
@@ -222,42 +236,64 @@ impl AuditLog {
         role: &str,
         visit: &mut dyn FnMut(&Entry),
     ) -> Result<(AuditLog, Opened), AuditError> {
+        // Read record by record (a log of years does not fit in memory), with the
+        // rules of a whole-file parse: a record cut short at the end of the file, or a
+        // malformed one followed only by zeros (where the file grew before its data
+        // landed: a crash inside an unacknowledged write), is a torn tail; anything
+        // else malformed is damage.
         file.seek(SeekFrom::Start(0)).map_err(|e| io(path, e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| io(path, e))?;
+        let file_len = file.metadata().map_err(|e| io(path, e))?.len();
         let damaged = |index: usize, why: String| AuditError::Damaged {
             path: path.display().to_string(),
             index,
             why,
         };
-        let mut at = 0usize;
+        let mut at = 0u64;
         let mut prev = [0u8; 32];
         let mut last: Option<Entry> = None;
         let mut count = 0u64;
-        let mut truncated_tail = 0;
-        while at < bytes.len() {
-            match Entry::from_record(&bytes[at..]) {
-                Ok((e, used)) => {
-                    if e.seq != count || e.prev != prev {
-                        return Err(damaged(count as usize, "chain broken".into()));
+        let mut truncated_tail = 0usize;
+        {
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
+            let mut rec: Vec<u8> = Vec::new();
+            while at < file_len {
+                let remaining = file_len - at;
+                let head = remaining.min(4) as usize;
+                rec.clear();
+                rec.resize(head, 0);
+                reader.read_exact(&mut rec).map_err(|e| io(path, e))?;
+                if head == 4 {
+                    let len = u32::from_be_bytes(rec[..4].try_into().expect("4 bytes")) as u64;
+                    // A length the format refuses is judged before the body is read.
+                    let body = if len as usize <= crate::entry::MAX_RECORD {
+                        len.min(remaining - 4) as usize
+                    } else {
+                        0
+                    };
+                    rec.resize(4 + body, 0);
+                    reader.read_exact(&mut rec[4..]).map_err(|e| io(path, e))?;
+                }
+                match Entry::from_record(&rec) {
+                    Ok((e, used)) => {
+                        if e.seq != count || e.prev != prev {
+                            return Err(damaged(count as usize, "chain broken".into()));
+                        }
+                        prev = e.hash();
+                        count += 1;
+                        at += used as u64;
+                        visit(&e);
+                        last = Some(e);
                     }
-                    prev = e.hash();
-                    count += 1;
-                    at += used;
-                    visit(&e);
-                    last = Some(e);
+                    Err(FormatError::Truncated { .. }) => {
+                        truncated_tail = remaining as usize;
+                        break;
+                    }
+                    Err(_) if rec.iter().all(|b| *b == 0) && rest_is_zeros(&mut reader, path)? => {
+                        truncated_tail = remaining as usize;
+                        break;
+                    }
+                    Err(e) => return Err(damaged(count as usize, e.to_string())),
                 }
-                Err(FormatError::Truncated { .. }) => {
-                    truncated_tail = bytes.len() - at;
-                    break;
-                }
-                // Zeros where the file grew before its data landed (a crash inside an
-                // unacknowledged write): a torn tail too.
-                Err(_) if bytes[at..].iter().all(|b| *b == 0) => {
-                    truncated_tail = bytes.len() - at;
-                    break;
-                }
-                Err(e) => return Err(damaged(count as usize, e.to_string())),
             }
         }
         let me = identity.public();
@@ -270,19 +306,18 @@ impl AuditLog {
             }
         }
         if truncated_tail > 0 {
-            file.set_len(at as u64).map_err(|e| io(path, e))?;
+            file.set_len(at).map_err(|e| io(path, e))?;
             file.sync_data().map_err(|e| io(path, e))?;
             tracing::warn!(path = %path.display(), bytes = truncated_tail, "audit log: cut off an incomplete last record (a write interrupted by a crash)");
         }
-        file.seek(SeekFrom::Start(at as u64))
-            .map_err(|e| io(path, e))?;
+        file.seek(SeekFrom::Start(at)).map_err(|e| io(path, e))?;
         let mut state = State {
             file,
             path: path.to_path_buf(),
             identity,
             next_seq: count,
             prev,
-            len: at as u64,
+            len: at,
             failed: None,
             counts: Arc::new(Counts::default()),
         };

@@ -94,6 +94,28 @@ fn a_written_log_verifies_and_survives_restarts_and_torn_writes() {
     assert_eq!(entries.len(), 4);
     drop(log);
 
+    // Zeros where the file grew before a write's data landed: cut off too, however
+    // long (read in chunks, not as a whole file).
+    let mut raw = std::fs::read(&path).unwrap();
+    let whole = raw.len();
+    raw.extend(std::iter::repeat_n(0u8, 3 << 20));
+    std::fs::write(&path, &raw).unwrap();
+    let (log, opened) = AuditLog::open(&path, shared(&k), "coordinator", "coordinator").unwrap();
+    assert_eq!(opened.entries, 4);
+    assert_eq!(opened.truncated_tail, 3 << 20);
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, whole);
+    drop(log);
+    // A malformed record with anything but zeros after it is damage, not a torn tail.
+    let mut raw = std::fs::read(&path).unwrap();
+    raw.extend_from_slice(&[0, 0, 0, 0]);
+    raw.extend(std::iter::repeat_n(0u8, 100_000));
+    raw.push(1);
+    std::fs::write(&path, &raw).unwrap();
+    let err = AuditLog::open(&path, shared(&k), "coordinator", "coordinator").unwrap_err();
+    assert!(matches!(err, AuditError::Damaged { .. }), "{err}");
+    raw.truncate(whole);
+    std::fs::write(&path, &raw).unwrap();
+
     // Another daemon's key cannot continue this log.
     let err = AuditLog::open(&path, shared(&key(4)), "coordinator", "coordinator").unwrap_err();
     assert!(matches!(err, AuditError::Damaged { .. }), "{err}");
