@@ -186,14 +186,7 @@ impl AuditLog {
         writer: &str,
         role: &str,
     ) -> Result<(AuditLog, Opened), AuditError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| io(path, e))?;
-        Self::open_file(path, file, identity, writer, role)
+        Self::open_visiting(path, identity, writer, role, &mut |_| {})
     }
 
     /// Like [`AuditLog::open`], and shows `visit` every entry already in the file, in
