@@ -384,10 +384,7 @@ impl AuditLog {
         kind: &str,
         body: &T,
     ) -> Result<Appended, AuditError> {
-        let body = serde_json::to_vec(body).map_err(|e| AuditError::Entry(e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        self.send(kind, body, Some(tx))?;
-        rx.await.map_err(|_| AuditError::Stopped)?
+        self.append_started(kind, body)?.await
     }
 
     /// Hands an entry to the writer now and returns what waits until it is on disk, so

@@ -906,18 +906,14 @@ pub(crate) async fn record_signature(
     }
     // Durable already, in the audit log; the store flushes it in the background.
     core.store.put_request(&rec).map_err(store_err)?;
-    {
-        if let Some((n, max)) = limit {
-            if n >= max {
-                let (core, key_id) = (core.clone(), key_id.to_string());
-                let why = format!("{n} signatures made, policy allows {max}");
-                tokio::spawn(async move {
-                    if let Err(e) = retire_by_policy(&core, &key_id, &why).await {
-                        warn!(%key_id, "automatic retirement not complete: {}", e.message());
-                    }
-                });
+    if let Some((n, max)) = limit.filter(|(n, max)| n >= max) {
+        let (core, key_id) = (core.clone(), key_id.to_string());
+        let why = format!("{n} signatures made, policy allows {max}");
+        tokio::spawn(async move {
+            if let Err(e) = retire_by_policy(&core, &key_id, &why).await {
+                warn!(%key_id, "automatic retirement not complete: {}", e.message());
             }
-        }
+        });
     }
     tracing::debug!(
         store_us = t0.elapsed().as_micros() as u64,
