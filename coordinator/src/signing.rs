@@ -342,19 +342,28 @@ pub(crate) async fn sign<C: EngineSuite>(
             package: identity::seal_envelope(&*core.identity, &package_msg)
                 .map_err(|e| Status::internal(format!("signing package: {e}")))?,
         });
-        let Some(answers) = on_quorum(&quorum, &mut tracker, key, |p, h| {
-            let (core, key, ask) = (core.clone(), key.clone(), ask.clone());
-            async move { request_share(&core, &key, p, &h, ask).await }
-        })
-        .await?
-        else {
+        // Most of the aggregation needs only the package: it runs here while the
+        // signers compute their shares.
+        let (answers, prepared) = on_quorum_meanwhile(
+            &quorum,
+            &mut tracker,
+            key,
+            |p, h| {
+                let (core, key, ask) = (core.clone(), key.clone(), ask.clone());
+                async move { request_share(&core, &key, p, &h, ask).await }
+            },
+            || sign::prepare_aggregate(&key.public, &package),
+        )
+        .await?;
+        let Some(answers) = answers else {
             tracker.check_stale(n)?;
             continue;
         };
 
         let t2 = t0.elapsed();
         let shares: BTreeMap<_, _> = answers.iter().map(|(p, (s, _))| (*p, *s)).collect();
-        let aggregated = sign::aggregate(&key.public, &package, &shares);
+        let aggregated =
+            prepared.and_then(|prepared| prepared.finish(&key.public, &package, &shares));
         debug!(
             key_id = %key.meta.key_id,
             commitments_us = t1.as_micros() as u64,
@@ -459,13 +468,57 @@ where
     T: Send + 'static,
     Fut: std::future::Future<Output = Result<T, Dropout>> + Send + 'static,
 {
-    let tasks: Vec<_> = quorum
+    collect(ask_all(quorum, f), tracker, key).await
+}
+
+/// Like [`on_quorum`], and runs `meanwhile` once every member has been asked, before
+/// waiting for the answers.
+async fn on_quorum_meanwhile<C, T, Fut, M>(
+    quorum: &[(ParticipantId, Arc<SignerHandle>)],
+    tracker: &mut Tracker,
+    key: &KeyRt<C>,
+    f: impl Fn(ParticipantId, Arc<SignerHandle>) -> Fut,
+    meanwhile: impl FnOnce() -> M,
+) -> Result<(Option<BTreeMap<ParticipantId, T>>, M), Status>
+where
+    C: EngineSuite,
+    T: Send + 'static,
+    Fut: std::future::Future<Output = Result<T, Dropout>> + Send + 'static,
+{
+    let tasks = ask_all(quorum, f);
+    // Let the requests start (the runtime would otherwise keep the last one spawned
+    // for this thread, after `meanwhile`).
+    tokio::task::yield_now().await;
+    let m = meanwhile();
+    Ok((collect(tasks, tracker, key).await?, m))
+}
+
+type Asked<T> = Vec<tokio::task::JoinHandle<(ParticipantId, Result<T, Dropout>)>>;
+
+/// Starts `f` for every member of the quorum.
+fn ask_all<T, Fut>(
+    quorum: &[(ParticipantId, Arc<SignerHandle>)],
+    f: impl Fn(ParticipantId, Arc<SignerHandle>) -> Fut,
+) -> Asked<T>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = Result<T, Dropout>> + Send + 'static,
+{
+    quorum
         .iter()
         .map(|(p, h)| {
             let (p, fut) = (*p, f(*p, h.clone()));
             tokio::spawn(async move { (p, fut.await) })
         })
-        .collect();
+        .collect()
+}
+
+/// Every answer of `tasks`, or `None` (after noting who dropped out) when any failed.
+async fn collect<C: EngineSuite, T>(
+    tasks: Asked<T>,
+    tracker: &mut Tracker,
+    key: &KeyRt<C>,
+) -> Result<Option<BTreeMap<ParticipantId, T>>, Status> {
     let mut out = BTreeMap::new();
     let mut complete = true;
     for task in tasks {

@@ -411,6 +411,94 @@ impl<C: EngineSuite> SignatureShare<C> {
     }
 }
 
+/// Aggregation in two steps, so that most of its work runs while the signers compute
+/// their shares: [`prepare_aggregate`] needs only the package (binding factors and the
+/// group commitment); [`PreparedAggregate::finish`] sums the shares and verifies the
+/// signature. The result is exactly [`aggregate`]'s, culprits included.
+pub struct PreparedAggregate<C: EngineSuite> {
+    /// The package and public keys as the ciphersuite aggregates them (BIP340: even Y).
+    package: frost_core::SigningPackage<C>,
+    pubkeys: frost_core::keys::PublicKeyPackage<C>,
+    group_commitment: frost_core::GroupCommitment<C>,
+}
+
+impl<C: EngineSuite> core::fmt::Debug for PreparedAggregate<C> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PreparedAggregate").finish_non_exhaustive()
+    }
+}
+
+/// The share-independent part of [`aggregate`] for `package` under `public`.
+pub fn prepare_aggregate<C: EngineSuite>(
+    public: &PublicKeySet<C>,
+    package: &SigningPackage<C>,
+) -> Result<PreparedAggregate<C>, Error> {
+    package.check_against(public)?;
+    let frost_pkg = package.to_frost();
+    let none = BTreeMap::new();
+    let (pkg, _, pubkeys) =
+        C::pre_aggregate(&frost_pkg, &none, public.frost_package()).map_err(frost_err)?;
+    let factors = frost_core::compute_binding_factor_list(&pkg, pubkeys.verifying_key(), &[])
+        .map_err(frost_err)?;
+    let pkg = C::pre_commitment_aggregate(&pkg, &factors).map_err(frost_err)?;
+    let group_commitment =
+        frost_core::compute_group_commitment(&pkg, &factors).map_err(frost_err)?;
+    Ok(PreparedAggregate {
+        package: pkg.into_owned(),
+        pubkeys: pubkeys.into_owned(),
+        group_commitment,
+    })
+}
+
+impl<C: EngineSuite> PreparedAggregate<C> {
+    /// Sums `shares` (one per signer of `package`, the package this was prepared
+    /// from) and verifies the signature; when it does not verify, falls back to
+    /// [`aggregate`], which checks every share and names the culprits.
+    pub fn finish(
+        &self,
+        public: &PublicKeySet<C>,
+        package: &SigningPackage<C>,
+        shares: &BTreeMap<ParticipantId, SignatureShare<C>>,
+    ) -> Result<[u8; 64], Error> {
+        if !shares.keys().eq(package.commitments.keys()) {
+            return Err(Error::WrongParticipants {
+                round: "signature shares",
+                expected: package.signers(),
+                got: shares.keys().copied().collect(),
+            });
+        }
+        type F<C> = <<C as frost_core::Ciphersuite>::Group as frost_core::Group>::Field;
+        let mut z = <F<C> as frost_core::Field>::zero();
+        for s in shares.values() {
+            // frost keeps a share's scalar to itself: through its canonical bytes.
+            let bytes = s.0.serialize();
+            let mut r = Reader::new(&bytes);
+            z = z + wire::get_scalar::<C>(&mut r, "signature share")
+                .map_err(|e| Error::Frost(e.to_string()))?;
+        }
+        let sig = frost_core::Signature::new(self.group_commitment.clone().to_element(), z);
+        if self
+            .pubkeys
+            .verifying_key()
+            .verify(self.package.message(), &sig)
+            .is_err()
+        {
+            return aggregate(public, package, shares);
+        }
+        signature_bytes(&sig)
+    }
+}
+
+fn signature_bytes<C: EngineSuite>(sig: &frost_core::Signature<C>) -> Result<[u8; 64], Error> {
+    let bytes = sig.serialize().map_err(frost_err)?;
+    let mut out = [0u8; 64];
+    if bytes.len() != 64 {
+        return Err(Error::Frost(format!("signature of {} bytes", bytes.len())));
+    }
+    out.copy_from_slice(&bytes);
+    Ok(out)
+}
+
 /// Aggregates the shares of every signer of `package` into a 64-byte signature (BIP340
 /// or RFC 8032) valid under `public`. When the result does not verify, every share is
 /// checked and the error names all signers whose share is bad.
@@ -447,11 +535,5 @@ pub fn aggregate<C: EngineSuite>(
         frost_core::Error::InvalidSignature => Error::InvalidSignature,
         other => frost_err(other),
     })?;
-    let bytes = sig.serialize().map_err(frost_err)?;
-    let mut out = [0u8; 64];
-    if bytes.len() != 64 {
-        return Err(Error::Frost(format!("signature of {} bytes", bytes.len())));
-    }
-    out.copy_from_slice(&bytes);
-    Ok(out)
+    signature_bytes(&sig)
 }

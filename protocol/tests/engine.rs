@@ -426,3 +426,74 @@ fn key_share_storage_round_trip() {
     assert!(!format!("{s:?}").contains(&hex::encode(&bytes[4..36])));
     let _: ParticipantId = s.id();
 }
+
+/// Aggregation prepared from the package before the shares arrive gives exactly what
+/// `aggregate` gives, for many signatures (both Y parities of the group commitment in
+/// BIP340), and still names the signer of a bad share.
+fn prepared_aggregation_matches<C: EngineSuite>(seed: u64) {
+    use custody_protocol::sign::{self, SigningPackage};
+    use custody_protocol::wire::{Body, Reader, Writer};
+    let (_, shares, mut r) = setup::<C>(5, 3, seed);
+    let public = shares[&pid(1)].public().clone();
+    let quorum = pids(&[1, 3, 5]);
+    let mut bad_checked = 0;
+    for i in 0..24u8 {
+        let mut nonces = BTreeMap::new();
+        let mut comms = BTreeMap::new();
+        for p in &quorum {
+            let (n, c) = sign::commit(&shares[p], &mut r);
+            nonces.insert(*p, n);
+            comms.insert(*p, c);
+        }
+        let pkg = SigningPackage::new(comms, vec![i; 1 + i as usize]).expect("package");
+        let prepared = sign::prepare_aggregate(&public, &pkg).expect("prepare");
+        let mut s: BTreeMap<_, _> = nonces
+            .into_iter()
+            .map(|(p, n)| (p, n.sign(&shares[&p], &pkg).expect("share")))
+            .collect();
+        let full = sign::aggregate(&public, &pkg, &s).expect("aggregate");
+        assert_eq!(prepared.finish(&public, &pkg, &s).expect("finish"), full);
+        assert!(custody_protocol::verify_signature(
+            C::SUITE,
+            &public.public_key(),
+            pkg.message(),
+            &full
+        ));
+        // Fewer shares than signers: refused, not summed.
+        let mut fewer = s.clone();
+        fewer.remove(&pid(3));
+        assert!(matches!(
+            prepared.finish(&public, &pkg, &fewer),
+            Err(Error::WrongParticipants { .. })
+        ));
+        // A bad share from signer 3 (one bit flipped, still a canonical scalar).
+        let mut w = Writer::default();
+        s[&pid(3)].encode_body(&mut w).expect("encode");
+        let mut bytes = w.into_vec();
+        bytes[C::SCALAR_LEN / 2] ^= 1;
+        if let Ok(bad) = sign::SignatureShare::<C>::decode_body(&mut Reader::new(&bytes)) {
+            s.insert(pid(3), bad);
+            match prepared.finish(&public, &pkg, &s) {
+                Err(Error::InvalidSignatureShare { culprits }) => {
+                    assert_eq!(culprits, vec![pid(3)])
+                }
+                other => panic!("bad share accepted or misattributed: {other:?}"),
+            }
+            bad_checked += 1;
+        }
+    }
+    assert!(
+        bad_checked >= 20,
+        "only {bad_checked} corrupted shares were checked"
+    );
+}
+
+#[test]
+fn prepared_aggregation_matches_aggregate_secp256k1_tr() {
+    prepared_aggregation_matches::<custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR>(41);
+}
+
+#[test]
+fn prepared_aggregation_matches_aggregate_ed25519() {
+    prepared_aggregation_matches::<custody_protocol::frost_ed25519::Ed25519Sha512>(42);
+}

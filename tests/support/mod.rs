@@ -371,7 +371,9 @@ impl Drop for Cluster {
                 }
             }
         }
-        if !std::thread::panicking() {
+        // `CUSTODY_KEEP_CLUSTER=1` keeps the directory and its logs (to read daemons'
+        // debug timings after a benchmark).
+        if !std::thread::panicking() && std::env::var_os("CUSTODY_KEEP_CLUSTER").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
             let _ = std::fs::remove_file(self.dir.with_extension("dev-stderr.log"));
         }
