@@ -72,6 +72,44 @@ fn production_examples_parse_and_every_key_is_documented() {
     let c = custody_payments::Config::parse(&s).expect("payments.toml");
     assert!(c.settlement.is_some());
     documented(&s, &docs, "payments.toml");
+    // Settlement: exactly one address source, an id and a 32-byte pinned key, at load.
+    let coord = "coordinator = \"coordinator.custody.internal:7443\"";
+    assert!(s.contains(coord));
+    for (text, key) in [
+        (
+            s.replace(coord, &format!("{coord}\ncoordinator_addr_file = \"/x\"")),
+            "exactly one of coordinator and coordinator_addr_file",
+        ),
+        (
+            s.replace(coord, ""),
+            "exactly one of coordinator and coordinator_addr_file",
+        ),
+        (
+            s.replace("k-00112233445566778899aabbccddeeff", "k 1"),
+            "settlement.key_id",
+        ),
+        (
+            s.replacen(
+                &c.settlement.as_ref().unwrap().public_key.clone().unwrap(),
+                "abcd",
+                1,
+            ),
+            "settlement.public_key",
+        ),
+    ] {
+        let e = custody_payments::Config::parse(&text).expect_err(key);
+        assert!(e.contains(key), "{e}");
+    }
+    // A `[batch]` table with one key keeps the other's default.
+    let ages = "max_age_secs = 60\n";
+    assert!(s.contains(ages));
+    let partial = s
+        .replace(ages, "")
+        .replace("max_count = 10000", "max_count = 500");
+    let b = custody_payments::Config::parse(&partial)
+        .expect("partial [batch]")
+        .batch;
+    assert_eq!((b.max_count, b.max_age_secs), (500, 60));
 
     // Production examples never use the development sealer.
     let insecure = |c: &custody_hsm::SealerConfig| {

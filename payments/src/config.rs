@@ -57,9 +57,9 @@ pub struct SettlementConfig {
 }
 
 /// A batch closes when this many payments wait, or when the oldest has waited this
-/// long.
+/// long. A key left out of a `[batch]` table keeps its default.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
     /// Most payments in a batch.
     pub max_count: usize,
@@ -91,6 +91,24 @@ impl Config {
         }
         if c.batch.max_age_secs == 0 || c.batch.max_age_secs > 86_400 * 365 {
             return Err("batch.max_age_secs: 1 to 31536000".into());
+        }
+        if let Some(s) = &c.settlement {
+            // Two sources would leave one silently unused; none would fail every
+            // settlement attempt, long after start.
+            if s.coordinator.is_some() == s.coordinator_addr_file.is_some() {
+                return Err(
+                    "settlement: give exactly one of coordinator and coordinator_addr_file".into(),
+                );
+            }
+            custody_protocol::api::check_id("settlement.key_id", &s.key_id)
+                .map_err(|st| st.message().to_string())?;
+            if let Some(pk) = &s.public_key {
+                if pk.len() != 64 || hex::decode(pk).is_err() {
+                    return Err(format!(
+                        "settlement.public_key: 64 hex digits (32 bytes) expected, got {pk:?}"
+                    ));
+                }
+            }
         }
         Ok(c)
     }
