@@ -197,11 +197,55 @@ fn restarts_keep_every_key() {
     let got = c.json(&["signature", "before-restart", "--json"]);
     assert_eq!(got["signature"], first["signature"]);
 
+    // Results the database lost in a crash come back from the audit log: the
+    // coordinator's database is put back to a copy from before two signatures (what a
+    // crash between the audit sync and the database flush leaves), and a retry of
+    // each request gets its signature again, not a second one.
+    c.kill("coordinator");
+    let db = c.dir.join("coordinator/db");
+    let old = c.dir.join("coordinator-db-before");
+    copy_dir(&db, &old);
+    c.restart("coordinator");
+    let lost: Vec<Value> = ["lost-1", "lost-2"]
+        .iter()
+        .map(|id| sign(&c, &ed, "bb", Some(id)))
+        .collect();
+    c.kill("coordinator");
+    std::fs::remove_dir_all(&db).expect("remove database");
+    std::fs::rename(&old, &db).expect("put back the old database");
+    c.restart("coordinator");
+    assert!(
+        c.log("coordinator")
+            .contains("signing results the database lost in a crash are back"),
+        "{}",
+        c.log_tail("coordinator")
+    );
+    for (id, first) in ["lost-1", "lost-2"].iter().zip(&lost) {
+        let got = c.json(&["signature", id, "--json"]);
+        assert_eq!(got["signature"], first["signature"], "{id}");
+        let again = sign(&c, &ed, "bb", Some(id));
+        assert_eq!(again["signature"], first["signature"], "{id}");
+        assert_eq!(again["replayed"], true, "{id}");
+    }
+
     // `custody dev` again on the same directory: the same cluster with its keys.
     c.restart_all();
     assert_eq!(c.json(&["key", "list", "--json"]), before);
     sign_and_verify(&c, "secp256k1-tr", &secp, &secp_pk, b"after full restart");
     sign_and_verify(&c, "ed25519", &ed, &ed_pk, b"after full restart");
+}
+
+/// Copies a directory tree (a stopped daemon's database).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create copy");
+    for e in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy file");
+        }
+    }
 }
 
 #[test]
