@@ -261,6 +261,41 @@ fn daemons_cpu(cluster: &support::Cluster) -> Duration {
         .sum()
 }
 
+/// Runs `clients` concurrent callers for `secs` seconds, each calling `call(client,
+/// caller, i)` for its `i`-th call; returns how many calls completed and how long it
+/// took.
+async fn concurrently<F, Fut>(
+    client: &CustodyClient<tonic::transport::Channel>,
+    clients: usize,
+    secs: u64,
+    call: F,
+) -> (u64, Duration)
+where
+    F: Fn(CustodyClient<tonic::transport::Channel>, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|w| {
+            let (c, done, call) = (client.clone(), done.clone(), call.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    call(c.clone(), w, i).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("caller task");
+    }
+    (done.load(Ordering::Relaxed), t0.elapsed())
+}
+
 /// Signatures per second with `clients` concurrent clients, and the daemons' CPU time
 /// per signature meanwhile.
 async fn throughput(
@@ -271,35 +306,24 @@ async fn throughput(
     secs: u64,
 ) -> (f64, Duration) {
     let cpu0 = daemons_cpu(cluster);
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..clients {
-        let (mut c, key, done) = (client.clone(), key.to_string(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while Instant::now() < deadline {
-                c.sign(SignRequest {
-                    key_id: key.clone(),
-                    message: format!("throughput {w} {i}").into_bytes(),
-                    request_id: String::new(),
-                    transfer: None,
-                    settlement: None,
-                })
-                .await
-                .expect("sign");
-                done.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("client task");
-    }
-    let n = done.load(Ordering::Relaxed);
+    let key = key.to_string();
+    let (n, took) = concurrently(client, clients, secs, move |mut c, w, i| {
+        let key = key.clone();
+        async move {
+            c.sign(SignRequest {
+                key_id: key,
+                message: format!("throughput {w} {i}").into_bytes(),
+                request_id: String::new(),
+                transfer: None,
+                settlement: None,
+            })
+            .await
+            .expect("sign");
+        }
+    })
+    .await;
     let cpu = daemons_cpu(cluster).saturating_sub(cpu0) / n.max(1) as u32;
-    (n as f64 / t0.elapsed().as_secs_f64(), cpu)
+    (n as f64 / took.as_secs_f64(), cpu)
 }
 
 /// Concurrency levels for throughput: `CUSTODY_BENCH_LEVELS` (comma-separated), default
@@ -404,28 +428,18 @@ fn measure(
         // and writes per call), so a call costs less CPU than alone.
         let top = levels().into_iter().max().unwrap_or(1);
         let cpu0 = daemons_cpu(cluster) + process_cpu("self");
-        let done = Arc::new(AtomicU64::new(0));
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let tasks: Vec<_> = (0..top)
-            .map(|_| {
-                let (mut c, key, done) = (client.clone(), key.clone(), done.clone());
-                tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        c.get_key(custody_protocol::proto::GetKeyRequest {
-                            key_id: key.clone(),
-                        })
-                        .await
-                        .expect("get key");
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("caller");
-        }
-        let rpc_cpu_loaded = (daemons_cpu(cluster) + process_cpu("self")).saturating_sub(cpu0)
-            / done.load(Ordering::Relaxed).max(1) as u32;
+        let k = key.clone();
+        let (calls, _) = concurrently(&client, top, 2, move |mut c, _, _| {
+            let key_id = k.clone();
+            async move {
+                c.get_key(custody_protocol::proto::GetKeyRequest { key_id })
+                    .await
+                    .expect("get key");
+            }
+        })
+        .await;
+        let rpc_cpu_loaded =
+            (daemons_cpu(cluster) + process_cpu("self")).saturating_sub(cpu0) / calls.max(1) as u32;
         let (p50, p99) = latency(&client, &key, samples).await;
         let mut tput = Vec::new();
         for c in levels() {

@@ -272,6 +272,21 @@ impl<C: EngineSuite> SigningPackage<C> {
         Ok(())
     }
 
+    /// Checks that `shares` come from exactly the signers of this package.
+    fn check_share_set(
+        &self,
+        shares: &BTreeMap<ParticipantId, SignatureShare<C>>,
+    ) -> Result<(), Error> {
+        if !shares.keys().eq(self.commitments.keys()) {
+            return Err(Error::WrongParticipants {
+                round: "signature shares",
+                expected: self.signers(),
+                got: shares.keys().copied().collect(),
+            });
+        }
+        Ok(())
+    }
+
     fn to_frost(&self) -> frost_core::SigningPackage<C> {
         frost_core::SigningPackage::new(
             self.commitments
@@ -416,8 +431,7 @@ impl<C: EngineSuite> SignatureShare<C> {
 /// group commitment); [`PreparedAggregate::finish`] sums the shares and verifies the
 /// signature. The result is exactly [`aggregate`]'s, culprits included.
 pub struct PreparedAggregate<C: EngineSuite> {
-    /// The package and public keys as the ciphersuite aggregates them (BIP340: even Y).
-    package: frost_core::SigningPackage<C>,
+    /// The public keys as the ciphersuite aggregates them (BIP340: even Y).
     pubkeys: frost_core::keys::PublicKeyPackage<C>,
     group_commitment: frost_core::GroupCommitment<C>,
 }
@@ -444,7 +458,6 @@ pub fn prepare_aggregate<C: EngineSuite>(
     let group_commitment =
         frost_core::compute_group_commitment(&pkg, &factors).map_err(frost_err)?;
     Ok(PreparedAggregate {
-        package: pkg.into_owned(),
         pubkeys: pubkeys.into_owned(),
         group_commitment,
     })
@@ -460,13 +473,7 @@ impl<C: EngineSuite> PreparedAggregate<C> {
         package: &SigningPackage<C>,
         shares: &BTreeMap<ParticipantId, SignatureShare<C>>,
     ) -> Result<[u8; 64], Error> {
-        if !shares.keys().eq(package.commitments.keys()) {
-            return Err(Error::WrongParticipants {
-                round: "signature shares",
-                expected: package.signers(),
-                got: shares.keys().copied().collect(),
-            });
-        }
+        package.check_share_set(shares)?;
         type F<C> = <<C as frost_core::Ciphersuite>::Group as frost_core::Group>::Field;
         let mut z = <F<C> as frost_core::Field>::zero();
         for s in shares.values() {
@@ -477,10 +484,12 @@ impl<C: EngineSuite> PreparedAggregate<C> {
                 .map_err(|e| Error::Frost(e.to_string()))?;
         }
         let sig = frost_core::Signature::new(self.group_commitment.clone().to_element(), z);
+        // Neither suite's pre-aggregation changes the message (the equivalence test
+        // with `aggregate` holds them to it).
         if self
             .pubkeys
             .verifying_key()
-            .verify(self.package.message(), &sig)
+            .verify(package.message(), &sig)
             .is_err()
         {
             return aggregate(public, package, shares);
@@ -508,13 +517,7 @@ pub fn aggregate<C: EngineSuite>(
     shares: &BTreeMap<ParticipantId, SignatureShare<C>>,
 ) -> Result<[u8; 64], Error> {
     package.check_against(public)?;
-    if !shares.keys().eq(package.commitments.keys()) {
-        return Err(Error::WrongParticipants {
-            round: "signature shares",
-            expected: package.signers(),
-            got: shares.keys().copied().collect(),
-        });
-    }
+    package.check_share_set(shares)?;
     let frost_shares = shares
         .iter()
         .map(|(p, s)| (p.to_frost::<C>(), s.0))
