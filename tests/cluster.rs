@@ -1701,16 +1701,88 @@ fn policy_changes_need_the_admins_that_every_signer_checks() {
     assert_eq!(v["summary"]["policy_changes"], 2, "{v}");
 }
 
-#[test]
-fn cold_keys_sign_with_air_gapped_signers_over_files() {
-    let mut c = Cluster::start("cold", 3, 2);
+/// `custody signer offline` for request file `req` (its signer named in the file
+/// name), answer in `resp`.
+fn cold_answer(c: &Cluster, req: &std::path::Path, resp: &std::path::Path) -> std::process::Output {
+    let name = req.file_name().unwrap().to_string_lossy().to_string();
+    let signer = name.split('.').nth(2).unwrap().to_string();
+    let config = c.dir.join(&signer).join("signer.toml");
+    c.offline(&[
+        "signer",
+        "offline",
+        "--config",
+        config.to_str().unwrap(),
+        "--request",
+        req.to_str().unwrap(),
+        "--response",
+        resp.to_str().unwrap(),
+    ])
+}
+
+/// `custody cold export` of `request_id` for signers 1 and 3 into `DIR/dir`: the
+/// request files.
+fn cold_export(c: &Cluster, request_id: &str, dir: &str) -> Vec<std::path::PathBuf> {
+    let dir = c.dir.join(dir);
+    let out = c.cli(&[
+        "cold",
+        "export",
+        request_id,
+        "--out",
+        dir.to_str().unwrap(),
+        "--signers",
+        "signer-1,signer-3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files: Vec<std::path::PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(std::path::PathBuf::from)
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    files
+}
+
+/// One trip of `request_id`: exported, answered by each offline signer, imported; the
+/// request as `cold import --json` reports it.
+fn cold_trip(c: &Cluster, request_id: &str, dir: &str) -> Value {
+    let responses: Vec<std::path::PathBuf> = cold_export(c, request_id, dir)
+        .iter()
+        .map(|req| {
+            let resp = req.with_extension("response");
+            let out = cold_answer(c, req, &resp);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            resp
+        })
+        .collect();
+    let mut args = vec!["cold", "import"];
+    let paths: Vec<String> = responses
+        .iter()
+        .map(|p| p.to_string_lossy().to_string())
+        .collect();
+    args.extend(paths.iter().map(String::as_str));
+    args.push("--json");
+    c.json(&args)
+}
+
+/// A 2-of-3 cluster with a cold key (one approver, BTC per request 1000, per window
+/// `window_limit`, destination `vault`), signers 1 and 3 offline: the cluster, the
+/// approver's key file, and the key as `key create --json` prints it.
+fn cold_cluster(name: &str, window_limit: u64) -> (Cluster, std::path::PathBuf, Value) {
+    let c = Cluster::start(name, 3, 2);
     let approver = c.dir.join("approver.json");
     let out = c.offline(&["approver", "keygen", "--out", approver.to_str().unwrap()]);
     assert!(out.status.success());
     let pk = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let policy = serde_json::json!({
         "tier": "cold", "allow_raw": false, "allowlist": ["vault"],
-        "assets": { "BTC": { "per_request": 1000, "per_window": 5000, "window_secs": 86400 } },
+        "assets": { "BTC": { "per_request": 1000, "per_window": window_limit, "window_secs": 86400 } },
         "approvals": { "required": 1, "approvers": [pk] },
         "time_lock_secs": 0, "max_age_secs": null, "max_signatures": null,
     });
@@ -1726,106 +1798,58 @@ fn cold_keys_sign_with_air_gapped_signers_over_files() {
         file.to_str().unwrap(),
         "--json",
     ]);
-    let key = k["key_id"].as_str().unwrap().to_string();
     assert_eq!(k["tier"], "cold");
+    for s in ["signer-1", "signer-3"] {
+        c.kill(s);
+    }
+    (c, approver, k)
+}
+
+/// Asks cold key `key` for `amount` BTC to `vault` under `request_id` and approves it:
+/// the request then awaits cold commitments.
+fn cold_request(
+    c: &Cluster,
+    approver: &std::path::Path,
+    key: &str,
+    amount: &str,
+    request_id: &str,
+) {
     let r = c.json(&[
         "sign",
         "--key",
-        &key,
+        key,
         "--asset",
         "BTC",
         "--amount",
-        "700",
+        amount,
         "--destination",
         "vault",
         "--request-id",
-        "c-1",
+        request_id,
         "--json",
     ]);
     assert_eq!(r["state"], "waiting-approvals", "{r}");
     let out = c.cli(&[
         "approve",
-        "c-1",
+        request_id,
         "--key",
         approver.to_str().unwrap(),
         "--json",
     ]);
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["state"], "awaiting-cold-commitments", "{r}");
-    for s in ["signer-1", "signer-3"] {
-        c.kill(s);
-    }
-    let offline = |req: &std::path::Path, resp: &std::path::Path| {
-        let name = req.file_name().unwrap().to_string_lossy().to_string();
-        let signer = name.split('.').nth(2).unwrap().to_string();
-        let config = c.dir.join(&signer).join("signer.toml");
-        c.offline(&[
-            "signer",
-            "offline",
-            "--config",
-            config.to_str().unwrap(),
-            "--request",
-            req.to_str().unwrap(),
-            "--response",
-            resp.to_str().unwrap(),
-        ])
-    };
-    let trip = |n: u32| -> Vec<std::path::PathBuf> {
-        let dir = c.dir.join(format!("trip-{n}"));
-        let out = c.cli(&[
-            "cold",
-            "export",
-            "c-1",
-            "--out",
-            dir.to_str().unwrap(),
-            "--signers",
-            "signer-1,signer-3",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let files: Vec<std::path::PathBuf> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(std::path::PathBuf::from)
-            .collect();
-        assert_eq!(files.len(), 2, "{files:?}");
-        files
-            .iter()
-            .map(|req| {
-                let resp = req.with_extension("response");
-                let out = offline(req, &resp);
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                resp
-            })
-            .collect()
-    };
+}
+
+#[test]
+fn cold_keys_sign_with_air_gapped_signers_over_files() {
+    let (mut c, approver, k) = cold_cluster("cold", 5000);
+    let key = k["key_id"].as_str().unwrap().to_string();
+    cold_request(&c, &approver, &key, "700", "c-1");
     // Trip 1: commitments.
-    let responses = trip(1);
-    let mut args = vec!["cold", "import"];
-    let paths: Vec<String> = responses
-        .iter()
-        .map(|p| p.to_string_lossy().to_string())
-        .collect();
-    args.extend(paths.iter().map(String::as_str));
-    args.push("--json");
-    let r = c.json(&args);
+    let r = cold_trip(&c, "c-1", "trip-1");
     assert_eq!(r["state"], "awaiting-cold-shares", "{r}");
     // Trip 2: shares; the last one signs.
-    let responses = trip(2);
-    let mut args = vec!["cold", "import"];
-    let paths: Vec<String> = responses
-        .iter()
-        .map(|p| p.to_string_lossy().to_string())
-        .collect();
-    args.extend(paths.iter().map(String::as_str));
-    args.push("--json");
-    let r = c.json(&args);
+    let r = cold_trip(&c, "c-1", "trip-2");
     assert_eq!(r["state"], "signed", "{r}");
     assert!(verify_independently(
         "secp256k1-tr",
@@ -1848,7 +1872,7 @@ fn cold_keys_sign_with_air_gapped_signers_over_files() {
         });
     let req = req.expect("a sign request");
     let again = c.dir.join("again.response");
-    assert!(offline(&req, &again).status.success());
+    assert!(cold_answer(&c, &req, &again).status.success());
     assert_eq!(
         std::fs::read(&again).unwrap(),
         std::fs::read(req.with_extension("response")).unwrap()
@@ -1857,7 +1881,7 @@ fn cold_keys_sign_with_air_gapped_signers_over_files() {
     forged["request"]["transfer"]["destination"] = "mallory".into();
     let forged_file = c.dir.join("trip-2/c-1.sign.signer-1.forged.json");
     std::fs::write(&forged_file, forged.to_string()).unwrap();
-    let out = offline(&forged_file, &c.dir.join("forged.response"));
+    let out = cold_answer(&c, &forged_file, &c.dir.join("forged.response"));
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("does not verify"),
@@ -1873,6 +1897,87 @@ fn cold_keys_sign_with_air_gapped_signers_over_files() {
     let v = c.audit_verify(&export);
     assert_eq!(v["summary"]["signatures"], 1, "{v}");
     assert_eq!(v["summary"]["shares_matched"], 2, "{v}");
+}
+
+/// A compromised coordinator (its own identity key) sends an offline signer a trip-2
+/// file whose package holds this signer's commitment alone, below the key's
+/// threshold: a share cannot come of it. The signer refuses it as the hot path does,
+/// before the policy counts anything: the allowance it would have spent is still
+/// there for the next request (checked at the signer that got the bad package).
+#[test]
+fn a_cold_package_below_the_threshold_is_refused_before_it_spends_allowance() {
+    use custody_audit::cold::ColdRequest;
+    use custody_protocol::sign::{SigningPackage, COORDINATOR};
+    use custody_protocol::wire::{self, Header, Kind};
+    use custody_protocol::{identity, Identity, ParticipantId, Roster};
+    type C = custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR;
+
+    // Window 1000: 700 for c-1 and 700 for c-2 cannot both be spent.
+    let (c, approver, k) = cold_cluster("cold-package", 1000);
+    let key = k["key_id"].as_str().unwrap().to_string();
+    cold_request(&c, &approver, &key, "700", "c-1");
+    let r = cold_trip(&c, "c-1", "c1-trip-1");
+    assert_eq!(r["state"], "awaiting-cold-shares", "{r}");
+    let honest = cold_export(&c, "c-1", "c1-trip-2")
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("signer-1"))
+        .expect("signer-1's sign request");
+    let mut req: ColdRequest = serde_json::from_slice(&std::fs::read(&honest).unwrap()).unwrap();
+
+    // The rogue keeps signer-1's commitment only, re-signs the package and the file.
+    let rogue = support::rogue::coordinator_identity(&c);
+    let mut roster = Roster::new();
+    roster.insert(COORDINATOR, rogue.public());
+    let envelope = hex::decode(&req.package).unwrap();
+    let opened = identity::open_from(&roster, COORDINATOR, &envelope).expect("package");
+    let session = opened.header.session;
+    let (_, package) = wire::decode_with(
+        opened.body,
+        custody_protocol::Suite::Secp256k1Tr,
+        Kind::SigningPackage,
+        &session,
+        |_, r| SigningPackage::<C>::decode_body(r),
+    )
+    .expect("decode package");
+    let one = ParticipantId::new(1).unwrap();
+    let mine = package.commitments_of(one).expect("signer-1's commitment");
+    let alone = SigningPackage::<C>::new([(one, mine)].into(), package.message().to_vec())
+        .expect("package of one");
+    let header = Header {
+        suite: custody_protocol::Suite::Secp256k1Tr,
+        kind: Kind::SigningPackage,
+        session,
+        from: COORDINATOR,
+        to: None,
+    };
+    req.package = hex::encode(identity::signed(&rogue, &header, &alone).expect("signed"));
+    req.signature = hex::encode(rogue.sign_raw(&req.signed_bytes().unwrap()).expect("sign"));
+    let bad = c.dir.join("c1-trip-2/c-1.sign.signer-1.rogue.json");
+    std::fs::write(&bad, serde_json::to_vec(&req).unwrap()).unwrap();
+    let out = cold_answer(&c, &bad, &c.dir.join("rogue.response"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a package of one signer was answered"
+    );
+    assert!(
+        err.contains("signing package") && err.contains("threshold"),
+        "refused for another reason: {err}"
+    );
+
+    // c-1 never completes; c-2 asks for 700 of the same window, and signer-1 (which
+    // refused the rogue package) still has it to give.
+    cold_request(&c, &approver, &key, "700", "c-2");
+    let r = cold_trip(&c, "c-2", "c2-trip-1");
+    assert_eq!(r["state"], "awaiting-cold-shares", "{r}");
+    let r = cold_trip(&c, "c-2", "c2-trip-2");
+    assert_eq!(r["state"], "signed", "{r}");
+    assert!(verify_independently(
+        "secp256k1-tr",
+        &hexs(&k["public_key"]),
+        &hexs(&r["message"]),
+        &hexs(&r["signature"])
+    ));
 }
 
 #[test]

@@ -223,7 +223,11 @@ async fn request_share<C: EngineSuite>(
     };
     let resp = match call(core.timeouts.sign(), handle, client.sign_share(req)).await {
         Ok(r) => r,
-        Err(st) if st.code() == Code::FailedPrecondition && st.message().contains("commitment") => {
+        Err(st)
+            if st
+                .metadata()
+                .contains_key(custody_protocol::api::STALE_COMMITMENT) =>
+        {
             handle.bump_epoch();
             return Err(Dropout::Stale);
         }

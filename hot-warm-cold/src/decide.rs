@@ -73,7 +73,7 @@ impl SpendLedger {
 #[serde(rename_all = "kebab-case", tag = "reason")]
 pub enum DenyReason {
     /// The key is not in a signing state.
-    #[error("key is {0:?}, not active")]
+    #[error("key is {}, not active", .0.name())]
     NotActive(State),
     /// The key is older than its policy allows.
     #[error("key is {age_secs} s old, policy allows {max_secs} s: rotate it")]
@@ -137,6 +137,15 @@ pub enum DenyReason {
         /// Seconds left.
         remaining_secs: u64,
     },
+    /// The request id was admitted before for another message.
+    #[error("request id {0} was already used for another message")]
+    RequestIdReused(String),
+    /// The batch was settled before with other content.
+    #[error("batch {0} was already settled with other content")]
+    BatchReused(String),
+    /// The request id was proposed before for another message.
+    #[error("request id {0} was already proposed for another message")]
+    ProposedForAnother(String),
 }
 
 impl DenyReason {
@@ -154,6 +163,9 @@ impl DenyReason {
         "destination-not-allowed",
         "not-enough-approvals",
         "time-locked",
+        "request-id-reused",
+        "batch-reused",
+        "proposed-for-another",
     ];
 
     /// This reason's tag.
@@ -170,6 +182,9 @@ impl DenyReason {
             DenyReason::DestinationNotAllowed(_) => "destination-not-allowed",
             DenyReason::NotEnoughApprovals { .. } => "not-enough-approvals",
             DenyReason::TimeLocked { .. } => "time-locked",
+            DenyReason::RequestIdReused(_) => "request-id-reused",
+            DenyReason::BatchReused(_) => "batch-reused",
+            DenyReason::ProposedForAnother(_) => "proposed-for-another",
         }
     }
 }
@@ -367,6 +382,9 @@ mod tag_tests {
                 required: 1,
             },
             DenyReason::TimeLocked { remaining_secs: 1 },
+            DenyReason::RequestIdReused("r".into()),
+            DenyReason::BatchReused("settle-b".into()),
+            DenyReason::ProposedForAnother("r".into()),
         ];
         assert_eq!(all.len(), DenyReason::TAGS.len());
         let mut tags = std::collections::BTreeSet::new();

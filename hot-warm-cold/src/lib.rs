@@ -12,16 +12,21 @@
 //!   rotating and refreshing; only allowed edges succeed (NIST SP 800-57 key states);
 //! - structured [`request`]s whose signed message is a domain-separated canonical hash
 //!   computed by each signer, so a relay cannot substitute bytes;
-//! - [`decide`], the one function that says allow or deny, with a reason.
+//! - [`decide`], the one function that says allow or deny, with a reason;
+//! - [`admit`], what a signer does around it: request-id replay, batch reuse, and the
+//!   ledger's update and pruning, returned as a [`Plan`] the signer stores before the
+//!   share leaves.
 //!
 //! The signer daemon keeps the durable parts (its spend ledger, approvals it has
 //! checked, when it first saw a request) and calls [`decide`] before any share leaves.
 
+pub mod admit;
 pub mod decide;
 pub mod lifecycle;
 pub mod policy;
 pub mod request;
 
+pub use admit::{admit, Admitted, Context, Outcome, Plan, Usage};
 pub use decide::{decide, Decision, DenyReason, KeyStatus, SpendLedger};
 pub use lifecycle::{Event, State, TransitionError};
 pub use policy::{ApprovalRule, AssetLimits, Policy, Tier};

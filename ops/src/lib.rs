@@ -8,8 +8,12 @@
 //! - [`serve_https`]: serves an axum router over TLS (the operator console), one task
 //!   per connection, so a slow or failing handshake holds up nobody else.
 //!
+//! - [`clock`]: the one clock every daemon reads time from (tests move it).
+//!
 //! Labels are low-cardinality on purpose (suite, tier, outcome, signer name): no key
 //! ids, request ids or amounts, so a scrape reveals volumes, not business.
+
+pub mod clock;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -93,6 +93,11 @@ pub fn culprits(st: &Status) -> Vec<ParticipantId> {
 /// callers act on it without reading the message.
 pub const DENY_REASON: &str = "custody-deny-reason";
 
+/// Metadata key of a signer's answer that the commitment it was asked to sign with has
+/// no nonces there (never drawn, used, evicted, or from before a restart): the caller
+/// drops it and draws fresh ones, without reading the message.
+pub const STALE_COMMITMENT: &str = "custody-stale-commitment";
+
 /// Checks an export nonce: 16 to 64 bytes.
 pub fn check_nonce(nonce: &[u8]) -> Result<(), Status> {
     if !(16..=64).contains(&nonce.len()) {

@@ -11,9 +11,41 @@
 //! - nonces live in memory only, are removed at first use and die with the process.
 //!
 //! [`run`] serves until `shutdown` resolves; `custody signer` is a thin wrapper.
+//!
+//! ## Layout
+//!
+//! A core with thin adapters (STYLE.md, "Daemons"):
+//!
+//! | file | holds |
+//! |---|---|
+//! | `grpc.rs` | the gRPC adapter: authorize, convert to typed asks, call the core, map the error |
+//! | `cold.rs` | the offline file adapter (air-gapped signing): the same asks and core checks |
+//! | `server.rs` | the listener, mTLS and metrics wiring |
+//! | `error.rs` | the one error enum; its conversion to a status is the only place that picks codes and metadata |
+//! | `core.rs` | the signer's state and the helpers every ceremony shares |
+//! | `keys.rs` | loaded keys typed by suite (no run-time downcasts) |
+//! | `dkg.rs`, `refresh.rs`, `repair.rs`, `signing.rs` | one file per ceremony |
+//! | `admission.rs` | reads the store, calls `hot_warm_cold::admit` (the rules), stores its plan |
+//! | `lifecycle.rs` | operator lifecycle events and admin-approved policy changes |
+//! | `nonces.rs` | the nonce pool (each nonce handed out once) |
+//! | `store.rs` | the only file that names `sled` |
+//! | `fault.rs` | fault injection, compiled only with the `fault-injection` feature (tests) |
 
+mod admission;
+mod cold;
 pub mod config;
-mod service;
+mod core;
+mod dkg;
+mod error;
+mod fault;
+mod grpc;
+mod keys;
+mod lifecycle;
+mod nonces;
+mod refresh;
+mod repair;
+mod server;
+mod signing;
 pub mod store;
 
 use std::future::Future;
@@ -27,7 +59,7 @@ pub use custody_pki::StartError;
 /// Loads (or creates) the signer's identity and returns its public half, so an operator
 /// tool can have the CA certify it.
 pub fn init_identity(config: &Config) -> Result<custody_protocol::IdentityPublic, StartError> {
-    Ok(service::open_identity(config)?.0.public())
+    Ok(core::open_identity(config)?.0.public())
 }
 
 /// The file where a running signer writes the address it listens on.
@@ -42,12 +74,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(SocketAddr) + Send,
 ) -> Result<(), StartError> {
-    service::serve(config, shutdown, on_ready).await
+    server::serve(config, shutdown, on_ready).await
 }
 
 /// Answers one request file of an air-gapped (cold) signature and returns the response
 /// file's bytes. Opens the signer's state without listening anywhere; the signer
 /// daemon must not run meanwhile.
 pub async fn offline(config: &Config, request: &[u8]) -> Result<Vec<u8>, String> {
-    service::offline(config, request).await
+    cold::offline(config, request).await
 }

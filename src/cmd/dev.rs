@@ -116,6 +116,9 @@ async fn run_async(a: Args) -> Result<(), Error> {
         return Ok(());
     }
 
+    // The logs' directory may have been cleaned away since the cluster was made.
+    std::fs::create_dir_all(layout.logs())
+        .map_err(|e| format!("{}: {e}", layout.logs().display()))?;
     let mut procs: Vec<Proc> = Vec::new();
     let started = start_all(&layout, &file, &mut procs).await;
     let addr = match started {

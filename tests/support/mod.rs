@@ -44,6 +44,21 @@ impl Cluster {
         }
     }
 
+    /// Starts `custody dev` on a copy of a cluster directory made by an earlier
+    /// version (`tests/fixtures/VERSION/cluster`, its configs' paths written as
+    /// `@DIR@`), to test that what it stored still opens and signs.
+    pub fn from_fixture(name: &str, fixture: &Path) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("custody-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        copy_tree(fixture, &dir, &dir.to_string_lossy());
+        let dev = Self::spawn_dev(&dir, &[]);
+        Cluster {
+            dir,
+            dev,
+            extra: Vec::new(),
+        }
+    }
+
     fn spawn_dev(dir: &Path, extra: &[&str]) -> Child {
         std::fs::create_dir_all(dir).expect("test dir");
         let stderr = std::fs::OpenOptions::new()
@@ -376,6 +391,23 @@ impl Drop for Cluster {
         if !std::thread::panicking() && std::env::var_os("CUSTODY_KEEP_CLUSTER").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
             let _ = std::fs::remove_file(self.dir.with_extension("dev-stderr.log"));
+        }
+    }
+}
+
+/// Copies `from` to `to`, replacing `@DIR@` by `dir` in the `.toml` files.
+fn copy_tree(from: &Path, to: &Path, dir: &str) {
+    std::fs::create_dir_all(to).expect("fixture copy");
+    for e in std::fs::read_dir(from).expect("fixture dir") {
+        let e = e.expect("fixture entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_tree(&e.path(), &target, dir);
+        } else if e.path().extension().is_some_and(|x| x == "toml") {
+            let text = std::fs::read_to_string(e.path()).expect("fixture config");
+            std::fs::write(&target, text.replace("@DIR@", dir)).expect("fixture config copy");
+        } else {
+            std::fs::copy(e.path(), &target).expect("fixture file copy");
         }
     }
 }
