@@ -6,7 +6,7 @@ use std::sync::Arc;
 use custody_audit::export::{self as ax, Bundle, PartyLog};
 use custody_audit::transcript::{Message, Party, SignedRequest, SigningTranscript, SIGNING_FORMAT};
 use custody_audit::{AuditError, AuditLog};
-use custody_protocol::proto::{ExportAuditRequest, Transfer};
+use custody_protocol::proto::Transfer;
 use custody_protocol::sign::COORDINATOR;
 use custody_protocol::EngineSuite;
 use tonic::Status;
@@ -67,8 +67,7 @@ pub(crate) fn open(
                     .key(&r.key_id)
                     .ok()
                     .flatten()
-                    .and_then(|k| hot_warm_cold::Policy::from_json(&k.policy).ok())
-                    .is_some_and(|p| p.max_signatures.is_some());
+                    .is_some_and(|k| k.policy.get().max_signatures.is_some());
                 (r, counted)
             })
             .collect();
@@ -190,25 +189,15 @@ pub(crate) async fn export(core: &Arc<Core>, nonce: &[u8]) -> Result<Bundle, Sta
     for h in &core.signers {
         let (h, nonce, timeout) = (h.clone(), nonce.to_vec(), core.timeouts.dkg());
         tasks.push(tokio::spawn(async move {
+            let link = h.link();
             let fetch = async {
-                let mut c = h.client()?;
-                let id = c
-                    .identity(custody_protocol::proto::IdentityRequest {})
-                    .await?
-                    .into_inner();
-                let mut stream = c
-                    .export_audit(ExportAuditRequest { nonce })
-                    .await?
-                    .into_inner();
-                let mut log = Vec::new();
-                while let Some(chunk) = stream.message().await? {
-                    log.extend_from_slice(&chunk.data);
-                }
-                Ok::<_, Status>((id, log))
+                let id = link.identity().await?;
+                let log = link.export_audit(nonce).await?;
+                Ok::<_, crate::link::LinkError>((id, log))
             };
             let r = match tokio::time::timeout(timeout, fetch).await {
                 Ok(r) => r,
-                Err(_) => Err(Status::deadline_exceeded("no answer")),
+                Err(_) => Err(crate::link::LinkError::timed_out("no answer")),
             };
             h.observe(&r);
             match r {
@@ -226,7 +215,7 @@ pub(crate) async fn export(core: &Arc<Core>, nonce: &[u8]) -> Result<Bundle, Sta
                     identity: String::new(),
                     certificate: None,
                     log: String::new(),
-                    unavailable: Some(format!("{:?}: {}", st.code(), st.message())),
+                    unavailable: Some(format!("{:?}: {st}", st.code())),
                 },
             }
         }));
@@ -343,11 +332,11 @@ mod tests {
             identities: vec![],
             public_key: String::new(),
             public_key_set: String::new(),
-            tier: "hot".into(),
-            state: "active".into(),
+            tier: hot_warm_cold::Tier::Hot,
+            state: hot_warm_cold::State::Active,
             created_at: 0,
             dkg_session: String::new(),
-            policy: policy.to_json(),
+            policy: crate::store::StoredPolicy::new(&policy),
             rotated_from: String::new(),
             rotated_to: String::new(),
             state_reason: String::new(),

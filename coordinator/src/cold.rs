@@ -94,10 +94,10 @@ pub(crate) async fn export(
         .waiting(request_id)
         .map_err(store_err)?
         .ok_or_else(|| Status::not_found(format!("request {request_id}: no such request")))?;
-    if w.state != "awaiting-cold-commitments" && w.state != "awaiting-cold-shares" {
+    if !w.state.is_cold() {
         return Err(Status::failed_precondition(format!(
             "request {request_id} is {}; its cold files exist once it is approved and its time lock has passed",
-            w.state
+            w.state.name()
         )));
     }
     let key = core.key(&w.key_id)?;
@@ -202,7 +202,7 @@ pub(crate) async fn import(core: &Arc<Core>, content: &[u8]) -> Result<SigningRe
             signed,
         )
         .await?;
-        w.state = "signed".into();
+        w.state = w.state.next(crate::store::RequestEvent::Signed);
         info!(request_id = %w.request_id, "cold signature complete");
     }
     put(core, &w).await?;
@@ -276,7 +276,7 @@ async fn step<C: EngineSuite>(
                     .map_err(|e| Status::unavailable(format!("signing package: {e}")))?;
                 progress.session = session.to_string();
                 progress.package = hex::encode(env);
-                w.state = "awaiting-cold-shares".into();
+                w.state = w.state.next(crate::store::RequestEvent::ColdCommitted);
             }
             w.cold = Some(progress);
             Ok(None)

@@ -616,7 +616,7 @@ fn signers_section(core: &Core, o: &mut String) {
         let _ = write!(
             o,
             "<tr class=\"signer\" data-signer=\"{n}\" data-status=\"{status}\"><td>{n}</td><td class=\"{status}\">{status}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&h.endpoint().unwrap_or_default()),
+            esc(&h.endpoint()),
             if health.last_seen_ms == 0 {
                 "never".to_string()
             } else {
@@ -631,10 +631,7 @@ fn signers_section(core: &Core, o: &mut String) {
     o.push_str("</tbody></table></section>");
 }
 
-fn policy_summary(policy: &str) -> String {
-    let Ok(p) = hot_warm_cold::Policy::from_json(policy) else {
-        return "unreadable policy".into();
-    };
+fn policy_summary(p: &hot_warm_cold::Policy) -> String {
     let mut parts = Vec::new();
     if p.assets.is_empty() {
         parts.push("no asset limits".to_string());
@@ -700,10 +697,10 @@ fn keys_section(core: &Core, o: &mut String) {
             k.threshold,
             k.signers.len(),
             esc(&k.public_key),
-            esc(&policy_summary(&k.policy)),
+            esc(&policy_summary(k.policy.get())),
             id = esc(&k.key_id),
-            tier = esc(&k.tier),
-            state = esc(&k.state),
+            tier = esc(k.tier.name()),
+            state = esc(k.state.name()),
         );
     }
     o.push_str("</tbody></table></section>");

@@ -57,6 +57,8 @@ pub(crate) struct Core {
     pub metrics: crate::metrics::Metrics,
     /// The operator console's sessions and view of the audit log.
     pub console: crate::console::Console,
+    /// The one clock (tests move it).
+    pub clock: Arc<dyn custody_ops::clock::Clock>,
 }
 
 /// A key loaded for signing, in its suite.

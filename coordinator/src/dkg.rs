@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use custody_audit::export::{
     KeyCreated, KeyRepaired, Lifecycle, KEY_CREATED, KEY_REFRESHED, KEY_REPAIRED, LIFECYCLE,
@@ -24,8 +23,10 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use crate::core::Core;
-use crate::signers::{is_transport, SignerHandle};
-use crate::store::{KeyMeta, PendingRefresh};
+use crate::link::{LinkError, SignerLink};
+use crate::signers::SignerHandle;
+use crate::store::{KeyMeta, PendingRefresh, StoredPolicy};
+use hot_warm_cold::State;
 
 /// A validated key-creation request.
 #[derive(Debug)]
@@ -34,9 +35,9 @@ pub(crate) struct KeySpec {
     pub threshold: u16,
     pub signers: Vec<Arc<SignerHandle>>,
     pub name: String,
-    pub tier: String,
-    /// Canonical JSON of the policy.
-    pub policy: String,
+    pub tier: hot_warm_cold::Tier,
+    /// The policy.
+    pub policy: hot_warm_cold::Policy,
 }
 
 fn msgs(list: &BTreeMap<ParticipantId, Vec<u8>>) -> Vec<Message> {
@@ -58,23 +59,19 @@ async fn on_all<T, F, Fut>(
 ) -> Result<Vec<(ParticipantId, T)>, Status>
 where
     T: Send + 'static,
-    F: Fn(
-        ParticipantId,
-        custody_protocol::proto::signer_client::SignerClient<tonic::transport::Channel>,
-    ) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>> + Send + 'static,
+    F: Fn(ParticipantId, Arc<dyn SignerLink>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, LinkError>> + Send + 'static,
 {
     let mut tasks = Vec::new();
     for (p, h) in parts {
-        let client = h.client()?;
-        let fut = f(*p, client);
+        let fut = f(*p, h.link());
         let timeout = core.timeouts.dkg();
         let h = h.clone();
         let p = *p;
         tasks.push(tokio::spawn(async move {
             let r = match tokio::time::timeout(timeout, fut).await {
-                Ok(r) => r.map(tonic::Response::into_inner),
-                Err(_) => Err(Status::deadline_exceeded(format!(
+                Ok(r) => r,
+                Err(_) => Err(LinkError::timed_out(format!(
                     "no answer within {} ms",
                     timeout.as_millis()
                 ))),
@@ -91,23 +88,20 @@ where
             .map_err(|e| Status::internal(format!("task: {e}")))?;
         match r {
             Ok(v) => out.push((p, v)),
-            Err(st) if first_err.is_none() => {
-                let culprits = api::culprits(&st);
-                let mut e = if is_transport(&st) {
+            Err(e) if first_err.is_none() => {
+                let mut st = if e.is_transport() {
                     Status::unavailable(format!(
-                        "DKG {step}: signer {} (participant {p}) unavailable: {}",
-                        h.name,
-                        st.message()
+                        "DKG {step}: signer {} (participant {p}) unavailable: {e}",
+                        h.name
                     ))
                 } else {
                     Status::aborted(format!(
-                        "DKG {step}: signer {} (participant {p}) refused: {}",
-                        h.name,
-                        st.message()
+                        "DKG {step}: signer {} (participant {p}) refused: {e}",
+                        h.name
                     ))
                 };
-                api::set_culprits(&mut e, &culprits);
-                first_err = Some(e);
+                api::set_culprits(&mut st, e.culprits());
+                first_err = Some(st);
             }
             Err(_) => {}
         }
@@ -180,9 +174,12 @@ async fn identities(
     core: &Arc<Core>,
     parts: &[(ParticipantId, Arc<SignerHandle>)],
 ) -> Result<Vec<(Vec<u8>, IdentityPublic)>, Status> {
-    let answers = on_all(core, parts, "identity", |_, mut c| async move {
-        c.identity(IdentityRequest {}).await
-    })
+    let answers = on_all(
+        core,
+        parts,
+        "identity",
+        |_, l| async move { l.identity().await },
+    )
     .await?;
     let mut out = Vec::new();
     for ((_, h), (_, ans)) in parts.iter().zip(answers) {
@@ -247,7 +244,7 @@ async fn rounds(
     let session = ask.session;
 
     // Step 1: round-1 broadcasts.
-    let start = on_all(core, parts, "start", |p, mut c| {
+    let start = on_all(core, parts, "start", |p, l| {
         let req = DkgStartRequest {
             key_id: ask.key_id.to_string(),
             session: session.0.to_vec(),
@@ -258,14 +255,14 @@ async fn rounds(
             policy: ask.policy.to_string(),
             refresh: ask.refresh,
         };
-        async move { c.dkg_start(req).await }
+        async move { l.dkg_start(req).await }
     })
     .await?;
     let round1: BTreeMap<ParticipantId, Vec<u8>> =
         start.into_iter().map(|(p, r)| (p, r.round1)).collect();
 
     // Step 2: everyone's round 1 to everyone; echoes and sealed shares back.
-    let r1 = on_all(core, parts, "round 1", |p, mut c| {
+    let r1 = on_all(core, parts, "round 1", |p, l| {
         let req = DkgRound1Request {
             session: session.0.to_vec(),
             round1: round1
@@ -274,7 +271,7 @@ async fn rounds(
                 .map(|(q, e)| relayed(*q, p, e))
                 .collect(),
         };
-        async move { c.dkg_round1(req).await }
+        async move { l.dkg_round1(req).await }
     })
     .await?;
     let mut echoes: BTreeMap<ParticipantId, Vec<u8>> = BTreeMap::new();
@@ -289,7 +286,7 @@ async fn rounds(
     }
 
     // Step 3: echoes and the shares addressed to each; confirmations back.
-    let r2 = on_all(core, parts, "round 2", |p, mut c| {
+    let r2 = on_all(core, parts, "round 2", |p, l| {
         let req = DkgRound2Request {
             session: session.0.to_vec(),
             echoes: echoes
@@ -303,7 +300,7 @@ async fn rounds(
                 .map(|(f, t, e)| relayed(*f, *t, e))
                 .collect(),
         };
-        async move { c.dkg_round2(req).await }
+        async move { l.dkg_round2(req).await }
     })
     .await?;
     let mut confirmations = BTreeMap::new();
@@ -365,7 +362,7 @@ async fn finalize(
     session: SessionId,
     confirmations: &BTreeMap<ParticipantId, Vec<u8>>,
 ) -> Result<(), Status> {
-    on_all(core, parts, "finalize", |p, mut c| {
+    on_all(core, parts, "finalize", |p, l| {
         let req = DkgFinalizeRequest {
             session: session.0.to_vec(),
             confirmations: confirmations
@@ -373,7 +370,7 @@ async fn finalize(
                 .map(|(q, e)| relayed(*q, p, e))
                 .collect(),
         };
-        async move { c.dkg_finalize(req).await }
+        async move { l.dkg_finalize(req).await }
     })
     .await
     .map(|_| ())
@@ -430,12 +427,13 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
     let key_id = format!("k-{}", hex::encode(kid));
     let session = SessionId::random(&mut OsRng);
     info!(%key_id, suite = %spec.suite, t = spec.threshold, n = parts.len(), "DKG starting");
+    let policy_json = spec.policy.to_json();
     let ask = Ask {
         key_id: &key_id,
         session,
         suite: spec.suite,
         threshold: spec.threshold,
-        policy: &spec.policy,
+        policy: &policy_json,
         refresh: false,
     };
     let r = match rounds(core, &parts, &ids, &ask).await {
@@ -446,10 +444,7 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         return Err(aborted(core, "dkg", &key_id, session, &parts, st).await);
     }
 
-    let created_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created_at = core.clock.now_secs();
     let meta = KeyMeta {
         key_id: key_id.clone(),
         name: spec.name,
@@ -463,10 +458,10 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         public_key: hex::encode(r.public_key),
         public_key_set: hex::encode(&r.pks),
         tier: spec.tier,
-        policy: spec.policy,
+        policy: StoredPolicy::new(&spec.policy),
         rotated_from: String::new(),
         rotated_to: String::new(),
-        state: "active".into(),
+        state: State::Active,
         created_at,
         dkg_session: session.to_string(),
         state_reason: String::new(),
@@ -490,8 +485,8 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
     // The ceremony is in the audit log before the key exists for clients.
     let entry = KeyCreated {
         name: meta.name.clone(),
-        tier: meta.tier.clone(),
-        policy: meta.policy.clone(),
+        tier: meta.tier.name().into(),
+        policy: meta.policy.stored().into(),
         transcript,
     };
     core.audit
@@ -533,13 +528,14 @@ pub(crate) async fn refresh_key(
     if let Some(pending) = meta.pending_refresh.clone() {
         return complete_refresh(core, meta, &parts, pending, by).await;
     }
-    match meta.state.as_str() {
-        "active" => {}
+    match meta.state {
+        State::Active => {}
         // A refresh that failed half-way on the signers: abandon it there first.
-        "refreshing" => abandon_refresh(core, &parts, key_id).await?,
+        State::Refreshing => abandon_refresh(core, &parts, key_id).await?,
         s => {
             return Err(Status::failed_precondition(format!(
-                "key {key_id} is {s}; only an active key can be refreshed"
+                "key {key_id} is {}; only an active key can be refreshed",
+                s.name()
             )))
         }
     }
@@ -549,7 +545,7 @@ pub(crate) async fn refresh_key(
         .map_err(|e| Status::internal(format!("{e}")))?;
     // The key stops signing here (and on every signer as it starts its refresh).
     let before = meta.public_key_set.clone();
-    meta.state = "refreshing".into();
+    meta.state = State::Refreshing;
     lifecycle(core, &meta, "start-refresh", by).await?;
     core.record_key(&meta).await?;
 
@@ -585,7 +581,7 @@ pub(crate) async fn refresh_key(
             // Nothing was applied anywhere: every signer keeps its old share.
             warn!(%key_id, "refresh failed: {}", st.message());
             let _ = abandon_refresh(core, &parts, key_id).await;
-            meta.state = "active".into();
+            meta.state = State::Active;
             lifecycle(core, &meta, "refresh-failed", by).await?;
             core.record_key(&meta).await?;
             return Err(st);
@@ -607,8 +603,8 @@ pub(crate) async fn refresh_key(
     };
     let entry = KeyCreated {
         name: meta.name.clone(),
-        tier: meta.tier.clone(),
-        policy: meta.policy.clone(),
+        tier: meta.tier.name().into(),
+        policy: meta.policy.stored().into(),
         transcript,
     };
     // Recorded, and kept durably, before any signer applies it: from here on the
@@ -673,7 +669,7 @@ async fn complete_refresh(
         })?;
     meta.public_key_set = pending.public_key_set;
     meta.pending_refresh = None;
-    meta.state = "active".into();
+    meta.state = State::Active;
     lifecycle(core, &meta, "refresh", by).await?;
     core.record_key(&meta).await?;
     warn!(key_id = %meta.key_id, "key refreshed: every share replaced, same public key");
@@ -687,12 +683,12 @@ async fn abandon_refresh(
     parts: &[(ParticipantId, Arc<SignerHandle>)],
     key_id: &str,
 ) -> Result<(), Status> {
-    on_all(core, parts, "abandon refresh", |_, mut c| {
+    on_all(core, parts, "abandon refresh", |_, l| {
         let req = KeyLifecycleRequest {
             key_id: key_id.to_string(),
             event: "refresh-failed".into(),
         };
-        async move { c.key_lifecycle(req).await }
+        async move { l.key_lifecycle(req).await }
     })
     .await
     .map(|_| ())
@@ -705,7 +701,7 @@ async fn lifecycle(core: &Core, meta: &KeyMeta, event: &str, by: &str) -> Result
             &Lifecycle {
                 key_id: meta.key_id.clone(),
                 event: event.to_string(),
-                state: meta.state.clone(),
+                state: meta.state.name().into(),
                 by: by.to_string(),
                 successor: String::new(),
             },
@@ -725,10 +721,11 @@ pub(crate) async fn repair_key(
     by: &str,
 ) -> Result<KeyMeta, Status> {
     let meta = core.key(key_id)?.meta().clone();
-    if meta.state == "destroyed" || meta.state == "refreshing" || meta.pending_refresh.is_some() {
+    if matches!(meta.state, State::Destroyed | State::Refreshing) || meta.pending_refresh.is_some()
+    {
         return Err(Status::failed_precondition(format!(
             "key {key_id} is {}{}; repair it when it is not",
-            meta.state,
+            meta.state.name(),
             if meta.pending_refresh.is_some() {
                 " with a refresh pending"
             } else {
@@ -769,14 +766,14 @@ pub(crate) async fn repair_key(
     let session = SessionId::random(&mut OsRng);
     info!(%key_id, %signer, caller = %by, "repair starting");
 
-    let help = on_all(core, &others, "repair help", |_, mut c| {
+    let help = on_all(core, &others, "repair help", |_, l| {
         let req = RepairHelpRequest {
             key_id: key_id.to_string(),
             session: session.0.to_vec(),
             helpers: helper_ids.clone(),
             lost: lost.0.get() as u32,
         };
-        async move { c.repair_help(req).await }
+        async move { l.repair_help(req).await }
     })
     .await?;
     let mut deltas: Vec<Relayed> = Vec::new();
@@ -785,7 +782,7 @@ pub(crate) async fn repair_key(
         deltas.extend(r.deltas.iter().cloned());
         attestations.push(relayed(*p, lost.0, &r.attestation));
     }
-    let sigmas = on_all(core, &others, "repair sigma", |p, mut c| {
+    let sigmas = on_all(core, &others, "repair sigma", |p, l| {
         let req = RepairSigmaRequest {
             session: session.0.to_vec(),
             deltas: deltas
@@ -794,7 +791,7 @@ pub(crate) async fn repair_key(
                 .cloned()
                 .collect(),
         };
-        async move { c.repair_sigma(req).await }
+        async move { l.repair_sigma(req).await }
     })
     .await?;
     let participants: Vec<Participant> = parts
@@ -810,7 +807,7 @@ pub(crate) async fn repair_key(
         core,
         std::slice::from_ref(&lost),
         "repair recover",
-        |p, mut c| {
+        |p, l| {
             let req = RepairRecoverRequest {
                 key_id: key_id.to_string(),
                 session: session.0.to_vec(),
@@ -819,16 +816,16 @@ pub(crate) async fn repair_key(
                 me: p.get() as u32,
                 participants: participants.clone(),
                 public_key_set: pks.clone(),
-                policy: meta.policy.clone(),
+                policy: meta.policy.stored().into(),
                 sigmas: sigmas
                     .iter()
                     .map(|(h, r)| relayed(*h, p, &r.sigma))
                     .collect(),
                 attestations: attestations.clone(),
-                state: meta.state.clone(),
+                state: meta.state.name().into(),
                 policy_version: meta.policy_version,
             };
-            async move { c.repair_recover(req).await }
+            async move { l.repair_recover(req).await }
         },
     )
     .await?;
@@ -854,16 +851,12 @@ pub(crate) async fn repair_key(
         suite: meta.suite.clone(),
         session: session.to_string(),
         participants: parts.iter().map(party).collect(),
-        state: meta.state.clone(),
+        state: meta.state.name().into(),
         policy_version: meta.policy_version,
         lost: party(&lost),
         helpers: others.iter().map(party).collect(),
         public_key_set: meta.public_key_set.clone(),
-        policy_sha256: hex::encode(
-            hot_warm_cold::Policy::from_json(&meta.policy)
-                .map_err(|e| Status::internal(format!("key policy: {e}")))?
-                .digest(),
-        ),
+        policy_sha256: hex::encode(meta.policy.get().digest()),
         attestations: help
             .iter()
             .map(|(p, r)| Message {

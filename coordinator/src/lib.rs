@@ -14,6 +14,12 @@
 //! both sides); each is used at most once. Key metadata and completed signatures are
 //! kept in `sled` and flushed before a client hears about them.
 //!
+//! Signers are reached through [`link::SignerLink`] (over mTLS gRPC: [`link::GrpcLink`];
+//! in memory in the tests, [`run_with_links`]); their answers are decoded once into a
+//! typed [`link::LinkError`] (stale commitment, refusal by policy with its reason tag,
+//! rejection with culprits, transport failure), never by reading their message text.
+//! Time is read from one clock passed in.
+//!
 //! [`run`] serves until `shutdown` resolves; `custody coordinator` is a thin wrapper.
 
 mod audit;
@@ -22,6 +28,7 @@ pub mod config;
 mod console;
 mod core;
 mod dkg;
+pub mod link;
 mod metrics;
 mod requests;
 mod service;
@@ -60,5 +67,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(SocketAddr) + Send,
 ) -> Result<(), StartError> {
-    service::serve(config, shutdown, on_ready).await
+    service::serve(
+        config,
+        None,
+        custody_ops::clock::system(),
+        shutdown,
+        on_ready,
+    )
+    .await
+}
+
+/// Runs the coordinator like [`run`], reaching its signers over the given links (by
+/// signer name) instead of gRPC and reading time from `clock`: the same drivers over
+/// in-process signers, for tests.
+pub async fn run_with_links(
+    config: Config,
+    links: Vec<(String, std::sync::Arc<dyn link::SignerLink>)>,
+    clock: std::sync::Arc<dyn custody_ops::clock::Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(SocketAddr) + Send,
+) -> Result<(), StartError> {
+    service::serve(config, Some(links), clock, shutdown, on_ready).await
 }

@@ -104,7 +104,7 @@ impl Metrics {
         self.sign_seconds
             .get_or_create(&SuiteTier {
                 suite: meta.suite.clone(),
-                tier: meta.tier.clone(),
+                tier: meta.tier.name().into(),
             })
             .observe(took.as_secs_f64());
         let ms = took.as_secs_f64() * 1000.0;
@@ -259,8 +259,8 @@ pub(crate) fn exporter(core: &Arc<Core>) -> Exporter {
         for k in core.keys.read().expect("lock").values() {
             let meta = k.meta();
             keys.get_or_create(&KeyLabel {
-                tier: meta.tier.clone(),
-                state: meta.state.clone(),
+                tier: meta.tier.name().into(),
+                state: meta.state.name().into(),
             })
             .inc();
             for (name, n) in k.pool_levels() {
@@ -278,7 +278,7 @@ pub(crate) fn exporter(core: &Arc<Core>) -> Exporter {
             {
                 waiting
                     .get_or_create(&StateLabel {
-                        state: w.state.clone(),
+                        state: w.state.name().into(),
                     })
                     .inc();
             }

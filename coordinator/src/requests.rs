@@ -20,17 +20,10 @@ use tracing::{info, warn};
 
 use crate::core::{AnyKey, Core};
 use crate::service::{sign_and_record, sign_proto, store_err};
-use crate::store::WaitingRequest;
+use crate::store::{RequestEvent, RequestState, WaitingRequest};
 
 /// How often waiting requests whose approvals are complete are looked at.
 const TICK: Duration = Duration::from_secs(1);
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 pub(crate) fn transfer_of(w: &WaitingRequest) -> Option<Transfer> {
     w.transfer
@@ -117,15 +110,15 @@ fn required(w: &WaitingRequest, policy: &hot_warm_cold::Policy) -> usize {
     rule(w, policy).map_or(0, |r| r.required as usize)
 }
 
-/// Whether `w` may be tried now: enough approvals and (for a signature) its time lock
-/// over.
-fn ready(w: &WaitingRequest, policy: &hot_warm_cold::Policy) -> bool {
+/// Whether `w` may be tried at `now`: enough approvals and (for a signature) its time
+/// lock over.
+fn ready(w: &WaitingRequest, policy: &hot_warm_cold::Policy, now: u64) -> bool {
     let lock = if w.is_policy_change() {
         0
     } else {
         policy.time_lock_secs
     };
-    valid(w, policy) >= required(w, policy) && now() >= w.created_at.saturating_add(lock)
+    valid(w, policy) >= required(w, policy) && now >= w.created_at.saturating_add(lock)
 }
 
 /// The request as clients see it.
@@ -133,8 +126,8 @@ pub(crate) fn to_proto(core: &Core, w: &WaitingRequest) -> SigningRequest {
     let policy = core
         .key(&w.key_id)
         .ok()
-        .and_then(|k| hot_warm_cold::Policy::from_json(&k.meta().policy).ok());
-    let result = if w.state == "signed" {
+        .map(|k| k.meta().policy.get().clone());
+    let result = if w.state == RequestState::Signed {
         core.store
             .request(&w.request_id)
             .ok()
@@ -148,7 +141,7 @@ pub(crate) fn to_proto(core: &Core, w: &WaitingRequest) -> SigningRequest {
         key_id: w.key_id.clone(),
         message: hex::decode(&w.message).unwrap_or_default(),
         transfer: transfer_of(w),
-        state: w.state.clone(),
+        state: w.state.name().into(),
         approval_digest: approval_digest(w).to_vec(),
         approvals: policy.as_ref().map_or(0, |p| valid(w, p)) as u32,
         required: policy.as_ref().map_or(0, |p| required(w, p)) as u32,
@@ -221,7 +214,7 @@ pub(crate) async fn submit(
         // The caller (Sign) holds this request's lock already.
         let w = attempt_locked(core, w).await?;
         return Ok(match core.store.request(request_id).map_err(store_err)? {
-            Some(rec) if w.state == "signed" => sign_proto(&rec, false),
+            Some(rec) if w.state == RequestState::Signed => sign_proto(&rec, false),
             _ => pending_response(core, &w),
         });
     }
@@ -241,8 +234,8 @@ pub(crate) async fn submit(
             )
         }),
         approvals: vec![],
-        created_at: now(),
-        state: "waiting-approvals".into(),
+        created_at: core.clock.now_secs(),
+        state: RequestState::WaitingApprovals,
         last_error: String::new(),
         kind: "sign".into(),
         new_policy: String::new(),
@@ -300,16 +293,8 @@ async fn propose(core: &Arc<Core>, key: &AnyKey, w: &WaitingRequest) {
         };
         let timeout = core.timeouts.sign();
         tasks.push(tokio::spawn(async move {
-            let r = match h.client() {
-                Ok(mut c) => match tokio::time::timeout(timeout, c.propose(req)).await {
-                    Ok(r) => r.map(tonic::Response::into_inner),
-                    Err(_) => Err(Status::deadline_exceeded("no answer")),
-                },
-                Err(e) => Err(e),
-            };
-            h.observe(&r);
-            if let Err(st) = r {
-                warn!(signer = %h.name, "proposal not delivered: {}", st.message());
+            if let Err(e) = h.call(timeout, |l| l.propose(req)).await {
+                warn!(signer = %h.name, "proposal not delivered: {e}");
             }
         }));
     }
@@ -339,8 +324,7 @@ pub(crate) async fn approve(
             ))
         })?;
     let key = core.key(&w.key_id)?;
-    let policy = hot_warm_cold::Policy::from_json(&key.meta().policy)
-        .map_err(|e| Status::internal(format!("key policy: {e}")))?;
+    let policy = key.meta().policy.get().clone();
     let rule = rule(&w, &policy).ok_or_else(|| {
         Status::failed_precondition("the key's policy takes no approvals for this")
     })?;
@@ -371,7 +355,7 @@ pub(crate) async fn approve(
         ));
     }
     let approver_hex = hex::encode(approver);
-    if matches!(w.state.as_str(), "signed" | "refused" | "applied") {
+    if w.state.is_final() {
         return Ok(to_proto(core, &w));
     }
     if !w.approvals.iter().any(|(a, _)| *a == approver_hex) {
@@ -414,8 +398,8 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
         && !w.is_policy_change()
     {
         let mut w = w;
-        if w.state != "signed" {
-            w.state = "signed".into();
+        if w.state != RequestState::Signed {
+            w.state = w.state.next(RequestEvent::Signed);
             put(core, &w).await?;
         }
         return Ok(w);
@@ -425,26 +409,25 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
         .waiting(&w.request_id)
         .map_err(store_err)?
         .unwrap_or(w);
-    if matches!(w.state.as_str(), "signed" | "refused" | "applied") {
+    if w.state.is_final() {
         return Ok(w);
     }
     let key = core.key(&w.key_id)?;
-    let policy = hot_warm_cold::Policy::from_json(&key.meta().policy)
-        .map_err(|e| Status::internal(format!("key policy: {e}")))?;
+    let policy = key.meta().policy.get().clone();
     if w.is_policy_change() {
         if hex::encode(policy.digest()) != w.current_policy
             || key.meta().policy_version != w.policy_version
         {
-            w.state = "refused".into();
+            w.state = w.state.next(RequestEvent::Refused);
             w.last_error = "the key's policy changed since this change was proposed".into();
         } else if valid(&w, &policy) >= required(&w, &policy) {
             match apply_policy(core, &key, &w).await {
                 Ok(()) => {
-                    w.state = "applied".into();
+                    w.state = w.state.next(RequestEvent::Applied);
                     w.last_error.clear();
                 }
                 Err(st) if st.code() == Code::PermissionDenied => {
-                    w.state = "refused".into();
+                    w.state = w.state.next(RequestEvent::Refused);
                     w.last_error = st.message().to_string();
                 }
                 Err(st) => w.last_error = format!("{:?}: {}", st.code(), st.message()),
@@ -454,28 +437,25 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
         return Ok(w);
     }
     let enough = valid(&w, &policy) >= required(&w, &policy);
-    if !ready(&w, &policy) {
-        let state = if enough {
-            "time-locked"
-        } else {
-            "waiting-approvals"
-        };
+    if !ready(&w, &policy, core.clock.now_secs()) {
+        let state = w.state.next(RequestEvent::NotReady { enough });
         if w.state != state {
-            w.state = state.into();
+            w.state = state;
             put(core, &w).await?;
         }
         return Ok(w);
     }
-    if key.meta().state != "active" {
-        w.last_error = format!("key is {}", key.meta().state);
+    if !key.meta().state.may_sign() {
+        w.last_error = format!("key is {}", key.meta().state.name());
         put(core, &w).await?;
         return Ok(w);
     }
-    if key.meta().tier == "cold" {
+    if key.meta().tier == hot_warm_cold::Tier::Cold {
         // Approved: its signers are offline; operators carry the files
         // (`custody cold export` / `custody cold import`).
-        if w.state != "awaiting-cold-commitments" && w.state != "awaiting-cold-shares" {
-            w.state = "awaiting-cold-commitments".into();
+        let state = w.state.next(RequestEvent::ColdApproved);
+        if w.state != state {
+            w.state = state;
             put(core, &w).await?;
         }
         return Ok(w);
@@ -493,7 +473,7 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
     .await
     {
         Ok(_) => {
-            w.state = "signed".into();
+            w.state = w.state.next(RequestEvent::Signed);
             w.last_error.clear();
             info!(request_id = %w.request_id, "approved request signed");
         }
@@ -506,11 +486,11 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
                     .get(custody_protocol::api::DENY_REASON)
                     .is_some_and(|v| v == "time-locked") =>
         {
-            w.state = "time-locked".into();
+            w.state = w.state.next(RequestEvent::SignerTimeLocked);
             w.last_error = st.message().to_string();
         }
         Err(st) if st.code() == Code::PermissionDenied => {
-            w.state = "refused".into();
+            w.state = w.state.next(RequestEvent::Refused);
             w.last_error = st.message().to_string();
         }
         Err(st) => {
@@ -537,14 +517,7 @@ async fn apply_policy(core: &Arc<Core>, key: &AnyKey, w: &WaitingRequest) -> Res
         };
         let timeout = core.timeouts.dkg();
         tasks.push(tokio::spawn(async move {
-            let r = match h.client() {
-                Ok(mut c) => match tokio::time::timeout(timeout, c.set_policy(req)).await {
-                    Ok(r) => r.map(tonic::Response::into_inner),
-                    Err(_) => Err(Status::deadline_exceeded("no answer")),
-                },
-                Err(e) => Err(e),
-            };
-            h.observe(&r);
+            let r = h.call(timeout, |l| l.set_policy(req)).await;
             (h.name.clone(), r)
         }));
     }
@@ -556,10 +529,10 @@ async fn apply_policy(core: &Arc<Core>, key: &AnyKey, w: &WaitingRequest) -> Res
             .map_err(|e| Status::internal(format!("task: {e}")))?;
         match r {
             Ok(_) => {}
-            Err(st) if st.code() == Code::PermissionDenied => {
-                refused = Some(format!("{name}: {}", st.message()))
+            Err(e @ crate::link::LinkError::Refused { .. }) => {
+                refused = Some(format!("{name}: {e}"))
             }
-            Err(st) => failures.push(format!("{name}: {}", st.message())),
+            Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
     if let Some(why) = refused {
@@ -573,18 +546,15 @@ async fn apply_policy(core: &Arc<Core>, key: &AnyKey, w: &WaitingRequest) -> Res
     }
     let mut meta = key.meta().clone();
     let previous = meta.policy.clone();
-    meta.policy = w.new_policy.clone();
+    meta.policy = crate::store::StoredPolicy::parse(&w.new_policy)
+        .map_err(|e| Status::internal(format!("proposed policy: {e}")))?;
     meta.policy_version += 1;
     core.audit
         .append(
             POLICY_CHANGED,
             &PolicyChanged {
                 key_id: w.key_id.clone(),
-                previous_policy_sha256: hex::encode(
-                    hot_warm_cold::Policy::from_json(&previous)
-                        .map(|p| p.digest())
-                        .unwrap_or_default(),
-                ),
+                previous_policy_sha256: hex::encode(previous.get().digest()),
                 policy: w.new_policy.clone(),
                 version: w.policy_version,
                 approvals: w
@@ -612,8 +582,7 @@ pub(crate) async fn propose_policy(
     request_id: &str,
 ) -> Result<SigningRequest, Status> {
     let key = core.key(key_id)?;
-    let current = hot_warm_cold::Policy::from_json(&key.meta().policy)
-        .map_err(|e| Status::internal(format!("key policy: {e}")))?;
+    let current = key.meta().policy.get().clone();
     if current.admins.is_none() {
         return Err(Status::failed_precondition(format!(
             "key {key_id}: its policy names no admins, so it cannot change"
@@ -644,8 +613,8 @@ pub(crate) async fn propose_policy(
         message: String::new(),
         transfer: None,
         approvals: vec![],
-        created_at: now(),
-        state: "waiting-approvals".into(),
+        created_at: core.clock.now_secs(),
+        state: RequestState::WaitingApprovals,
         last_error: String::new(),
         kind: "policy-change".into(),
         new_policy: new.to_json(),
@@ -678,12 +647,10 @@ pub(crate) async fn propose_policy(
 async fn retire_old_keys(core: &Arc<Core>) {
     let keys = core.key_metas();
     for meta in keys {
-        if meta.state != "active" {
+        if !meta.state.may_sign() {
             continue;
         }
-        let Ok(policy) = hot_warm_cold::Policy::from_json(&meta.policy) else {
-            continue;
-        };
+        let policy = meta.policy.get();
         let mut why = None;
         if let Some(max) = policy.max_signatures {
             if let Ok(n) = core.store.signatures(&meta.key_id) {
@@ -693,7 +660,7 @@ async fn retire_old_keys(core: &Arc<Core>) {
             }
         }
         if let Some(max) = policy.max_age_secs {
-            let age = now().saturating_sub(meta.created_at);
+            let age = core.clock.now_secs().saturating_sub(meta.created_at);
             if age > max {
                 why = Some(format!("key is {age} s old, policy allows {max} s"));
             }
@@ -719,16 +686,17 @@ pub(crate) fn spawn_ticker(core: Arc<Core>) {
                 continue;
             };
             for w in all {
-                if w.state != "time-locked" && w.state != "waiting-approvals" {
+                if !matches!(
+                    w.state,
+                    RequestState::TimeLocked | RequestState::WaitingApprovals
+                ) {
                     continue;
                 }
                 let Ok(key) = core.key(&w.key_id) else {
                     continue;
                 };
-                let Ok(policy) = hot_warm_cold::Policy::from_json(&key.meta().policy) else {
-                    continue;
-                };
-                if !ready(&w, &policy) {
+                let policy = key.meta().policy.get();
+                if !ready(&w, policy, core.clock.now_secs()) {
                     continue;
                 }
                 if let Err(st) = attempt(&core, w).await {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use custody_pki::Role;
 use custody_protocol::proto::custody_server::{Custody, CustodyServer};
@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::core::{AnyKey, Core};
 use crate::dkg::{self, KeySpec};
+use crate::link::{GrpcLink, SignerLink};
 use crate::signers::SignerHandle;
 use crate::store::{KeyMeta, SignRecord};
 use crate::{signing, StartError};
@@ -33,6 +34,8 @@ struct CustodyService(Arc<Core>);
 
 pub(crate) async fn serve(
     config: Config,
+    links: Option<Vec<(String, Arc<dyn SignerLink>)>>,
+    clock: Arc<dyn custody_ops::clock::Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(std::net::SocketAddr) + Send,
 ) -> Result<(), StartError> {
@@ -47,17 +50,24 @@ pub(crate) async fn serve(
         &identity.public(),
     )?;
     let client_tls = files.client().map_err(|e| cfg_err(e.to_string()))?;
-    let signers: Vec<Arc<SignerHandle>> = config
-        .signers
-        .iter()
-        .map(|s| {
-            Arc::new(SignerHandle::new(
-                s.clone(),
-                client_tls.clone(),
-                config.timeouts,
-            ))
-        })
-        .collect();
+    let signers: Vec<Arc<SignerHandle>> = match links {
+        Some(links) => links
+            .into_iter()
+            .map(|(name, link)| Arc::new(SignerHandle::new(&name, link, config.timeouts)))
+            .collect(),
+        None => config
+            .signers
+            .iter()
+            .map(|s| {
+                let link = Arc::new(GrpcLink::new(
+                    s.clone(),
+                    client_tls.clone(),
+                    config.timeouts,
+                ));
+                Arc::new(SignerHandle::new(&s.name, link, config.timeouts))
+            })
+            .collect(),
+    };
     let store = crate::store::Store::open(&config.data_dir.join("db"))
         .map_err(|e| cfg_err(e.to_string()))?;
     let transcripts = config.data_dir.join("transcripts");
@@ -82,6 +92,7 @@ pub(crate) async fn serve(
         transcripts,
         metrics: crate::metrics::Metrics::new(),
         console: Default::default(),
+        clock,
     });
     let metas = core.store.keys().map_err(|e| cfg_err(e.to_string()))?;
     let n_keys = metas.len();
@@ -135,15 +146,11 @@ fn key_proto(m: &KeyMeta) -> Key {
         threshold: m.threshold as u32,
         signers: m.signers.clone(),
         public_key: hex::decode(&m.public_key).unwrap_or_default(),
-        tier: m.tier.clone(),
-        state: m.state.clone(),
+        tier: m.tier.name().into(),
+        state: m.state.name().into(),
         created_at: m.created_at,
         public_key_set: hex::decode(&m.public_key_set).unwrap_or_default(),
-        policy: if m.policy.is_empty() {
-            hot_warm_cold::Policy::permissive_hot().to_json()
-        } else {
-            m.policy.clone()
-        },
+        policy: m.policy.canonical(),
         rotated_from: m.rotated_from.clone(),
         rotated_to: m.rotated_to.clone(),
         state_reason: m.state_reason.clone(),
@@ -217,7 +224,6 @@ impl CustodyService {
             )));
         }
 
-        let tier = tier.name().to_string();
         if r.name.len() > MAX_NAME || r.name.chars().any(char::is_control) {
             return Err(Status::invalid_argument(format!(
                 "name: at most {MAX_NAME} bytes, no control characters"
@@ -272,16 +278,9 @@ impl CustodyService {
             signers,
             name: r.name,
             tier,
-            policy: policy.to_json(),
+            policy,
         })
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[tonic::async_trait]
@@ -294,7 +293,9 @@ impl Custody for CustodyService {
         let meta = dkg::create_key(&self.0, spec).await.inspect_err(|st| {
             warn!("create key failed: {:?}: {}", st.code(), st.message());
         })?;
-        self.0.metrics.dkg(&meta.suite, &meta.tier, t0.elapsed());
+        self.0
+            .metrics
+            .dkg(&meta.suite, meta.tier.name(), t0.elapsed());
         Ok(Response::new(key_proto(&meta)))
     }
 
@@ -358,7 +359,7 @@ impl Custody for CustodyService {
         let r = req.into_inner();
         api::check_id("key_id", &r.key_id)?;
         let meta = apply_event(&self.0, &r.key_id, &r.event, &caller.name, "", |_| {}).await?;
-        warn!(key_id = %meta.key_id, caller = %caller.name, state = %meta.state, "key lifecycle: {}", r.event);
+        warn!(key_id = %meta.key_id, caller = %caller.name, state = meta.state.name(), "key lifecycle: {}", r.event);
         Ok(Response::new(key_proto(&meta)))
     }
 
@@ -371,10 +372,11 @@ impl Custody for CustodyService {
         api::check_id("key_id", &r.key_id)?;
         let core = &self.0;
         let old = core.key(&r.key_id)?.meta().clone();
-        if old.state != "active" {
+        if old.state != hot_warm_cold::State::Active {
             return Err(Status::failed_precondition(format!(
                 "key {}: only active keys rotate (it is {})",
-                old.key_id, old.state
+                old.key_id,
+                old.state.name()
             )));
         }
         // The successor: same suite, threshold, signers, tier and policy, by a new DKG.
@@ -395,12 +397,8 @@ impl Custody for CustodyService {
             threshold: old.threshold,
             signers,
             name: old.name.clone(),
-            tier: old.tier.clone(),
-            policy: if old.policy.is_empty() {
-                hot_warm_cold::Policy::permissive_hot().to_json()
-            } else {
-                old.policy.clone()
-            },
+            tier: old.tier,
+            policy: old.policy.get().clone(),
         };
         info!(caller = %caller.name, key_id = %old.key_id, "rotate key");
         let mut new = dkg::create_key(core, spec).await?;
@@ -516,9 +514,13 @@ impl Custody for CustodyService {
         let mut all = self.0.store.all_waiting().map_err(store_err)?;
         all.sort_by_key(|w| std::cmp::Reverse(w.created_at));
         // Every request still waiting, and the 100 most recent others.
-        let (mut open, done): (Vec<_>, Vec<_>) = all
-            .into_iter()
-            .partition(|w| w.state == "waiting-approvals" || w.state == "time-locked");
+        let (mut open, done): (Vec<_>, Vec<_>) = all.into_iter().partition(|w| {
+            matches!(
+                w.state,
+                crate::store::RequestState::WaitingApprovals
+                    | crate::store::RequestState::TimeLocked
+            )
+        });
         open.extend(done.into_iter().take(100));
         Ok(Response::new(ListRequestsResponse {
             requests: open
@@ -612,20 +614,11 @@ impl Custody for CustodyService {
             let h = h.clone();
             let timeout = core.timeouts.connect() * 2;
             tasks.push(tokio::spawn(async move {
-                let r = match h.client() {
-                    Ok(mut c) => {
-                        match tokio::time::timeout(timeout, c.identity(IdentityRequest {})).await {
-                            Ok(r) => r.map(|_| ()),
-                            Err(_) => Err(Status::deadline_exceeded("no answer")),
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
-                h.observe(&r);
+                let _ = h.call(timeout, |l| l.identity()).await;
                 let health = h.health();
                 SignerStatus {
                     name: h.name.clone(),
-                    endpoint: h.endpoint().unwrap_or_default(),
+                    endpoint: h.endpoint(),
                     reachable: health.reachable,
                     last_seen_ms: health.last_seen_ms,
                     last_error: health.last_error,
@@ -745,15 +738,14 @@ impl CustodyService {
             )));
         }
         let key = core.key(key_id)?;
-        if key.meta().state != "active" {
+        if !key.meta().state.may_sign() {
             return Err(Status::failed_precondition(format!(
                 "key {key_id} is {}, not active",
-                key.meta().state
+                key.meta().state.name()
             )));
         }
-        let policy = hot_warm_cold::Policy::from_json(&key.meta().policy)
-            .map_err(|e| Status::internal(format!("key {key_id} policy: {e}")))?;
-        if settlement.is_some() && key.meta().tier == "cold" {
+        let policy = key.meta().policy.get().clone();
+        if settlement.is_some() && key.meta().tier == hot_warm_cold::Tier::Cold {
             return Err(Status::failed_precondition(format!(
                 "settlement: key {key_id} is cold; settlements take a hot key (within its limits) or a warm key (with approvals)"
             )));
@@ -890,7 +882,7 @@ pub(crate) async fn record_signature(
         signature: hex::encode(signed.signature),
         signers: signed.signers.iter().map(|p| p.get()).collect(),
         session: signed.session.to_string(),
-        created_at_ms: now_ms(),
+        created_at_ms: core.clock.now_ms(),
     };
     let t0 = std::time::Instant::now();
     // A maximum number of signatures: counted here, by what this coordinator signed
@@ -899,10 +891,8 @@ pub(crate) async fn record_signature(
     // crash never keeps the result without its count (a count without its result is
     // counted again when the result comes back from the audit log: early, never late).
     let mut limit = None;
-    if let Ok(policy) = hot_warm_cold::Policy::from_json(&key.meta().policy) {
-        if let Some(max) = policy.max_signatures {
-            limit = Some((core.store.bump_signatures(key_id).map_err(store_err)?, max));
-        }
+    if let Some(max) = key.meta().policy.get().max_signatures {
+        limit = Some((core.store.bump_signatures(key_id).map_err(store_err)?, max));
     }
     // Durable already, in the audit log; the store flushes it in the background.
     core.store.put_request(&rec).map_err(store_err)?;
@@ -938,7 +928,7 @@ pub(crate) async fn retire_by_policy(
     let _one = core
         .request_lock(&format!("retire-by-policy\0{key_id}"))
         .await;
-    if core.key(key_id)?.meta().state != "active" {
+    if !core.key(key_id)?.meta().state.may_sign() {
         return Ok(());
     }
     let reason = format!("retired automatically: {why}");
@@ -973,13 +963,8 @@ async fn apply_event(
     })?;
     let key = core.key(&r.key_id)?;
     let mut meta = key.meta().clone();
-    let current = hot_warm_cold::State::ALL
-        .into_iter()
-        .find(|s| s.name() == meta.state)
-        .ok_or_else(|| {
-            Status::internal(format!("key {}: unknown state {}", meta.key_id, meta.state))
-        })?;
-    let next = current
+    let next = meta
+        .state
         .apply(event)
         .map_err(|e| Status::failed_precondition(format!("key {}: {e}", meta.key_id)))?;
     // Every signer of the key applies it to its own record (idempotently, so a
@@ -992,21 +977,11 @@ async fn apply_event(
             .clone();
         let (key_id, ev, timeout) = (meta.key_id.clone(), r.event.clone(), core.timeouts.dkg());
         tasks.push(tokio::spawn(async move {
-            let r = match h.client() {
-                Ok(mut c) => {
-                    match tokio::time::timeout(
-                        timeout,
-                        c.key_lifecycle(KeyLifecycleRequest { key_id, event: ev }),
-                    )
-                    .await
-                    {
-                        Ok(r) => r.map(tonic::Response::into_inner),
-                        Err(_) => Err(Status::deadline_exceeded("no answer")),
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            h.observe(&r);
+            let r = h
+                .call(timeout, |l| {
+                    l.key_lifecycle(KeyLifecycleRequest { key_id, event: ev })
+                })
+                .await;
             (h.name.clone(), r)
         }));
     }
@@ -1015,8 +990,8 @@ async fn apply_event(
         let (name, r) = t
             .await
             .map_err(|e| Status::internal(format!("task: {e}")))?;
-        if let Err(st) = r {
-            failures.push(format!("{name}: {}", st.message()));
+        if let Err(e) = r {
+            failures.push(format!("{name}: {e}"));
         }
     }
     if !failures.is_empty() {
@@ -1027,7 +1002,7 @@ async fn apply_event(
             failures.join("; ")
         )));
     }
-    meta.state = next.name().to_string();
+    meta.state = next;
     core.audit
         .append(
             LIFECYCLE,
@@ -1038,7 +1013,7 @@ async fn apply_event(
                 } else {
                     "rotate".into()
                 },
-                state: meta.state.clone(),
+                state: meta.state.name().into(),
                 by: by.to_string(),
                 successor: successor.to_string(),
             },

@@ -1,23 +1,19 @@
-//! Connections to the signers and what the coordinator knows of their health.
+//! The signers as the coordinator sees them: each one's link ([`SignerLink`]) and
+//! what the coordinator knows of its health.
 
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use custody_protocol::proto::signer_client::SignerClient;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use tonic::{Code, Status};
-
-use crate::config::{SignerEndpoint, Timeouts};
+use crate::config::Timeouts;
+use crate::link::{LinkError, LinkFuture, SignerLink};
 
 /// One signer as the coordinator sees it.
 #[derive(Debug)]
 pub struct SignerHandle {
     /// Name, as in its certificate.
     pub name: String,
-    source: SignerEndpoint,
-    tls: ClientTlsConfig,
+    link: Arc<dyn SignerLink>,
     timeouts: Timeouts,
-    channel: Mutex<Option<SignerClient<Channel>>>,
     health: Mutex<Health>,
     /// The signer's CA-verified certificate (DER), fetched on first contact.
     pub(crate) certificate: Mutex<Option<Vec<u8>>>,
@@ -43,14 +39,6 @@ pub struct Health {
     pub epoch: u64,
 }
 
-/// Whether a status means the signer could not be reached (as opposed to an answer).
-pub fn is_transport(st: &Status) -> bool {
-    matches!(
-        st.code(),
-        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
-    )
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -59,13 +47,12 @@ fn now_ms() -> u64 {
 }
 
 impl SignerHandle {
-    pub(crate) fn new(source: SignerEndpoint, tls: ClientTlsConfig, timeouts: Timeouts) -> Self {
+    /// A signer named `name`, reached over `link`.
+    pub fn new(name: &str, link: Arc<dyn SignerLink>, timeouts: Timeouts) -> Self {
         SignerHandle {
-            name: source.name.clone(),
-            source,
-            tls,
+            name: name.to_string(),
+            link,
             timeouts,
-            channel: Mutex::new(None),
             health: Mutex::new(Health::default()),
             certificate: Mutex::new(None),
             sealer: Mutex::new(String::new()),
@@ -73,47 +60,36 @@ impl SignerHandle {
         }
     }
 
-    /// Where the signer listens now (re-reading its address file).
-    pub fn endpoint(&self) -> Result<String, Status> {
-        match (&self.source.endpoint, &self.source.addr_file) {
-            (Some(e), _) => Ok(e.clone()),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .map(|s| s.trim().to_string())
-                .map_err(|e| {
-                    Status::unavailable(format!(
-                        "signer {}: address file {}: {e}",
-                        self.name,
-                        f.display()
-                    ))
-                }),
-            (None, None) => Err(Status::internal("signer without address")),
-        }
+    /// The link itself (for calls that manage their own timeout and observation).
+    pub fn link(&self) -> Arc<dyn SignerLink> {
+        self.link.clone()
     }
 
-    /// A client, connecting lazily; reused until the signer fails.
-    pub fn client(&self) -> Result<SignerClient<Channel>, Status> {
-        let mut ch = self.channel.lock().expect("lock");
-        if let Some(c) = ch.as_ref() {
-            return Ok(c.clone());
-        }
-        let addr = self.endpoint()?;
-        let ep = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| Status::internal(format!("signer {} endpoint {addr}: {e}", self.name)))?
-            .tls_config(self.tls.clone())
-            .map_err(|e| Status::internal(format!("signer {} tls: {e}", self.name)))?
-            .connect_timeout(self.timeouts.connect())
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        let client = SignerClient::new(ep.connect_lazy())
-            .max_decoding_message_size(8 << 20)
-            .max_encoding_message_size(8 << 20);
-        *ch = Some(client.clone());
-        Ok(client)
+    /// Where the signer is reached now.
+    pub fn endpoint(&self) -> String {
+        self.link.endpoint()
+    }
+
+    /// One call over the link, within `timeout`; its outcome updates the health.
+    pub async fn call<'a, T>(
+        &'a self,
+        timeout: Duration,
+        f: impl FnOnce(&'a dyn SignerLink) -> LinkFuture<'a, T>,
+    ) -> Result<T, LinkError> {
+        let r = match tokio::time::timeout(timeout, f(&*self.link)).await {
+            Ok(r) => r,
+            Err(_) => Err(LinkError::timed_out(format!(
+                "signer {} did not answer within {} ms",
+                self.name,
+                timeout.as_millis()
+            ))),
+        };
+        self.observe(&r);
+        r
     }
 
     /// Records the outcome of a call.
-    pub fn observe<T>(&self, r: &Result<T, Status>) {
+    pub fn observe<T>(&self, r: &Result<T, LinkError>) {
         let mut h = self.health.lock().expect("lock");
         match r {
             Ok(_) => {
@@ -122,13 +98,13 @@ impl SignerHandle {
                 h.last_error.clear();
                 h.failed_at = None;
             }
-            Err(st) if is_transport(st) => {
+            Err(e) if e.is_transport() => {
                 h.epoch += 1;
                 h.reachable = false;
-                h.last_error = format!("{:?}: {}", st.code(), st.message());
+                h.last_error = format!("{:?}: {e}", e.code());
                 h.failed_at = Some(Instant::now());
                 // Reconnect from scratch next time (the address may have changed).
-                *self.channel.lock().expect("lock") = None;
+                self.link.reset();
             }
             Err(_) => {
                 // The signer answered: it is reachable, the request was refused.
@@ -142,23 +118,23 @@ impl SignerHandle {
     /// A probe never changes the signer's epoch (its pooled commitments stay), its
     /// back-off after a failure or a bad share, or (unless the connection itself failed)
     /// its channel: a slow answer under load must not cost the signing path anything.
-    pub fn observe_probe<T>(&self, r: &Result<T, Status>) {
+    pub fn observe_probe<T>(&self, r: &Result<T, LinkError>) {
         let mut h = self.health.lock().expect("lock");
         match r {
             Ok(_) => {
                 h.reachable = true;
                 h.last_seen_ms = now_ms();
             }
-            Err(st) if st.code() == Code::DeadlineExceeded => {
+            Err(e) if e.code() == tonic::Code::DeadlineExceeded => {
                 h.reachable = false;
-                h.last_error = format!("no answer to a probe: {}", st.message());
+                h.last_error = format!("no answer to a probe: {e}");
             }
-            Err(st) if is_transport(st) => {
+            Err(e) if e.is_transport() => {
                 h.reachable = false;
-                h.last_error = format!("{:?}: {}", st.code(), st.message());
+                h.last_error = format!("{:?}: {e}", e.code());
                 drop(h);
                 // Reconnect from scratch next time (the address may have changed).
-                *self.channel.lock().expect("lock") = None;
+                self.link.reset();
             }
             Err(_) => {
                 h.reachable = true;
@@ -221,17 +197,9 @@ pub(crate) fn spawn_prober(core: std::sync::Arc<crate::core::Core>) {
             let mut tasks = Vec::new();
             for h in core.signers.iter().cloned() {
                 tasks.push(tokio::spawn(async move {
-                    let r = match h.client() {
-                        Ok(mut c) => match tokio::time::timeout(
-                            timeout,
-                            c.identity(custody_protocol::proto::IdentityRequest {}),
-                        )
-                        .await
-                        {
-                            Ok(r) => r.map(tonic::Response::into_inner),
-                            Err(_) => Err(Status::deadline_exceeded("no answer")),
-                        },
-                        Err(e) => Err(e),
+                    let r = match tokio::time::timeout(timeout, h.link.identity()).await {
+                        Ok(r) => r,
+                        Err(_) => Err(LinkError::timed_out("no answer")),
                     };
                     h.observe_probe(&r);
                     if let Ok(id) = r {

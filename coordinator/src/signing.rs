@@ -4,21 +4,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use custody_protocol::proto::{Approval, CommitRequest, SignShareRequest, Transfer};
 use custody_protocol::sign::{
     self, CommitmentBatch, Commitments, ShareMessage, SignatureShare, SigningPackage, COORDINATOR,
 };
 use custody_protocol::wire::{self, Header, Kind};
-use custody_protocol::{
-    api, identity, EngineSuite, Error as EngineError, ParticipantId, SessionId,
-};
+use custody_protocol::{identity, EngineSuite, Error as EngineError, ParticipantId, SessionId};
 use rand_core::OsRng;
-use tonic::{Code, Status};
+use tonic::Status;
 use tracing::{debug, warn};
 
 use crate::core::{Core, KeyRt};
+use crate::link::LinkError;
 use crate::signers::SignerHandle;
 
 /// Commitments fetched per `Commit` call.
@@ -60,24 +58,7 @@ enum Dropout {
     /// It sent something provably wrong.
     Culprit(String),
     /// Its policy refuses the request.
-    Refused(Status),
-}
-
-async fn call<T>(
-    timeout: Duration,
-    handle: &SignerHandle,
-    fut: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
-) -> Result<T, Status> {
-    let r = match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "signer {} did not answer within {} ms",
-            handle.name,
-            timeout.as_millis()
-        ))),
-    };
-    handle.observe(&r);
-    r
+    Refused(LinkError),
 }
 
 /// Fetches `count` fresh commitments from participant `p` and checks each one's
@@ -89,16 +70,14 @@ async fn fetch<C: EngineSuite>(
     handle: &SignerHandle,
     count: u32,
 ) -> Result<Vec<Commitments<C>>, Dropout> {
-    let mut client = handle
-        .client()
-        .map_err(|e| Dropout::Failed(e.message().to_string()))?;
     let req = CommitRequest {
         key_id: key.meta.key_id.clone(),
         count,
     };
-    let resp = call(core.timeouts.sign(), handle, client.commit(req))
+    let resp = handle
+        .call(core.timeouts.sign(), |l| l.commit(req))
         .await
-        .map_err(|e| Dropout::Failed(format!("{}: {}", handle.name, e.message())))?;
+        .map_err(|e| Dropout::Failed(format!("{}: {e}", handle.name)))?;
     // Checking the envelope and decoding 2 × count points is CPU work: off the runtime.
     let (roster, batch) = (key.roster.clone(), resp.batch);
     tokio::task::spawn_blocking(move || {
@@ -210,9 +189,6 @@ async fn request_share<C: EngineSuite>(
     handle: &SignerHandle,
     ask: Arc<Ask>,
 ) -> Result<(SignatureShare<C>, Vec<u8>), Dropout> {
-    let mut client = handle
-        .client()
-        .map_err(|e| Dropout::Failed(e.message().to_string()))?;
     let req = SignShareRequest {
         key_id: key.meta.key_id.clone(),
         package: ask.package.clone(),
@@ -221,25 +197,18 @@ async fn request_share<C: EngineSuite>(
         settlement: ask.settlement.clone(),
         approvals: ask.approvals.clone(),
     };
-    let resp = match call(core.timeouts.sign(), handle, client.sign_share(req)).await {
+    let resp = match handle
+        .call(core.timeouts.sign(), |l| l.sign_share(req))
+        .await
+    {
         Ok(r) => r,
-        Err(st)
-            if st
-                .metadata()
-                .contains_key(custody_protocol::api::STALE_COMMITMENT) =>
-        {
+        Err(LinkError::StaleCommitment { .. }) => {
             handle.bump_epoch();
             return Err(Dropout::Stale);
         }
         // The signer's own policy said no: another quorum would say the same.
-        Err(st) if st.code() == Code::PermissionDenied => return Err(Dropout::Refused(st)),
-        Err(st) => {
-            return Err(Dropout::Failed(format!(
-                "{}: {}",
-                handle.name,
-                st.message()
-            )))
-        }
+        Err(e @ LinkError::Refused { .. }) => return Err(Dropout::Refused(e)),
+        Err(e) => return Err(Dropout::Failed(format!("{}: {e}", handle.name))),
     };
     let opened = identity::open_from(&key.roster, p, &resp.share)
         .map_err(|e| Dropout::Culprit(format!("signature share: {e}")))?;
@@ -399,7 +368,7 @@ pub(crate) async fn sign<C: EngineSuite>(
 #[derive(Default)]
 struct Tracker {
     /// A signer's policy refused the request: stop, and say why.
-    refused: Option<Status>,
+    refused: Option<LinkError>,
     excluded: BTreeSet<ParticipantId>,
     reasons: Vec<String>,
     stale_retries: usize,
@@ -419,9 +388,9 @@ impl Tracker {
                 self.excluded.insert(p);
                 self.reasons.push(why);
             }
-            Dropout::Refused(st) => {
-                warn!(key_id = %key.meta.key_id, participant = %p, signer = %name, "refused by the signer's policy: {}", st.message());
-                self.refused = Some(st);
+            Dropout::Refused(e) => {
+                warn!(key_id = %key.meta.key_id, participant = %p, signer = %name, "refused by the signer's policy: {e}");
+                self.refused = Some(e);
             }
             Dropout::Culprit(why) => {
                 warn!(
@@ -442,13 +411,9 @@ impl Tracker {
 
     /// Gives up when signers keep answering that fresh commitments are unknown.
     fn check_stale(&self, n: usize) -> Result<(), Status> {
-        if let Some(st) = &self.refused {
-            // The signer's status as it is (its reason tag in the metadata too).
-            let mut out = Status::permission_denied(st.message().to_string());
-            if let Some(tag) = st.metadata().get(api::DENY_REASON) {
-                out.metadata_mut().insert(api::DENY_REASON, tag.clone());
-            }
-            return Err(out);
+        if let Some(e) = &self.refused {
+            // The signer's refusal as it is (its reason tag in the metadata too).
+            return Err(e.to_status());
         }
         if self.stale_retries > 2 * n {
             return Err(Status::unavailable(

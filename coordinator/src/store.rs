@@ -28,17 +28,17 @@ pub struct KeyMeta {
     /// Canonical public key set, hex.
     pub public_key_set: String,
     /// Tier.
-    pub tier: String,
+    pub tier: hot_warm_cold::Tier,
     /// Lifecycle state.
-    pub state: String,
+    pub state: hot_warm_cold::State,
     /// Unix seconds.
     pub created_at: u64,
     /// DKG session id, hex.
     pub dkg_session: String,
-    /// The policy every signer enforces, canonical JSON ("" for keys recorded before
-    /// policies existed: the development policy).
+    /// The policy every signer enforces, parsed at load; stored as its canonical JSON
+    /// ("" for keys recorded before policies existed: the development policy).
     #[serde(default)]
-    pub policy: String,
+    pub policy: StoredPolicy,
     /// The key this one replaced by rotation.
     #[serde(default)]
     pub rotated_from: String,
@@ -54,6 +54,75 @@ pub struct KeyMeta {
     /// A refresh every signer confirmed but not every signer applied yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_refresh: Option<PendingRefresh>,
+}
+
+/// A key's policy, parsed once when its record is read; stored (and written back)
+/// exactly as the JSON string it was, so records on disk do not change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPolicy {
+    json: String,
+    policy: hot_warm_cold::Policy,
+}
+
+impl Default for StoredPolicy {
+    /// The development policy, as records made before policies existed hold it ("").
+    fn default() -> Self {
+        StoredPolicy {
+            json: String::new(),
+            policy: hot_warm_cold::Policy::permissive_hot(),
+        }
+    }
+}
+
+impl StoredPolicy {
+    /// A policy as it will be stored (its canonical JSON).
+    pub fn new(policy: &hot_warm_cold::Policy) -> StoredPolicy {
+        StoredPolicy {
+            json: policy.to_json(),
+            policy: policy.clone(),
+        }
+    }
+
+    /// A stored JSON policy, checked ("" is the development policy).
+    pub fn parse(json: &str) -> Result<StoredPolicy, String> {
+        Ok(StoredPolicy {
+            json: json.to_string(),
+            policy: hot_warm_cold::Policy::from_json(json)?,
+        })
+    }
+
+    /// The JSON exactly as stored ("" for the development policy of an old record).
+    pub fn stored(&self) -> &str {
+        &self.json
+    }
+
+    /// The policy.
+    pub fn get(&self) -> &hot_warm_cold::Policy {
+        &self.policy
+    }
+
+    /// Its canonical JSON as the signers were given it (the development policy's for a
+    /// record that stored "").
+    pub fn canonical(&self) -> String {
+        if self.json.is_empty() {
+            self.policy.to_json()
+        } else {
+            self.json.clone()
+        }
+    }
+}
+
+impl Serialize for StoredPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.json)
+    }
+}
+
+impl<'de> Deserialize<'de> for StoredPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let json = String::deserialize(d)?;
+        StoredPolicy::parse(&json).map_err(|e| serde::de::Error::custom(format!("policy: {e}")))
+    }
 }
 
 /// A confirmed refresh waiting for every signer to apply it.
@@ -82,8 +151,8 @@ pub struct WaitingRequest {
     pub approvals: Vec<(String, String)>,
     /// Unix seconds.
     pub created_at: u64,
-    /// waiting-approvals, time-locked, signed or refused.
-    pub state: String,
+    /// Where it stands.
+    pub state: RequestState,
     /// Why the last attempt did not sign.
     pub last_error: String,
     /// "" or "sign": a signature; "policy-change": a new policy for the key.
@@ -121,11 +190,107 @@ pub struct ColdProgress {
     pub shares: Vec<(u16, String)>,
 }
 
+/// Where a request that needs approvals stands (stored by these names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestState {
+    /// Fewer valid approvals than the policy requires.
+    WaitingApprovals,
+    /// Approved; its time lock (or a signer's own) has not passed.
+    TimeLocked,
+    /// A cold key's: approved, its offline signers' commitments awaited (trip 1).
+    AwaitingColdCommitments,
+    /// A cold key's: the package made, its offline signers' shares awaited (trip 2).
+    AwaitingColdShares,
+    /// Signed (terminal).
+    Signed,
+    /// Refused for good: a signer's policy, or a policy change gone stale (terminal).
+    Refused,
+    /// A policy change applied on every signer (terminal).
+    Applied,
+}
+
+/// What happened to a request, for [`RequestState::next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestEvent {
+    /// Looked at before it may be tried: with `enough` approvals, or not yet.
+    NotReady {
+        /// Whether the approvals are complete (the time lock is what it waits for).
+        enough: bool,
+    },
+    /// Ready, and its key is cold: the offline signers are asked for commitments.
+    ColdApproved,
+    /// Every offline signer's commitment is in; the package is made.
+    ColdCommitted,
+    /// A signature was made (the last share of a cold one, or the signers online).
+    Signed,
+    /// A signer's own time lock has not passed (it saw the request later).
+    SignerTimeLocked,
+    /// A policy change applied on every signer.
+    Applied,
+    /// Refused for good.
+    Refused,
+}
+
+impl RequestState {
+    /// Its name (the stored form, and what clients see).
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestState::WaitingApprovals => "waiting-approvals",
+            RequestState::TimeLocked => "time-locked",
+            RequestState::AwaitingColdCommitments => "awaiting-cold-commitments",
+            RequestState::AwaitingColdShares => "awaiting-cold-shares",
+            RequestState::Signed => "signed",
+            RequestState::Refused => "refused",
+            RequestState::Applied => "applied",
+        }
+    }
+
+    /// Whether it is over (signed, refused or applied): nothing moves it again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RequestState::Signed | RequestState::Refused | RequestState::Applied
+        )
+    }
+
+    /// Whether it waits for offline signers' files.
+    pub fn is_cold(self) -> bool {
+        matches!(
+            self,
+            RequestState::AwaitingColdCommitments | RequestState::AwaitingColdShares
+        )
+    }
+
+    /// The state after `event`: the one transition function. A final state stays; a
+    /// cold request already under way stays cold when approved again; its shares are
+    /// asked for only after its commitments.
+    pub fn next(self, event: RequestEvent) -> RequestState {
+        if self.is_final() {
+            return self;
+        }
+        match event {
+            RequestEvent::NotReady { enough: true } => RequestState::TimeLocked,
+            RequestEvent::NotReady { enough: false } => RequestState::WaitingApprovals,
+            RequestEvent::ColdApproved if self.is_cold() => self,
+            RequestEvent::ColdApproved => RequestState::AwaitingColdCommitments,
+            RequestEvent::ColdCommitted if self == RequestState::AwaitingColdCommitments => {
+                RequestState::AwaitingColdShares
+            }
+            RequestEvent::ColdCommitted => self,
+            RequestEvent::Signed => RequestState::Signed,
+            RequestEvent::SignerTimeLocked => RequestState::TimeLocked,
+            RequestEvent::Applied => RequestState::Applied,
+            RequestEvent::Refused => RequestState::Refused,
+        }
+    }
+}
+
 impl WaitingRequest {
     /// Whether it still waits (for approvals, its time lock, offline signers or a
     /// retry), as opposed to signed, refused or applied.
     pub fn is_open(&self) -> bool {
-        !matches!(self.state.as_str(), "signed" | "refused" | "applied")
+        !self.state.is_final()
     }
 
     /// Whether this is a policy change (not a signature).
@@ -357,5 +522,63 @@ fn flush_loop(db: &sled::Db, rx: &std::sync::mpsc::Receiver<()>) {
             // The audit log holds every result; the next start restores what is lost.
             tracing::error!("database flush of signing results failed: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod request_state_tests {
+    use super::{RequestEvent as E, RequestState as S};
+
+    const ALL: [S; 7] = [
+        S::WaitingApprovals,
+        S::TimeLocked,
+        S::AwaitingColdCommitments,
+        S::AwaitingColdShares,
+        S::Signed,
+        S::Refused,
+        S::Applied,
+    ];
+    const EVENTS: [E; 8] = [
+        E::NotReady { enough: false },
+        E::NotReady { enough: true },
+        E::ColdApproved,
+        E::ColdCommitted,
+        E::Signed,
+        E::SignerTimeLocked,
+        E::Applied,
+        E::Refused,
+    ];
+
+    #[test]
+    fn final_states_stay_and_names_are_the_stored_form() {
+        for s in ALL {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.name()));
+            for e in EVENTS {
+                let n = s.next(e);
+                if s.is_final() {
+                    assert_eq!(n, s, "{s:?} + {e:?}");
+                }
+                // Shares are asked for only after the commitments are in.
+                if n == S::AwaitingColdShares {
+                    assert!(
+                        s == S::AwaitingColdShares
+                            || (s == S::AwaitingColdCommitments && e == E::ColdCommitted)
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            S::WaitingApprovals.next(E::ColdCommitted),
+            S::WaitingApprovals
+        );
+        assert_eq!(
+            S::AwaitingColdShares.next(E::ColdApproved),
+            S::AwaitingColdShares
+        );
+        assert_eq!(
+            S::TimeLocked.next(E::ColdApproved),
+            S::AwaitingColdCommitments
+        );
     }
 }

@@ -11,6 +11,11 @@ use std::sync::Arc;
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Now, in Unix seconds.
     fn now_secs(&self) -> u64;
+
+    /// Now, in Unix milliseconds.
+    fn now_ms(&self) -> u64 {
+        self.now_secs().saturating_mul(1000)
+    }
 }
 
 /// The system's clock.
@@ -19,9 +24,13 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_secs(&self) -> u64 {
+        self.now_ms() / 1000
+    }
+
+    fn now_ms(&self) -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
     }
 }

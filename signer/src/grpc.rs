@@ -24,7 +24,7 @@ use crate::store::KeyState;
 
 /// The gRPC service over a signer's core.
 #[derive(Debug, Clone)]
-pub(crate) struct SignerService(pub Arc<Core>);
+pub(crate) struct SignerService(pub SignerApi);
 
 /// Checks a key id or request id (see [`api::check_id`]).
 pub(crate) fn check_id(field: &str, id: &str) -> Result<String> {
@@ -125,7 +125,7 @@ impl SignerService {
                 .get::<tonic::GrpcMethod>()
                 .map(|m| m.method().to_string())
                 .unwrap_or_default();
-            self.0.audit.record(
+            self.0 .0.audit.record(
                 ax::AUTH_DENIED,
                 &ax::AuthDenied {
                     rpc,
@@ -142,28 +142,47 @@ fn state(s: KeyState) -> String {
     s.name().to_string()
 }
 
-#[tonic::async_trait]
-impl Signer for SignerService {
-    async fn identity(
-        &self,
-        req: Request<IdentityRequest>,
-    ) -> Result<Response<IdentityResponse>, Status> {
-        custody_pki::authorize(&req, &[Role::Coordinator, Role::Operator, Role::Auditor])?;
+/// The Signer API's requests answered by a signer's core, without a network: what the
+/// gRPC service calls once it has authorized the caller, and what an in-process link
+/// (tests) calls directly, naming the coordinator it speaks for.
+#[derive(Debug, Clone)]
+pub struct SignerApi(pub(crate) Arc<Core>);
+
+impl SignerApi {
+    /// Opens a signer's state (identity, store, audit log, keys) without listening
+    /// anywhere, reading time from `clock`.
+    pub fn open(
+        config: &crate::Config,
+        clock: Arc<dyn custody_ops::clock::Clock>,
+    ) -> Result<SignerApi, crate::StartError> {
+        Ok(SignerApi(Arc::new(Core::open(config, clock)?)))
+    }
+
+    /// Who this signer is.
+    pub fn identity(&self) -> IdentityResponse {
         let c = &self.0;
-        Ok(Response::new(IdentityResponse {
+        IdentityResponse {
             name: c.name.clone(),
             identity: c.identity.public().to_bytes().to_vec(),
             certificate: c.cert_der.clone(),
             sealer: c.sealer.describe(),
-        }))
+        }
     }
 
-    async fn dkg_start(
+    /// The audit log, sealed for `nonce`.
+    pub async fn export_audit(&self, nonce: &[u8]) -> Result<Vec<u8>, Status> {
+        api::check_nonce(nonce)?;
+        let log = self.0.audit.export(nonce).await.map_err(Error::from)?;
+        info!(bytes = log.len(), "audit log exported");
+        Ok(log)
+    }
+
+    /// `dkg_start`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn dkg_start(
         &self,
-        req: Request<DkgStartRequest>,
-    ) -> Result<Response<DkgStartResponse>, Status> {
-        let coordinator = self.authorize(&req)?;
-        let r = req.into_inner();
+        coordinator: IdentityPublic,
+        r: DkgStartRequest,
+    ) -> Result<DkgStartResponse, Status> {
         let ask = DkgStart {
             key_id: check_id("key_id", &r.key_id)?,
             session: session("session", &r.session)?,
@@ -177,15 +196,15 @@ impl Signer for SignerService {
             coordinator,
         };
         let round1 = self.0.dkg_start(ask).await?;
-        Ok(Response::new(DkgStartResponse { round1 }))
+        Ok(DkgStartResponse { round1 })
     }
 
-    async fn dkg_round1(
+    /// `dkg_round1`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn dkg_round1(
         &self,
-        req: Request<DkgRound1Request>,
-    ) -> Result<Response<DkgRound1Response>, Status> {
-        self.authorize(&req)?;
-        let r = req.into_inner();
+        _coordinator: IdentityPublic,
+        r: DkgRound1Request,
+    ) -> Result<DkgRound1Response, Status> {
         let out = self
             .0
             .dkg_round1(
@@ -193,7 +212,7 @@ impl Signer for SignerService {
                 inbox(&r.round1, "round1.from")?,
             )
             .await?;
-        Ok(Response::new(DkgRound1Response {
+        Ok(DkgRound1Response {
             echo: out.echo,
             shares: out
                 .shares
@@ -204,15 +223,15 @@ impl Signer for SignerService {
                     envelope,
                 })
                 .collect(),
-        }))
+        })
     }
 
-    async fn dkg_round2(
+    /// `dkg_round2`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn dkg_round2(
         &self,
-        req: Request<DkgRound2Request>,
-    ) -> Result<Response<DkgRound2Response>, Status> {
-        self.authorize(&req)?;
-        let r = req.into_inner();
+        _coordinator: IdentityPublic,
+        r: DkgRound2Request,
+    ) -> Result<DkgRound2Response, Status> {
         let out = self
             .0
             .dkg_round2(
@@ -221,57 +240,57 @@ impl Signer for SignerService {
                 inbox(&r.shares, "shares.from")?,
             )
             .await?;
-        Ok(Response::new(DkgRound2Response {
+        Ok(DkgRound2Response {
             confirmation: out.confirmation,
             public_key_set: out.public_key_set,
-        }))
+        })
     }
 
-    async fn dkg_finalize(
+    /// `dkg_finalize`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn dkg_finalize(
         &self,
-        req: Request<DkgFinalizeRequest>,
-    ) -> Result<Response<DkgFinalizeResponse>, Status> {
-        self.authorize(&req)?;
-        let r = req.into_inner();
+        _coordinator: IdentityPublic,
+        r: DkgFinalizeRequest,
+    ) -> Result<DkgFinalizeResponse, Status> {
         self.0
             .dkg_finalize(
                 session("session", &r.session)?,
                 inbox(&r.confirmations, "confirmations.from")?,
             )
             .await?;
-        Ok(Response::new(DkgFinalizeResponse {}))
+        Ok(DkgFinalizeResponse {})
     }
 
-    async fn commit(
+    /// `commit`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn commit(
         &self,
-        req: Request<CommitRequest>,
-    ) -> Result<Response<CommitResponse>, Status> {
-        self.authorize(&req)?;
-        let r = req.into_inner();
+        _coordinator: IdentityPublic,
+        r: CommitRequest,
+    ) -> Result<CommitResponse, Status> {
         let batch = self.0.commit(&r.key_id, r.count).await?;
-        Ok(Response::new(CommitResponse { batch }))
+        Ok(CommitResponse { batch })
     }
 
-    async fn key_lifecycle(
+    /// `key_lifecycle`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn key_lifecycle(
         &self,
-        req: Request<KeyLifecycleRequest>,
-    ) -> Result<Response<KeyLifecycleResponse>, Status> {
-        self.authorize(&req)?;
-        let r = req.into_inner();
+        _coordinator: IdentityPublic,
+        r: KeyLifecycleRequest,
+    ) -> Result<KeyLifecycleResponse, Status> {
         let key_id = check_id("key_id", &r.key_id)?;
         let s = self
             .0
             .lifecycle(&key_id, LifecycleAsk::parse(&r.event)?)
             .await?;
-        Ok(Response::new(KeyLifecycleResponse { state: state(s) }))
+        Ok(KeyLifecycleResponse { state: state(s) })
     }
 
-    async fn sign_share(
+    /// `sign_share`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn sign_share(
         &self,
-        req: Request<SignShareRequest>,
-    ) -> Result<Response<SignShareResponse>, Status> {
-        let coordinator = self.authorize(&req)?;
-        let r = req.into_inner();
+        coordinator: IdentityPublic,
+        r: SignShareRequest,
+    ) -> Result<SignShareResponse, Status> {
         // The key first: an unknown key is NOT_FOUND whatever else is wrong.
         self.0.active_key(&r.key_id)?;
         let request_id = check_id("request_id", &r.request_id)?;
@@ -288,15 +307,15 @@ impl Signer for SignerService {
             coordinator,
         };
         let share = self.0.sign_share(ask).await?;
-        Ok(Response::new(SignShareResponse { share }))
+        Ok(SignShareResponse { share })
     }
 
-    async fn repair_help(
+    /// `repair_help`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn repair_help(
         &self,
-        req: Request<RepairHelpRequest>,
-    ) -> Result<Response<RepairHelpResponse>, Status> {
-        self.authorize(&req)?;
-        let r = req.into_inner();
+        _coordinator: IdentityPublic,
+        r: RepairHelpRequest,
+    ) -> Result<RepairHelpResponse, Status> {
         let ask = RepairHelp {
             key_id: check_id("key_id", &r.key_id)?,
             session: session("session", &r.session)?,
@@ -304,31 +323,31 @@ impl Signer for SignerService {
             lost: participant("lost", r.lost)?,
         };
         let out = self.0.repair_help(ask).await?;
-        Ok(Response::new(RepairHelpResponse {
+        Ok(RepairHelpResponse {
             deltas: relayed(out.me, out.deltas),
             attestation: out.attestation,
-        }))
+        })
     }
 
-    async fn repair_sigma(
+    /// `repair_sigma`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn repair_sigma(
         &self,
-        req: Request<RepairSigmaRequest>,
-    ) -> Result<Response<RepairSigmaResponse>, Status> {
-        self.authorize(&req)?;
-        let r = req.into_inner();
+        _coordinator: IdentityPublic,
+        r: RepairSigmaRequest,
+    ) -> Result<RepairSigmaResponse, Status> {
         let sigma = self.0.repair_sigma(
             session("session", &r.session)?,
             inbox(&r.deltas, "deltas.from")?,
         )?;
-        Ok(Response::new(RepairSigmaResponse { sigma }))
+        Ok(RepairSigmaResponse { sigma })
     }
 
-    async fn repair_recover(
+    /// `repair_recover`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn repair_recover(
         &self,
-        req: Request<RepairRecoverRequest>,
-    ) -> Result<Response<RepairRecoverResponse>, Status> {
-        self.authorize(&req)?;
-        let r = req.into_inner();
+        _coordinator: IdentityPublic,
+        r: RepairRecoverRequest,
+    ) -> Result<RepairRecoverResponse, Status> {
         let state = KeyState::ALL
             .into_iter()
             .find(|s| s.name() == r.state && *s != KeyState::Pending && *s != KeyState::Destroyed)
@@ -353,15 +372,15 @@ impl Signer for SignerService {
             attestations: inbox(&r.attestations, "attestations.from")?,
         };
         let attestation = self.0.repair_recover(ask).await?;
-        Ok(Response::new(RepairRecoverResponse { attestation }))
+        Ok(RepairRecoverResponse { attestation })
     }
 
-    async fn set_policy(
+    /// `set_policy`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn set_policy(
         &self,
-        req: Request<SetPolicyRequest>,
-    ) -> Result<Response<SetPolicyResponse>, Status> {
-        self.authorize(&req)?;
-        let r = req.into_inner();
+        _coordinator: IdentityPublic,
+        r: SetPolicyRequest,
+    ) -> Result<SetPolicyResponse, Status> {
         let key_id = check_id("key_id", &r.key_id)?;
         if r.policy.trim().is_empty() {
             return Err(Status::invalid_argument("policy: empty"));
@@ -372,17 +391,17 @@ impl Signer for SignerService {
             approvals: approvals(&r.approvals)?,
         };
         let digest = self.0.set_policy(ask).await?;
-        Ok(Response::new(SetPolicyResponse {
+        Ok(SetPolicyResponse {
             policy_digest: digest.to_vec(),
-        }))
+        })
     }
 
-    async fn propose(
+    /// `propose`, asked by the coordinator whose identity is `coordinator`.
+    pub async fn propose(
         &self,
-        req: Request<ProposeRequest>,
-    ) -> Result<Response<ProposeResponse>, Status> {
-        self.authorize(&req)?;
-        let r = req.into_inner();
+        _coordinator: IdentityPublic,
+        r: ProposeRequest,
+    ) -> Result<ProposeResponse, Status> {
         let key_id = check_id("key_id", &r.key_id)?;
         let request_id = check_id("request_id", &r.request_id)?;
         self.0.active_key(&key_id)?;
@@ -395,7 +414,150 @@ impl Signer for SignerService {
         .request()
         .ok_or_else(|| Status::internal("a proposal carries its message"))?;
         let first_seen = self.0.propose(&key_id, &request).await?;
-        Ok(Response::new(ProposeResponse { first_seen }))
+        Ok(ProposeResponse { first_seen })
+    }
+}
+
+#[tonic::async_trait]
+impl Signer for SignerService {
+    async fn identity(
+        &self,
+        req: Request<IdentityRequest>,
+    ) -> Result<Response<IdentityResponse>, Status> {
+        custody_pki::authorize(&req, &[Role::Coordinator, Role::Operator, Role::Auditor])?;
+        Ok(Response::new(self.0.identity()))
+    }
+
+    async fn dkg_start(
+        &self,
+        req: Request<DkgStartRequest>,
+    ) -> Result<Response<DkgStartResponse>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .dkg_start(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn dkg_round1(
+        &self,
+        req: Request<DkgRound1Request>,
+    ) -> Result<Response<DkgRound1Response>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .dkg_round1(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn dkg_round2(
+        &self,
+        req: Request<DkgRound2Request>,
+    ) -> Result<Response<DkgRound2Response>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .dkg_round2(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn dkg_finalize(
+        &self,
+        req: Request<DkgFinalizeRequest>,
+    ) -> Result<Response<DkgFinalizeResponse>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .dkg_finalize(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn commit(
+        &self,
+        req: Request<CommitRequest>,
+    ) -> Result<Response<CommitResponse>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .commit(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn key_lifecycle(
+        &self,
+        req: Request<KeyLifecycleRequest>,
+    ) -> Result<Response<KeyLifecycleResponse>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .key_lifecycle(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn sign_share(
+        &self,
+        req: Request<SignShareRequest>,
+    ) -> Result<Response<SignShareResponse>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .sign_share(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn repair_help(
+        &self,
+        req: Request<RepairHelpRequest>,
+    ) -> Result<Response<RepairHelpResponse>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .repair_help(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn repair_sigma(
+        &self,
+        req: Request<RepairSigmaRequest>,
+    ) -> Result<Response<RepairSigmaResponse>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .repair_sigma(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn repair_recover(
+        &self,
+        req: Request<RepairRecoverRequest>,
+    ) -> Result<Response<RepairRecoverResponse>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .repair_recover(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_policy(
+        &self,
+        req: Request<SetPolicyRequest>,
+    ) -> Result<Response<SetPolicyResponse>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .set_policy(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn propose(
+        &self,
+        req: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        let coordinator = self.authorize(&req)?;
+        self.0
+            .propose(coordinator, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type ExportAuditStream = std::pin::Pin<
@@ -407,10 +569,7 @@ impl Signer for SignerService {
         req: Request<ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
         self.authorize(&req)?;
-        let nonce = req.into_inner().nonce;
-        api::check_nonce(&nonce)?;
-        let log = self.0.audit.export(&nonce).await.map_err(Error::from)?;
-        info!(bytes = log.len(), "audit log exported");
+        let log = self.0.export_audit(&req.into_inner().nonce).await?;
         let chunks: Vec<Result<AuditChunk, Status>> = log
             .chunks(1 << 20)
             .map(|c| Ok(AuditChunk { data: c.to_vec() }))

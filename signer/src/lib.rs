@@ -53,6 +53,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use config::Config;
+pub use grpc::SignerApi;
 
 pub use custody_pki::StartError;
 

@@ -31,7 +31,7 @@ pub(crate) async fn serve(
     let (listener, addr) = custody_pki::server::listen(config.listen, &config.data_dir).await?;
     info!(signer = %config.name, %addr, keys = loaded, sealer = %core.sealer.describe(), "signer listening");
     on_ready(addr);
-    let svc = SignerService(core);
+    let svc = SignerService(crate::grpc::SignerApi(core));
     custody_pki::server::serve(
         tls,
         listener,

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod inproc;
 pub mod rogue;
 
 use std::io::{BufRead, BufReader};
