@@ -81,12 +81,17 @@ async fn a_signer_sending_bad_shares_is_named_and_routed_around() {
         metrics
             .lines()
             .find_map(|l| {
-                l.strip_prefix(&format!("custody_signer_culprits_total{{signer=\"{signer}\"}} "))
+                l.strip_prefix(&format!(
+                    "custody_signer_culprits_total{{signer=\"{signer}\"}} "
+                ))
             })
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    assert!(culprits("signer-2") >= 1.0, "signer-2 not named:\n{metrics}");
+    assert!(
+        culprits("signer-2") >= 1.0,
+        "signer-2 not named:\n{metrics}"
+    );
     assert_eq!(culprits("signer-1") + culprits("signer-3"), 0.0);
 }
 
@@ -211,4 +216,61 @@ async fn a_warm_request_waits_for_approvals_and_its_time_lock_on_every_signer() 
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("not signed after the time lock: {state}");
+}
+
+/// Nonces die with the share: commitments a (compromised) coordinator drew before a
+/// refresh, or before the key was destroyed, get no share after it, at every signer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonces_drawn_before_a_refresh_or_destruction_sign_nothing_after_it() {
+    let c = InProc::start("nonces", 3, 2, &[]).await;
+    for end in ["refresh", "destroy"] {
+        let key = create(&c, "secp256k1-tr", "").await;
+        let package = c.rogue_package(&key.key_id, &[1, 2], b"drawn before").await;
+        let mut client = c.client("operator").await;
+        if end == "refresh" {
+            client
+                .refresh_key(RefreshKeyRequest {
+                    key_id: key.key_id.clone(),
+                })
+                .await
+                .expect("refresh");
+        } else {
+            for event in ["suspend", "destroy"] {
+                client
+                    .change_key_state(ChangeKeyStateRequest {
+                        key_id: key.key_id.clone(),
+                        event: event.into(),
+                    })
+                    .await
+                    .expect(event);
+            }
+        }
+        for name in ["signer-1", "signer-2"] {
+            let got = c
+                .signer(name)
+                .sign_share(
+                    c.coordinator(),
+                    SignShareRequest {
+                        key_id: key.key_id.clone(),
+                        package: package.clone(),
+                        request_id: format!("before-{end}"),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            let st = got.expect_err("a share from nonces drawn before the share changed");
+            match end {
+                "refresh" => assert!(
+                    st.metadata()
+                        .contains_key(custody_protocol::api::STALE_COMMITMENT),
+                    "{name} after refresh: {st:?}"
+                ),
+                _ => assert_eq!(
+                    st.code(),
+                    tonic::Code::NotFound,
+                    "{name} after destroy: {st:?}"
+                ),
+            }
+        }
+    }
 }

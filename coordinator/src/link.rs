@@ -215,10 +215,9 @@ impl GrpcLink {
                     code: Code::Unavailable,
                     message: format!("signer {}: address file {}: {e}", self.name, f.display()),
                 }),
-            (None, None) => Err(LinkError::Rejected {
+            (None, None) => Err(LinkError::Unreachable {
                 code: Code::Internal,
-                message: "signer without address".into(),
-                culprits: vec![],
+                message: format!("signer {}: no address", self.name),
             }),
         }
     }
@@ -229,10 +228,10 @@ impl GrpcLink {
             return Ok(c.clone());
         }
         let addr = self.endpoint()?;
-        let bad = |e: String| LinkError::Rejected {
+        // A signer we cannot even dial (a bad address or TLS setting) is unreachable.
+        let bad = |e: String| LinkError::Unreachable {
             code: Code::Internal,
             message: e,
-            culprits: vec![],
         };
         let ep = Endpoint::from_shared(format!("https://{addr}"))
             .map_err(|e| bad(format!("signer {} endpoint {addr}: {e}", self.name)))?

@@ -399,7 +399,8 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
     {
         let mut w = w;
         if w.state != RequestState::Signed {
-            w.state = w.state.next(RequestEvent::Signed);
+            // A stored signature is what happened, whatever the request's record says.
+            w.state = RequestState::Signed;
             put(core, &w).await?;
         }
         return Ok(w);

@@ -146,6 +146,16 @@ pub enum DenyReason {
     /// The request id was proposed before for another message.
     #[error("request id {0} was already proposed for another message")]
     ProposedForAnother(String),
+    /// The signing package's message is not the message of the request it claims to
+    /// be (the text says which).
+    #[error("{0}")]
+    MessageMismatch(String),
+    /// A cold request's nonces were used already, for another signing package.
+    #[error("the nonces of this request are already used for another signing package")]
+    NoncesUsed,
+    /// A policy change without the approvals of the admins the current policy names.
+    #[error("policy change not approved: {0}")]
+    PolicyChangeNotApproved(String),
 }
 
 impl DenyReason {
@@ -166,6 +176,9 @@ impl DenyReason {
         "request-id-reused",
         "batch-reused",
         "proposed-for-another",
+        "message-mismatch",
+        "nonces-used",
+        "policy-change-not-approved",
     ];
 
     /// This reason's tag.
@@ -185,6 +198,9 @@ impl DenyReason {
             DenyReason::RequestIdReused(_) => "request-id-reused",
             DenyReason::BatchReused(_) => "batch-reused",
             DenyReason::ProposedForAnother(_) => "proposed-for-another",
+            DenyReason::MessageMismatch(_) => "message-mismatch",
+            DenyReason::NoncesUsed => "nonces-used",
+            DenyReason::PolicyChangeNotApproved(_) => "policy-change-not-approved",
         }
     }
 }
@@ -385,6 +401,9 @@ mod tag_tests {
             DenyReason::RequestIdReused("r".into()),
             DenyReason::BatchReused("settle-b".into()),
             DenyReason::ProposedForAnother("r".into()),
+            DenyReason::MessageMismatch("m".into()),
+            DenyReason::NoncesUsed,
+            DenyReason::PolicyChangeNotApproved("p".into()),
         ];
         assert_eq!(all.len(), DenyReason::TAGS.len());
         let mut tags = std::collections::BTreeSet::new();

@@ -238,12 +238,7 @@ async fn sign<C: EngineSuite>(
             }
             return stored_hex("cold share", &rec.share);
         }
-        return Err(core.refuse(
-            key_id,
-            &request_id,
-            "the nonces of this request are already used for another signing package".into(),
-            None,
-        ));
+        return Err(core.deny(key_id, &request_id, hot_warm_cold::DenyReason::NoncesUsed));
     }
     let env = file_hex("package", package_hex)?;
     let mut roster = Roster::new();

@@ -182,17 +182,28 @@ impl Core {
             .ok_or_else(|| Error::NotFound(format!("no active key {key_id}")))
     }
 
-    /// Loads (or replaces) a key.
+    /// Loads a key, or replaces it (a refreshed or repaired share): the replaced one's
+    /// unused nonces are dropped at once, so a request that looked it up before cannot
+    /// take one after.
     pub fn insert_key(&self, key_id: &str, key: AnyKey) {
-        self.keys
+        let old = self
+            .keys
             .lock()
             .expect("lock")
             .insert(key_id.to_string(), key);
+        if let Some(old) = old {
+            old.drop_nonces();
+        }
     }
 
-    /// Unloads a key (its nonces go with it).
+    /// Unloads a destroyed key: its nonces are dropped and a request that looked it up
+    /// before sees it destroyed.
     pub fn remove_key(&self, key_id: &str) {
-        self.keys.lock().expect("lock").remove(key_id);
+        let old = self.keys.lock().expect("lock").remove(key_id);
+        if let Some(old) = old {
+            old.set_state(KeyState::Destroyed);
+            old.drop_nonces();
+        }
     }
 
     /// The stored record of `key_id`, or `NOT_FOUND`.
@@ -202,36 +213,34 @@ impl Core {
             .ok_or_else(|| Error::NotFound(format!("no key {key_id} on this signer")))
     }
 
-    /// Refuses a request: logged, recorded in the audit log, `PERMISSION_DENIED` with
-    /// the policy's reason tag when there is one.
-    pub fn refuse(
-        &self,
-        key_id: &str,
-        request_id: &str,
-        reason: String,
-        tag: Option<&'static str>,
-    ) -> Error {
-        warn!(%key_id, %request_id, "REFUSED by policy: {reason}");
+    /// Refuses a request by the key's policy: logged, recorded in the audit log,
+    /// `PERMISSION_DENIED` with the reason's tag.
+    pub fn deny(&self, key_id: &str, request_id: &str, reason: hot_warm_cold::DenyReason) -> Error {
+        let text = format!("policy of key {key_id}: {reason}");
+        warn!(%key_id, %request_id, "REFUSED by policy: {text}");
         self.counters.refused.inc();
         self.audit.record(
             ax::SIGN_REFUSED,
             &ax::Refused {
                 key_id: key_id.to_string(),
                 request_id: request_id.to_string(),
-                reason: reason.clone(),
+                reason: text.clone(),
             },
         );
-        Error::Refused { reason, tag }
+        Error::Refused {
+            reason: text,
+            tag: reason.tag(),
+        }
     }
 
-    /// A refusal by the key's policy, with its reason's tag.
-    pub fn deny(&self, key_id: &str, request_id: &str, reason: hot_warm_cold::DenyReason) -> Error {
-        self.refuse(
-            key_id,
-            request_id,
-            format!("policy of key {key_id}: {reason}"),
-            Some(reason.tag()),
-        )
+    /// Loads `key_id` in place of what `f` makes of the loaded key, under one lock (a
+    /// refresh or destruction cannot slip in between); nothing if it is not loaded.
+    pub fn update_key(&self, key_id: &str, f: impl FnOnce(&AnyKey) -> AnyKey) {
+        let mut keys = self.keys.lock().expect("lock");
+        if let Some(k) = keys.get(key_id) {
+            let next = f(k);
+            keys.insert(key_id.to_string(), next);
+        }
     }
 
     /// The roster of a ceremony, from CA-signed signer certificates only: each id once,

@@ -316,6 +316,12 @@ impl Core {
         .map_err(|e| Error::internal("dkg task", e))?;
         let (confirmed, done) =
             res.inspect_err(|e| warn!(key_id = %info.key_id, "DKG round 2 failed: {e}"))?;
+        // Abandoned meanwhile (a refresh given up on): nothing is stored or confirmed.
+        if !self.dkg.lock().expect("lock").contains_key(&session) {
+            return Err(Error::NotFound(
+                "no DKG session with this id (abandoned while round 2 ran)".into(),
+            ));
+        }
         if info.refresh {
             self.store_refreshed(&info, &session, &done).await?;
         } else {

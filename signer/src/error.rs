@@ -41,13 +41,13 @@ pub enum Error {
     #[error("unknown or already used commitment for this signer")]
     StaleCommitment,
     /// Refused by this signer's policy, recorded in its audit log
-    /// (`PERMISSION_DENIED`, the reason's tag in the metadata when it has one).
+    /// (`PERMISSION_DENIED`, the reason's tag in the metadata).
     #[error("{reason}")]
     Refused {
         /// What the caller reads.
         reason: String,
         /// The policy's reason tag (`hot_warm_cold::DenyReason::tag`).
-        tag: Option<&'static str>,
+        tag: &'static str,
     },
     /// The caller may not do this (`PERMISSION_DENIED`), not a policy decision.
     #[error("{0}")]
@@ -115,12 +115,10 @@ impl Error {
             }
             Error::Refused { tag, .. } => {
                 let mut st = Status::permission_denied(msg);
-                if let Some(tag) = tag {
-                    st.metadata_mut().insert(
-                        api::DENY_REASON,
-                        tonic::metadata::MetadataValue::from_static(tag),
-                    );
-                }
+                st.metadata_mut().insert(
+                    api::DENY_REASON,
+                    tonic::metadata::MetadataValue::from_static(tag),
+                );
                 st
             }
             Error::Forbidden(_) => Status::permission_denied(msg),

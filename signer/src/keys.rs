@@ -138,6 +138,11 @@ impl AnyKey {
         with_key!(self, C, k => C::key(Loaded { policy: Arc::new(policy), ..k.clone() }))
     }
 
+    /// Drops every unused nonce (the share is being replaced or destroyed).
+    pub fn drop_nonces(&self) {
+        with_key!(self, C, k => k.nonces.lock().expect("lock").clear())
+    }
+
     /// Unused nonces held.
     pub fn nonces_pooled(&self) -> usize {
         with_key!(self, C, k => k.nonces.lock().expect("lock").len())

@@ -112,11 +112,10 @@ impl Core {
         // The admins named in the policy this signer enforces now must approve.
         new.change_approved(&rec.policy, key_id, rec.policy_version, &ask.approvals)
             .map_err(|why| {
-                self.refuse(
+                self.deny(
                     key_id,
                     "policy-change",
-                    format!("policy change of key {key_id}: {why}"),
-                    None,
+                    hot_warm_cold::DenyReason::PolicyChangeNotApproved(why),
                 )
             })?;
         self.audit
@@ -141,9 +140,7 @@ impl Core {
         rec.policy = new.clone();
         rec.policy_version += 1;
         self.store.put(&rec)?;
-        if let Some(k) = self.key(key_id) {
-            self.insert_key(key_id, k.with_policy(new.clone()));
-        }
+        self.update_key(key_id, |k| k.with_policy(new.clone()));
         warn!(%key_id, "policy changed (approved by its admins)");
         Ok(new.digest())
     }

@@ -56,6 +56,12 @@ impl<N> NoncePool<N> {
         self.by_commitment.remove(tag)
     }
 
+    /// Drops every unused nonce.
+    pub fn clear(&mut self) {
+        self.by_commitment.clear();
+        self.order.clear();
+    }
+
     /// Unused nonces held.
     pub fn len(&self) -> usize {
         self.by_commitment.len()

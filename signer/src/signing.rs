@@ -15,7 +15,7 @@ use custody_audit::export as ax;
 use custody_protocol::sign::{self, SigningPackage, COORDINATOR};
 use custody_protocol::wire::{self, Header, Kind};
 use custody_protocol::{identity, EngineSuite, IdentityPublic, Roster, SessionId};
-use hot_warm_cold::{Approval, Request, Settlement, Transfer};
+use hot_warm_cold::{Approval, DenyReason, Request, Settlement, Transfer};
 use rand_core::OsRng;
 
 use crate::config::Fault;
@@ -89,7 +89,12 @@ impl Claim {
     }
 
     /// The request the package's `message` signs, or why it does not sign this one.
-    fn bind(self, key_id: &str, message: &[u8]) -> Result<Request, &'static str> {
+    fn bind(self, key_id: &str, message: &[u8]) -> Result<Request, DenyReason> {
+        self.bind_message(key_id, message)
+            .map_err(|why| DenyReason::MessageMismatch(why.into()))
+    }
+
+    fn bind_message(self, key_id: &str, message: &[u8]) -> Result<Request, &'static str> {
         match self {
             Claim::Transfer(t) if message != t.message(key_id) => {
                 Err("signing package message is not the message of the transfer it claims to be")
@@ -280,7 +285,7 @@ impl Core {
         let request_id = claim.request_id().to_string();
         let request = claim
             .bind(key_id, package.message())
-            .map_err(|why| self.refuse(key_id, &request_id, why.into(), None))?;
+            .map_err(|why| self.deny(key_id, &request_id, why))?;
         let mine = package
             .commitments_of(k.share.id())
             .ok_or_else(|| Error::Invalid("signing package does not include this signer".into()))?;

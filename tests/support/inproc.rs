@@ -216,6 +216,73 @@ impl InProc {
         CustodyClient::new(channel)
     }
 
+    /// Signer `name`'s core, to call as a (compromised) coordinator would.
+    pub fn signer(&self, name: &str) -> SignerApi {
+        self.links
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("signer")
+            .1
+            .api()
+    }
+
+    /// As a compromised coordinator: fresh commitments of key `key_id` (secp256k1-tr)
+    /// from signers `ids`, and a package over them for `message`, signed with the
+    /// coordinator's own identity key.
+    pub async fn rogue_package(&self, key_id: &str, ids: &[u16], message: &[u8]) -> Vec<u8> {
+        use custody_protocol::sign::{CommitmentBatch, SigningPackage, COORDINATOR};
+        use custody_protocol::wire::{self, Header, Kind};
+        use custody_protocol::{identity, Identity, ParticipantId, Roster, SessionId};
+        type C = custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR;
+        let rogue = super::rogue::coordinator_identity_in(&self.dir);
+        let mut commitments = std::collections::BTreeMap::new();
+        for i in ids {
+            let api = self.signer(&format!("signer-{i}"));
+            let p = ParticipantId::new(*i).expect("id");
+            let mut roster = Roster::new();
+            roster.insert(
+                p,
+                IdentityPublic::from_bytes(&api.identity().identity).expect("identity"),
+            );
+            let batch = api
+                .commit(
+                    rogue.public(),
+                    CommitRequest {
+                        key_id: key_id.to_string(),
+                        count: 1,
+                    },
+                )
+                .await
+                .expect("commit")
+                .batch;
+            let opened = identity::open_from(&roster, p, &batch).expect("batch");
+            let (_, b) = wire::decode_with(
+                opened.body,
+                custody_protocol::Suite::Secp256k1Tr,
+                Kind::CommitmentBatch,
+                &SessionId([0; 32]),
+                |_, r| CommitmentBatch::<C>::decode_body(r, 1),
+            )
+            .expect("decode");
+            commitments.insert(p, b.0[0]);
+        }
+        let pkg = SigningPackage::<C>::new(commitments, message.to_vec()).expect("package");
+        let header = Header {
+            suite: custody_protocol::Suite::Secp256k1Tr,
+            kind: Kind::SigningPackage,
+            session: SessionId([9; 32]),
+            from: COORDINATOR,
+            to: None,
+        };
+        identity::signed(&rogue, &header, &pkg).expect("signed package")
+    }
+
+    /// The coordinator's identity.
+    pub fn coordinator(&self) -> IdentityPublic {
+        use custody_protocol::Identity;
+        super::rogue::coordinator_identity_in(&self.dir).public()
+    }
+
     /// The coordinator's metrics (OpenMetrics text), scraped from its own listener.
     pub fn metrics(&self) -> String {
         use std::io::{Read, Write};

@@ -18,7 +18,12 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// The coordinator's identity key, unsealed from the cluster directory.
 pub fn coordinator_identity(c: &Cluster) -> custody_protocol::IdentityKey {
-    let d = c.dir.join("coordinator");
+    coordinator_identity_in(&c.dir)
+}
+
+/// The coordinator's identity key, unsealed from cluster directory `dir`.
+pub fn coordinator_identity_in(dir: &std::path::Path) -> custody_protocol::IdentityKey {
+    let d = dir.join("coordinator");
     let sealer =
         custody_hsm::InsecureSoftwareSealer::open_or_create(&d.join("INSECURE-sealing.key"))
             .expect("sealer");
