@@ -457,12 +457,10 @@ impl SigningTranscript {
 
     /// What approvers sign: `TaggedHash("custody/v1/approval", key id, message)`.
     pub fn approval_digest(&self) -> Result<[u8; 32], String> {
-        Ok(
-            custody_protocol::hash::TaggedHash::new("custody/v1/approval")
-                .part(self.key_id.as_bytes())
-                .part(&self.message()?)
-                .finish(),
-        )
+        Ok(hot_warm_cold::approval_digest(
+            &self.key_id,
+            &self.message()?,
+        ))
     }
 
     /// The approvals, each checked: well formed, a valid signature over

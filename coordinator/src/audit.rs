@@ -237,10 +237,7 @@ pub(crate) async fn export(core: &Arc<Core>, nonce: &[u8]) -> Result<Bundle, Sta
     }
     Ok(Bundle {
         format: ax::EXPORT_FORMAT.into(),
-        exported_at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        exported_at_ms: core.clock.now_ms(),
         nonce: hex::encode(nonce),
         parties,
     })

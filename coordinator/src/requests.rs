@@ -68,10 +68,7 @@ fn approval_digest(w: &WaitingRequest) -> [u8; 32] {
             .map(|p| p.change_digest(&w.key_id, w.policy_version, &current))
             .unwrap_or_default();
     }
-    custody_protocol::hash::TaggedHash::new("custody/v1/approval")
-        .part(w.key_id.as_bytes())
-        .part(&hex::decode(&w.message).unwrap_or_default())
-        .finish()
+    hot_warm_cold::approval_digest(&w.key_id, &hex::decode(&w.message).unwrap_or_default())
 }
 
 /// Who approves `w`: the key's approvers for a signature, its admins for a policy
@@ -92,18 +89,16 @@ fn valid(w: &WaitingRequest, policy: &hot_warm_cold::Policy) -> usize {
     let Some(rule) = rule(w, policy) else {
         return 0;
     };
-    let digest = approval_digest(w);
-    approvals_of(w)
+    let approvals: Vec<hot_warm_cold::Approval> = approvals_of(w)
         .into_iter()
         .filter_map(|a| {
-            let a = hot_warm_cold::Approval {
+            Some(hot_warm_cold::Approval {
                 approver: a.approver.try_into().ok()?,
                 signature: a.signature,
-            };
-            (rule.approvers.contains(&a.approver) && a.verifies(&digest)).then_some(a.approver)
+            })
         })
-        .collect::<std::collections::BTreeSet<_>>()
-        .len()
+        .collect();
+    rule.valid(&approval_digest(w), &approvals)
 }
 
 fn required(w: &WaitingRequest, policy: &hot_warm_cold::Policy) -> usize {

@@ -6,8 +6,6 @@
 //! signature share leaves, and records an allowed transfer in its ledger durably
 //! before releasing the share.
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::State;
@@ -224,15 +222,10 @@ impl Decision {
 /// The number of distinct approvers of `policy`'s rule with a valid signature over
 /// `digest` among `approvals` (unlisted keys, bad signatures and repeats do not count).
 pub fn valid_approvals(policy: &Policy, digest: &[u8; 32], approvals: &[Approval]) -> usize {
-    let Some(rule) = &policy.approvals else {
-        return 0;
-    };
-    approvals
-        .iter()
-        .filter(|a| rule.approvers.contains(&a.approver) && a.verifies(digest))
-        .map(|a| a.approver)
-        .collect::<BTreeSet<_>>()
-        .len()
+    policy
+        .approvals
+        .as_ref()
+        .map_or(0, |rule| rule.valid(digest, approvals))
 }
 
 /// May `key`, under `policy`, sign `request` at time `now` (Unix seconds, the signer's

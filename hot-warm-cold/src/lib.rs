@@ -30,4 +30,4 @@ pub use admit::{admit, Admitted, Context, Outcome, Plan, Usage};
 pub use decide::{decide, Decision, DenyReason, KeyStatus, SpendLedger};
 pub use lifecycle::{Event, State, TransitionError};
 pub use policy::{ApprovalRule, AssetLimits, Policy, Tier};
-pub use request::{Approval, Request, Settlement, Transfer};
+pub use request::{approval_digest, Approval, Request, Settlement, Transfer};

@@ -64,6 +64,21 @@ pub struct ApprovalRule {
     pub approvers: BTreeSet<[u8; 32]>,
 }
 
+impl ApprovalRule {
+    /// The number of distinct approvers of this rule with a valid signature over
+    /// `digest` among `approvals` (unlisted keys, bad signatures and repeats do not
+    /// count). The one count: request approvals and admins' policy-change approvals,
+    /// on the signers and the coordinator.
+    pub fn valid(&self, digest: &[u8; 32], approvals: &[crate::request::Approval]) -> usize {
+        approvals
+            .iter()
+            .filter(|a| self.approvers.contains(&a.approver) && a.verifies(digest))
+            .map(|a| a.approver)
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+}
+
 /// A set of 32-byte keys as a JSON array of lowercase hex strings.
 mod hex_keys {
     use std::collections::BTreeSet;
@@ -192,12 +207,7 @@ impl Policy {
             .as_ref()
             .ok_or("the key's policy names no admins: it cannot be changed")?;
         let digest = self.change_digest(key_id, version, &current.digest());
-        let valid = approvals
-            .iter()
-            .filter(|a| rule.approvers.contains(&a.approver) && a.verifies(&digest))
-            .map(|a| a.approver)
-            .collect::<BTreeSet<_>>()
-            .len();
+        let valid = rule.valid(&digest, approvals);
         if valid < rule.required as usize {
             return Err(format!(
                 "{valid} valid admin approvals of this policy change, {} required",

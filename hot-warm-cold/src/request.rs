@@ -222,12 +222,9 @@ impl Request {
         }
     }
 
-    /// What approvers sign: `TaggedHash("custody/v1/approval", key_id, message)`.
+    /// What approvers sign: [`approval_digest`] of its message.
     pub fn approval_message(&self, key_id: &str) -> [u8; 32] {
-        TaggedHash::new("custody/v1/approval")
-            .part(key_id.as_bytes())
-            .part(&self.message(key_id))
-            .finish()
+        approval_digest(key_id, &self.message(key_id))
     }
 
     /// The request id.
@@ -238,6 +235,16 @@ impl Request {
             Request::Raw { request_id, .. } => request_id,
         }
     }
+}
+
+/// What approvers sign for a request of key `key_id` whose signed message is
+/// `message`: `TaggedHash("custody/v1/approval", key_id, message)`. The one definition:
+/// signers, the coordinator, the CLI and the audit verifier all call this.
+pub fn approval_digest(key_id: &str, message: &[u8]) -> [u8; 32] {
+    TaggedHash::new("custody/v1/approval")
+        .part(key_id.as_bytes())
+        .part(message)
+        .finish()
 }
 
 /// An approver's Ed25519 signature over [`Request::approval_message`].

@@ -234,12 +234,7 @@ fn sign_digest(r: &SigningRequest) -> Result<[u8; 32], Error> {
                 "the coordinator's message is not the request's: refusing to approve".into(),
             );
         }
-        Ok(
-            custody_protocol::hash::TaggedHash::new("custody/v1/approval")
-                .part(r.key_id.as_bytes())
-                .part(&message)
-                .finish(),
-        )
+        Ok(hot_warm_cold::approval_digest(&r.key_id, &message))
     }
 }
 
