@@ -111,10 +111,12 @@ fn lost_result(store: &Store, e: &custody_audit::Entry) -> Result<Option<SignRec
         .map_err(|e| e.to_string())?
         .transcript;
     Ok(Some(SignRecord {
-        message: hex::encode(t.message()?),
+        message: t.message()?.into(),
         request_id: t.request_id,
         key_id: t.key_id,
-        signature: t.signature,
+        signature: hex::decode(&t.signature)
+            .map_err(|_| "signature entry: signature is not hex".to_string())?
+            .into(),
         signers: t.signers.iter().map(|p| p.id).collect(),
         session: t.session,
         created_at_ms: e.time_ms,
@@ -169,7 +171,7 @@ pub(crate) fn signing_transcript<C: EngineSuite>(
             certificate: None,
         },
         signers: signed.signers.iter().map(|p| party(*p)).collect(),
-        public_key_set: key.meta.public_key_set.clone(),
+        public_key_set: hex::encode(&*key.meta.public_key_set),
         package: hex::encode(&signed.package),
         shares: signed
             .shares
@@ -327,8 +329,8 @@ mod tests {
             threshold: 2,
             signers: vec![],
             identities: vec![],
-            public_key: String::new(),
-            public_key_set: String::new(),
+            public_key: Default::default(),
+            public_key_set: Default::default(),
             tier: hot_warm_cold::Tier::Hot,
             state: hot_warm_cold::State::Active,
             created_at: 0,
@@ -389,15 +391,15 @@ mod tests {
         assert!(store.request("lost").unwrap().is_none());
         let log = open(&dir, "coordinator", id.clone(), &store).unwrap();
         let lost = store.request("lost").unwrap().expect("restored");
-        assert_eq!(lost.message, hex::encode(b"two"));
+        assert_eq!(&*lost.message, b"two");
         assert_eq!(lost.signers, vec![1, 3]);
-        assert_eq!(lost.signature, "ab".repeat(64));
+        assert_eq!(&*lost.signature, &[0xab; 64][..]);
         assert_eq!(lost.key_id, "k1");
         assert!(store.request("kept").unwrap().is_some());
         let dup = store.request("dup").unwrap().expect("restored");
         assert_eq!(
-            dup.signature,
-            "ab".repeat(64),
+            &*dup.signature,
+            &[0xab; 64][..],
             "the later of two signatures"
         );
         // Counted: the kept one before the crash, the two restored ones now.

@@ -39,7 +39,7 @@ fn signed_request(w: &WaitingRequest) -> SignedRequest {
             memo: memo.clone(),
         },
         None => SignedRequest::Raw {
-            message: w.message.clone(),
+            message: hex::encode(&*w.message),
         },
     }
 }
@@ -49,7 +49,7 @@ fn request_file(
     w: &WaitingRequest,
     kind: &str,
     signer: &str,
-    package: &str,
+    package: &[u8],
 ) -> Result<ColdFile, Status> {
     let mut req = ColdRequest {
         format: COLD_REQUEST_FORMAT.into(),
@@ -62,11 +62,11 @@ fn request_file(
             .approvals
             .iter()
             .map(|(a, s)| ApprovalRecord {
-                approver: a.clone(),
-                signature: s.clone(),
+                approver: hex::encode(&**a),
+                signature: hex::encode(&**s),
             })
             .collect(),
-        package: package.into(),
+        package: hex::encode(package),
         coordinator_certificate: hex::encode(&core.cert_der),
         signature: String::new(),
     };
@@ -134,7 +134,7 @@ pub(crate) async fn export(
         let p = participant(&key, s).expect("checked").get();
         if progress.package.is_empty() {
             if !progress.commitments.iter().any(|(q, _)| *q == p) {
-                files.push(request_file(core, &w, "commit", s, "")?);
+                files.push(request_file(core, &w, "commit", s, &[])?);
             }
         } else if !progress.shares.iter().any(|(q, _)| *q == p) {
             files.push(request_file(core, &w, "sign", s, &progress.package)?);
@@ -190,7 +190,7 @@ pub(crate) async fn import(core: &Arc<Core>, content: &[u8]) -> Result<SigningRe
         AnyKey::Ed(k) => step(core, k, &mut w, p, &resp.kind, env).await?,
     };
     if let Some(signed) = done {
-        let message = hex::decode(&w.message).unwrap_or_default();
+        let message = w.message.to_vec();
         crate::service::record_signature(
             core,
             &key,
@@ -241,14 +241,14 @@ async fn step<C: EngineSuite>(
             )
             .map_err(|e| culprit("commitment", e))?;
             progress.commitments.retain(|(q, _)| *q != p.get());
-            progress.commitments.push((p.get(), hex::encode(&env)));
+            progress.commitments.push((p.get(), env.clone().into()));
             if progress.commitments.len() == t {
                 // Every commitment is in: the package, signed by us.
                 let mut commitments = BTreeMap::new();
                 for (q, e) in &progress.commitments {
                     let q = ParticipantId::new(*q)
                         .ok_or_else(|| Status::internal("stored participant id 0"))?;
-                    let bytes = hex::decode(e).unwrap_or_default();
+                    let bytes = e.to_vec();
                     let opened = identity::open_from(&key.roster, q, &bytes)
                         .map_err(|e| culprit("commitment", e))?;
                     let (_, b) = wire::decode_with(
@@ -262,9 +262,8 @@ async fn step<C: EngineSuite>(
                     commitments.insert(q, b.0[0]);
                 }
                 let session = SessionId::random(&mut OsRng);
-                let package =
-                    SigningPackage::new(commitments, hex::decode(&w.message).unwrap_or_default())
-                        .map_err(|e| Status::internal(format!("signing package: {e}")))?;
+                let package = SigningPackage::new(commitments, w.message.to_vec())
+                    .map_err(|e| Status::internal(format!("signing package: {e}")))?;
                 let header = Header {
                     suite: C::SUITE,
                     kind: Kind::SigningPackage,
@@ -275,7 +274,7 @@ async fn step<C: EngineSuite>(
                 let env = identity::signed(&*core.identity, &header, &package)
                     .map_err(|e| Status::unavailable(format!("signing package: {e}")))?;
                 progress.session = session.to_string();
-                progress.package = hex::encode(env);
+                progress.package = env.into();
                 w.state = w.state.next(crate::store::RequestEvent::ColdCommitted);
             }
             w.cold = Some(progress);
@@ -287,7 +286,7 @@ async fn step<C: EngineSuite>(
                     "the signing package does not exist yet: import every commitment first",
                 ));
             }
-            let package_env = hex::decode(&progress.package).unwrap_or_default();
+            let package_env = progress.package.to_vec();
             let package_msg = identity::envelope_body(&package_env)
                 .map_err(|e| Status::internal(format!("stored package: {e}")))?
                 .to_vec();
@@ -323,7 +322,7 @@ async fn step<C: EngineSuite>(
             sign::verify_share(&key.public, &package, p, &msg.share)
                 .map_err(|e| culprit("share", e))?;
             progress.shares.retain(|(q, _)| *q != p.get());
-            progress.shares.push((p.get(), hex::encode(&env)));
+            progress.shares.push((p.get(), env.clone().into()));
             let signers = package.signers();
             let mut result = None;
             if signers
@@ -335,7 +334,7 @@ async fn step<C: EngineSuite>(
                 for (q, e) in &progress.shares {
                     let q = ParticipantId::new(*q)
                         .ok_or_else(|| Status::internal("stored participant id 0"))?;
-                    let bytes = hex::decode(e).unwrap_or_default();
+                    let bytes = e.to_vec();
                     let opened = identity::open_from(&key.roster, q, &bytes)
                         .map_err(|e| culprit("share", e))?;
                     let (_, m) = wire::decode_with(

@@ -696,7 +696,7 @@ fn keys_section(core: &Core, o: &mut String) {
             },
             k.threshold,
             k.signers.len(),
-            esc(&k.public_key),
+            esc(&hex::encode(&*k.public_key)),
             esc(&policy_summary(k.policy.get())),
             id = esc(&k.key_id),
             tier = esc(k.tier.name()),

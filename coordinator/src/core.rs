@@ -200,8 +200,8 @@ impl Core {
         meta: KeyMeta,
     ) -> Result<Arc<KeyRt<C>>, String> {
         let err = |e: String| format!("key {}: {e}", meta.key_id);
-        let pks = hex::decode(&meta.public_key_set).map_err(|e| err(e.to_string()))?;
-        let public = PublicKeySet::<C>::from_bytes(&pks).map_err(|e| err(e.to_string()))?;
+        let pks = &meta.public_key_set;
+        let public = PublicKeySet::<C>::from_bytes(pks).map_err(|e| err(e.to_string()))?;
         if meta.signers.len() != public.participants().len()
             || meta.identities.len() != meta.signers.len()
         {

@@ -455,8 +455,8 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
             .iter()
             .map(|(_, id)| hex::encode(id.to_bytes()))
             .collect(),
-        public_key: hex::encode(r.public_key),
-        public_key_set: hex::encode(&r.pks),
+        public_key: r.public_key.to_vec().into(),
+        public_key_set: r.pks.clone().into(),
         tier: spec.tier,
         policy: StoredPolicy::new(&spec.policy),
         rotated_from: String::new(),
@@ -479,8 +479,8 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         round1: msgs(&r.round1),
         echoes: msgs(&r.echoes),
         confirmations: msgs(&r.confirmations),
-        public_key_set: meta.public_key_set.clone(),
-        public_key: meta.public_key.clone(),
+        public_key_set: hex::encode(&*meta.public_key_set),
+        public_key: hex::encode(&*meta.public_key),
     };
     // The ceremony is in the audit log before the key exists for clients.
     let entry = KeyCreated {
@@ -495,7 +495,7 @@ pub(crate) async fn create_key(core: &Arc<Core>, spec: KeySpec) -> Result<KeyMet
         .map_err(crate::audit::refused)?;
     write_transcript(core, format!("dkg-{key_id}.json"), &entry.transcript).await?;
     core.record_key(&meta).await?;
-    info!(%key_id, public_key = %meta.public_key, "key created");
+    info!(%key_id, public_key = %hex::encode(&*meta.public_key), "key created");
     Ok(meta)
 }
 
@@ -544,7 +544,7 @@ pub(crate) async fn refresh_key(
         .parse()
         .map_err(|e| Status::internal(format!("{e}")))?;
     // The key stops signing here (and on every signer as it starts its refresh).
-    let before = meta.public_key_set.clone();
+    let before = hex::encode(&*meta.public_key_set);
     meta.state = State::Refreshing;
     lifecycle(core, &meta, "start-refresh", by).await?;
     core.record_key(&meta).await?;
@@ -567,7 +567,7 @@ pub(crate) async fn refresh_key(
                 return Err(aborted(core, "refresh", key_id, session, &parts, st).await);
             }
         };
-        if hex::encode(r.public_key) != meta.public_key {
+        if r.public_key[..] != meta.public_key[..] {
             return Err(Status::aborted(
                 "refresh: the signers derived another group key",
             ));
@@ -599,7 +599,7 @@ pub(crate) async fn refresh_key(
         echoes: msgs(&r.echoes),
         confirmations: msgs(&r.confirmations),
         public_key_set: hex::encode(&r.pks),
-        public_key: meta.public_key.clone(),
+        public_key: hex::encode(&*meta.public_key),
     };
     let entry = KeyCreated {
         name: meta.name.clone(),
@@ -667,7 +667,9 @@ async fn complete_refresh(
                 meta.key_id
             ))
         })?;
-    meta.public_key_set = pending.public_key_set;
+    meta.public_key_set = hex::decode(&pending.public_key_set)
+        .map_err(|_| Status::internal("pending refresh: key set is not hex"))?
+        .into();
     meta.pending_refresh = None;
     meta.state = State::Active;
     lifecycle(core, &meta, "refresh", by).await?;
@@ -802,7 +804,7 @@ pub(crate) async fn repair_key(
             certificate: cert.clone(),
         })
         .collect();
-    let pks = hex::decode(&meta.public_key_set).map_err(|_| Status::internal("stored key set"))?;
+    let pks = meta.public_key_set.to_vec();
     let recovered = on_all(
         core,
         std::slice::from_ref(&lost),
@@ -855,7 +857,7 @@ pub(crate) async fn repair_key(
         policy_version: meta.policy_version,
         lost: party(&lost),
         helpers: others.iter().map(party).collect(),
-        public_key_set: meta.public_key_set.clone(),
+        public_key_set: hex::encode(&*meta.public_key_set),
         policy_sha256: hex::encode(meta.policy.get().digest()),
         attestations: help
             .iter()

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::core::{AnyKey, Core};
 use crate::service::{sign_and_record, sign_proto, store_err};
-use crate::store::{RequestEvent, RequestState, WaitingRequest};
+use crate::store::{Hex, RequestEvent, RequestState, WaitingRequest};
 
 /// How often waiting requests whose approvals are complete are looked at.
 const TICK: Duration = Duration::from_secs(1);
@@ -41,17 +41,15 @@ pub(crate) fn settlement_of(w: &WaitingRequest) -> Option<Settlement> {
     if w.settlement.is_empty() {
         return None;
     }
-    hex::decode(&w.settlement)
-        .ok()
-        .and_then(|b| Settlement::decode(b.as_slice()).ok())
+    Settlement::decode(w.settlement.as_ref()).ok()
 }
 
 pub(crate) fn approvals_of(w: &WaitingRequest) -> Vec<Approval> {
     w.approvals
         .iter()
         .map(|(a, s)| Approval {
-            approver: hex::decode(a).unwrap_or_default(),
-            signature: hex::decode(s).unwrap_or_default(),
+            approver: a.to_vec(),
+            signature: s.to_vec(),
         })
         .collect()
 }
@@ -60,15 +58,12 @@ pub(crate) fn approvals_of(w: &WaitingRequest) -> Vec<Approval> {
 /// key id, message)`; for a policy change, [`hot_warm_cold::Policy::change_digest`].
 fn approval_digest(w: &WaitingRequest) -> [u8; 32] {
     if w.is_policy_change() {
-        let current: [u8; 32] = hex::decode(&w.current_policy)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .unwrap_or_default();
+        let current: [u8; 32] = w.current_policy[..].try_into().unwrap_or_default();
         return hot_warm_cold::Policy::from_json(&w.new_policy)
             .map(|p| p.change_digest(&w.key_id, w.policy_version, &current))
             .unwrap_or_default();
     }
-    hot_warm_cold::approval_digest(&w.key_id, &hex::decode(&w.message).unwrap_or_default())
+    hot_warm_cold::approval_digest(&w.key_id, &w.message)
 }
 
 /// Who approves `w`: the key's approvers for a signature, its admins for a policy
@@ -134,17 +129,13 @@ pub(crate) fn to_proto(core: &Core, w: &WaitingRequest) -> SigningRequest {
     SigningRequest {
         request_id: w.request_id.clone(),
         key_id: w.key_id.clone(),
-        message: hex::decode(&w.message).unwrap_or_default(),
+        message: w.message.to_vec(),
         transfer: transfer_of(w),
         state: w.state.name().into(),
         approval_digest: approval_digest(w).to_vec(),
         approvals: policy.as_ref().map_or(0, |p| valid(w, p)) as u32,
         required: policy.as_ref().map_or(0, |p| required(w, p)) as u32,
-        approved_by: w
-            .approvals
-            .iter()
-            .map(|(a, _)| hex::decode(a).unwrap_or_default())
-            .collect(),
+        approved_by: w.approvals.iter().map(|(a, _)| a.to_vec()).collect(),
         created_at: w.created_at,
         unlocks_at: if w.is_policy_change() {
             w.created_at
@@ -161,7 +152,7 @@ pub(crate) fn to_proto(core: &Core, w: &WaitingRequest) -> SigningRequest {
         }
         .into(),
         new_policy: w.new_policy.clone(),
-        current_policy_digest: hex::decode(&w.current_policy).unwrap_or_default(),
+        current_policy_digest: w.current_policy.to_vec(),
         policy_version: w.policy_version,
         settlement: settlement_of(w),
     }
@@ -176,7 +167,7 @@ fn pending_response(core: &Core, w: &WaitingRequest) -> SignResponse {
         signature: vec![],
         signers: vec![],
         replayed: false,
-        message: hex::decode(&w.message).unwrap_or_default(),
+        message: w.message.to_vec(),
     }
 }
 
@@ -201,7 +192,7 @@ pub(crate) async fn submit(
 ) -> Result<SignResponse, Status> {
     let meta = key.meta();
     if let Some(w) = core.store.waiting(request_id).map_err(store_err)? {
-        if w.key_id != meta.key_id || w.message != hex::encode(&message) {
+        if w.key_id != meta.key_id || w.message[..] != message[..] {
             return Err(Status::failed_precondition(format!(
                 "request_id {request_id} was already used for another key or message"
             )));
@@ -216,7 +207,7 @@ pub(crate) async fn submit(
     let w = WaitingRequest {
         request_id: request_id.to_string(),
         key_id: meta.key_id.clone(),
-        message: hex::encode(&message),
+        message: message.clone().into(),
         transfer: transfer.as_ref().map(|t| {
             (
                 t.asset.clone(),
@@ -234,12 +225,12 @@ pub(crate) async fn submit(
         last_error: String::new(),
         kind: "sign".into(),
         new_policy: String::new(),
-        current_policy: String::new(),
+        current_policy: Hex::default(),
         policy_version: 0,
         cold: None,
         settlement: settlement
             .as_ref()
-            .map(|s| hex::encode(s.encode_to_vec()))
+            .map(|s| s.encode_to_vec().into())
             .unwrap_or_default(),
     };
     core.audit
@@ -281,7 +272,7 @@ async fn propose(core: &Arc<Core>, key: &AnyKey, w: &WaitingRequest) {
             message: if w.transfer.is_some() || !w.settlement.is_empty() {
                 vec![]
             } else {
-                hex::decode(&w.message).unwrap_or_default()
+                w.message.to_vec()
             },
             transfer: transfer_of(w),
             settlement: settlement_of(w),
@@ -350,10 +341,11 @@ pub(crate) async fn approve(
         ));
     }
     let approver_hex = hex::encode(approver);
+    let approver_bytes = Hex(approver.to_vec());
     if w.state.is_final() {
         return Ok(to_proto(core, &w));
     }
-    if !w.approvals.iter().any(|(a, _)| *a == approver_hex) {
+    if !w.approvals.iter().any(|(a, _)| *a == approver_bytes) {
         core.audit
             .append(
                 APPROVED,
@@ -369,7 +361,7 @@ pub(crate) async fn approve(
             .await
             .map_err(crate::audit::refused)?;
         w.approvals
-            .push((approver_hex, hex::encode(&approval.signature)));
+            .push((approver_bytes, approval.signature.clone().into()));
         put(core, &w).await?;
         info!(%request_id, caller = %by, "approval {} of {}", valid(&w, &policy), rule.required);
     }
@@ -411,7 +403,7 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
     let key = core.key(&w.key_id)?;
     let policy = key.meta().policy.get().clone();
     if w.is_policy_change() {
-        if hex::encode(policy.digest()) != w.current_policy
+        if policy.digest()[..] != w.current_policy[..]
             || key.meta().policy_version != w.policy_version
         {
             w.state = w.state.next(RequestEvent::Refused);
@@ -456,7 +448,7 @@ async fn attempt_locked(core: &Arc<Core>, w: WaitingRequest) -> Result<WaitingRe
         }
         return Ok(w);
     }
-    let message = hex::decode(&w.message).unwrap_or_default();
+    let message = w.message.to_vec();
     match sign_and_record(
         core,
         &key,
@@ -557,8 +549,8 @@ async fn apply_policy(core: &Arc<Core>, key: &AnyKey, w: &WaitingRequest) -> Res
                     .approvals
                     .iter()
                     .map(|(a, s)| ApprovalRecord {
-                        approver: a.clone(),
-                        signature: s.clone(),
+                        approver: hex::encode(&**a),
+                        signature: hex::encode(&**s),
                     })
                     .collect(),
             },
@@ -606,7 +598,7 @@ pub(crate) async fn propose_policy(
     let w = WaitingRequest {
         request_id: request_id.to_string(),
         key_id: key_id.to_string(),
-        message: String::new(),
+        message: Hex::default(),
         transfer: None,
         approvals: vec![],
         created_at: core.clock.now_secs(),
@@ -614,10 +606,10 @@ pub(crate) async fn propose_policy(
         last_error: String::new(),
         kind: "policy-change".into(),
         new_policy: new.to_json(),
-        current_policy: hex::encode(current.digest()),
+        current_policy: current.digest().to_vec().into(),
         policy_version: key.meta().policy_version,
         cold: None,
-        settlement: String::new(),
+        settlement: Hex::default(),
     };
     core.audit
         .append(
@@ -626,7 +618,7 @@ pub(crate) async fn propose_policy(
                 key_id: w.key_id.clone(),
                 request_id: w.request_id.clone(),
                 policy: w.new_policy.clone(),
-                current_policy_sha256: w.current_policy.clone(),
+                current_policy_sha256: hex::encode(&*w.current_policy),
             },
         )
         .await

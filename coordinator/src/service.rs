@@ -145,11 +145,11 @@ fn key_proto(m: &KeyMeta) -> Key {
         suite: m.suite.clone(),
         threshold: m.threshold as u32,
         signers: m.signers.clone(),
-        public_key: hex::decode(&m.public_key).unwrap_or_default(),
+        public_key: m.public_key.to_vec(),
         tier: m.tier.name().into(),
         state: m.state.name().into(),
         created_at: m.created_at,
-        public_key_set: hex::decode(&m.public_key_set).unwrap_or_default(),
+        public_key_set: m.public_key_set.to_vec(),
         policy: m.policy.canonical(),
         rotated_from: m.rotated_from.clone(),
         rotated_to: m.rotated_to.clone(),
@@ -163,10 +163,10 @@ pub(crate) fn sign_proto(r: &SignRecord, replayed: bool) -> SignResponse {
         pending: None,
         request_id: r.request_id.clone(),
         key_id: r.key_id.clone(),
-        signature: hex::decode(&r.signature).unwrap_or_default(),
+        signature: r.signature.to_vec(),
         signers: r.signers.iter().map(|p| *p as u32).collect(),
         replayed,
-        message: hex::decode(&r.message).unwrap_or_default(),
+        message: r.message.to_vec(),
     }
 }
 
@@ -730,7 +730,7 @@ impl CustodyService {
     ) -> Result<SignResponse, Status> {
         let core = &self.0;
         if let Some(rec) = core.store.request(request_id).map_err(store_err)? {
-            if rec.key_id == key_id && rec.message == hex::encode(&message) {
+            if rec.key_id == key_id && rec.message[..] == message[..] {
                 return Ok(sign_proto(&rec, true));
             }
             return Err(Status::failed_precondition(format!(
@@ -848,7 +848,6 @@ pub(crate) async fn record_signature(
     signed: signing::Signed,
 ) -> Result<SignRecord, Status> {
     let key_id = &key.meta().key_id;
-    let message_hex = hex::encode(&message);
     let transcript = match key {
         AnyKey::Secp(k) => crate::audit::signing_transcript(
             core,
@@ -878,8 +877,8 @@ pub(crate) async fn record_signature(
     let rec = SignRecord {
         request_id: request_id.to_string(),
         key_id: key_id.to_string(),
-        message: message_hex,
-        signature: hex::encode(signed.signature),
+        message: message.clone().into(),
+        signature: signed.signature.to_vec().into(),
         signers: signed.signers.iter().map(|p| p.get()).collect(),
         session: signed.session.to_string(),
         created_at_ms: core.clock.now_ms(),

@@ -23,10 +23,10 @@ pub struct KeyMeta {
     pub signers: Vec<String>,
     /// Each participant's identity (hex of 64 bytes), in the same order.
     pub identities: Vec<String>,
-    /// External public key, hex.
-    pub public_key: String,
-    /// Canonical public key set, hex.
-    pub public_key_set: String,
+    /// External public key (hex in the record).
+    pub public_key: Hex,
+    /// Canonical public key set (hex in the record).
+    pub public_key_set: Hex,
     /// Tier.
     pub tier: hot_warm_cold::Tier,
     /// Lifecycle state.
@@ -54,6 +54,46 @@ pub struct KeyMeta {
     /// A refresh every signer confirmed but not every signer applied yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_refresh: Option<PendingRefresh>,
+}
+
+/// Bytes stored as a lowercase hex string: decoded when the record is read (a record
+/// with malformed hex is a damaged record, refused loudly), never decoded again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hex(pub Vec<u8>);
+
+impl Hex {
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Deref for Hex {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Hex {
+    fn from(v: Vec<u8>) -> Hex {
+        Hex(v)
+    }
+}
+
+impl Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(&text)
+            .map(Hex)
+            .map_err(|e| serde::de::Error::custom(format!("not hex: {e}")))
+    }
 }
 
 /// A key's policy, parsed once when its record is read; stored (and written back)
@@ -143,12 +183,12 @@ pub struct WaitingRequest {
     pub request_id: String,
     /// Key.
     pub key_id: String,
-    /// The message to sign, hex.
-    pub message: String,
+    /// The message to sign (hex in the record).
+    pub message: Hex,
     /// The transfer, when it is one: (asset, amount, destination, memo).
     pub transfer: Option<(String, String, String, String)>,
-    /// Approvals so far: (approver, signature), hex.
-    pub approvals: Vec<(String, String)>,
+    /// Approvals so far: (approver, signature), hex in the record.
+    pub approvals: Vec<(Hex, Hex)>,
     /// Unix seconds.
     pub created_at: u64,
     /// Where it stands.
@@ -161,18 +201,18 @@ pub struct WaitingRequest {
     /// For a policy change: the proposed policy (canonical JSON).
     #[serde(default)]
     pub new_policy: String,
-    /// For a policy change: SHA-256 of the policy it replaces, hex.
+    /// For a policy change: SHA-256 of the policy it replaces (hex in the record).
     #[serde(default)]
-    pub current_policy: String,
+    pub current_policy: Hex,
     /// For a policy change: the version it replaces.
     #[serde(default)]
     pub policy_version: u64,
     /// For a cold key: the offline signers' progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold: Option<ColdProgress>,
-    /// For a settlement: the batch header, protobuf-encoded, hex.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub settlement: String,
+    /// For a settlement: the batch header, protobuf-encoded (hex in the record).
+    #[serde(default, skip_serializing_if = "Hex::is_empty")]
+    pub settlement: Hex,
 }
 
 /// Where an air-gapped signature is between its trips.
@@ -180,14 +220,14 @@ pub struct WaitingRequest {
 pub struct ColdProgress {
     /// The chosen signers (t of them), by name.
     pub signers: Vec<String>,
-    /// Each chosen signer's commitment envelope, hex, by participant id.
-    pub commitments: Vec<(u16, String)>,
+    /// Each chosen signer's commitment envelope, by participant id (hex in the record).
+    pub commitments: Vec<(u16, Hex)>,
     /// Signing session, hex (once the package exists).
     pub session: String,
-    /// The coordinator-signed package, hex (once every commitment is in).
-    pub package: String,
-    /// Each signer's share envelope, hex, by participant id.
-    pub shares: Vec<(u16, String)>,
+    /// The coordinator-signed package (once every commitment is in; hex in the record).
+    pub package: Hex,
+    /// Each signer's share envelope, by participant id (hex in the record).
+    pub shares: Vec<(u16, Hex)>,
 }
 
 /// Where a request that needs approvals stands (stored by these names).
@@ -306,10 +346,10 @@ pub struct SignRecord {
     pub request_id: String,
     /// Key.
     pub key_id: String,
-    /// Message, hex.
-    pub message: String,
-    /// Signature, hex.
-    pub signature: String,
+    /// Message (hex in the record).
+    pub message: Hex,
+    /// Signature (hex in the record).
+    pub signature: Hex,
     /// Participant ids of the signers.
     pub signers: Vec<u16>,
     /// Signing session id, hex.
