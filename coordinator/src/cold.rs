@@ -18,7 +18,7 @@ use tracing::info;
 
 use crate::core::{AnyKey, Core, KeyRt};
 use crate::requests::{approvals_of, put, to_proto, transfer_of};
-use crate::service::store_err;
+use crate::signatures::store_err;
 use crate::signing::Signed;
 use crate::store::{ColdProgress, WaitingRequest};
 
@@ -191,7 +191,7 @@ pub(crate) async fn import(core: &Arc<Core>, content: &[u8]) -> Result<SigningRe
     };
     if let Some(signed) = done {
         let message = w.message.to_vec();
-        crate::service::record_signature(
+        crate::signatures::record_signature(
             core,
             &key,
             &w.request_id,

@@ -142,6 +142,7 @@ fn session_hashes(headers: &HeaderMap) -> Vec<[u8; 32]> {
 /// Starts the console on `listen` with the coordinator's certificate; records where.
 pub(crate) async fn serve(
     core: &Arc<Core>,
+    console: &Arc<Console>,
     listen: std::net::SocketAddr,
     tls: &custody_pki::TlsFiles,
 ) -> Result<std::net::SocketAddr, String> {
@@ -170,8 +171,8 @@ pub(crate) async fn serve(
         .await
         .map_err(|e| format!("console_listen {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    *core.console.addr.lock().expect("lock") = Some(addr);
-    *core.console.spki.lock().expect("lock") = Some(spki);
+    *console.addr.lock().expect("lock") = Some(addr);
+    *console.spki.lock().expect("lock") = Some(spki);
     let app = axum::Router::new()
         .route("/", get(overview))
         .route("/login", get(login))
@@ -180,13 +181,13 @@ pub(crate) async fn serve(
         .route("/ceremony/{seq}", get(ceremony))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(Arc::downgrade(core));
+        .with_state((Arc::downgrade(core), console.clone()));
     custody_ops::serve_https(listener, Arc::new(config), app);
     info!(%addr, "operator console at https://{addr}/ (sign in: custody console)");
     Ok(addr)
 }
 
-type St = State<Weak<Core>>;
+type St = State<(Weak<Core>, Arc<Console>)>;
 
 async fn security_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
@@ -265,15 +266,16 @@ async fn css() -> Response {
         .into_response()
 }
 
-async fn login(State(core): St, Query(q): Query<BTreeMap<String, String>>) -> Response {
-    let Some(core) = core.upgrade() else {
+async fn login(State((core, console)): St, Query(q): Query<BTreeMap<String, String>>) -> Response {
+    // The coordinator stopped: nobody signs in.
+    if core.upgrade().is_none() {
         return signed_out();
-    };
+    }
     let Some(t) = q.get("token") else {
         return signed_out();
     };
     let h: [u8; 32] = Sha256::digest(t.as_bytes()).into();
-    let who = core.console.logins.lock().expect("lock").remove(&h);
+    let who = console.logins.lock().expect("lock").remove(&h);
     let Some(who) = who.filter(|w| w.expires > now()) else {
         warn!("console: a sign-in link that is unknown, used or expired");
         let mut r = page(
@@ -287,7 +289,7 @@ async fn login(State(core): St, Query(q): Query<BTreeMap<String, String>>) -> Re
     let (session, sh) = token();
     info!(caller = %who.name, role = %who.role, "console: signed in");
     insert(
-        &core.console.sessions,
+        &console.sessions,
         sh,
         Who {
             expires: now() + SESSION_TTL.as_secs(),
@@ -313,9 +315,9 @@ async fn login(State(core): St, Query(q): Query<BTreeMap<String, String>>) -> Re
     r
 }
 
-async fn logout(State(core): St, headers: HeaderMap) -> Response {
-    if let Some(core) = core.upgrade() {
-        let mut sessions = core.console.sessions.lock().expect("lock");
+async fn logout(State((_, console)): St, headers: HeaderMap) -> Response {
+    {
+        let mut sessions = console.sessions.lock().expect("lock");
         for h in session_hashes(&headers) {
             sessions.remove(&h);
         }
@@ -536,15 +538,15 @@ fn ms_time(ms: u64) -> String {
     )
 }
 
-async fn overview(State(core): St, headers: HeaderMap) -> Response {
+async fn overview(State((core, console)): St, headers: HeaderMap) -> Response {
     let Some(core) = core.upgrade() else {
         return signed_out();
     };
-    let Some(who) = core.console.session(&headers) else {
+    let Some(who) = console.session(&headers) else {
         return signed_out();
     };
     let c2 = core.clone();
-    match tokio::task::spawn_blocking(move || render(&c2, &who)).await {
+    match tokio::task::spawn_blocking(move || render(&c2, &console, &who)).await {
         Ok(body) => page("custody console", true, &body),
         Err(e) => {
             let mut r = page("error", false, &format!("<p>{}</p>", esc(&e.to_string())));
@@ -554,7 +556,7 @@ async fn overview(State(core): St, headers: HeaderMap) -> Response {
     }
 }
 
-fn render(core: &Arc<Core>, who: &Who) -> String {
+fn render(core: &Arc<Core>, console: &Console, who: &Who) -> String {
     let mut o = String::new();
     let _ = write!(
         o,
@@ -569,7 +571,7 @@ fn render(core: &Arc<Core>, who: &Who) -> String {
     // Catch up with the log under its lock; replay outside it; keep good verdicts only
     // (a failure is computed again next time).
     let (mut ceremonies, problem, checked) = {
-        let mut log = core.console.log.lock().expect("lock");
+        let mut log = console.log.lock().expect("lock");
         log.update(core);
         (
             log.recent.iter().rev().cloned().collect::<Vec<_>>(),
@@ -594,7 +596,7 @@ fn render(core: &Arc<Core>, who: &Who) -> String {
         }
     }
     if !verified.is_empty() {
-        let mut log = core.console.log.lock().expect("lock");
+        let mut log = console.log.lock().expect("lock");
         for c in log.recent.iter_mut() {
             if let Some((_, v)) = verified.iter().find(|(seq, _)| *seq == c.seq) {
                 c.verdict = Some(v.clone());
@@ -901,19 +903,22 @@ fn charts_section(core: &Core, o: &mut String) {
     o.push_str("</svg></figure></section>");
 }
 
-async fn ceremony(State(core): St, headers: HeaderMap, Path(seq): Path<String>) -> Response {
-    let Some(core) = core.upgrade() else {
+async fn ceremony(
+    State((core, console)): St,
+    headers: HeaderMap,
+    Path(seq): Path<String>,
+) -> Response {
+    if core.upgrade().is_none() {
         return signed_out();
-    };
-    if core.console.session(&headers).is_none() {
+    }
+    if console.session(&headers).is_none() {
         return signed_out();
     }
     let Ok(seq) = seq.parse::<u64>() else {
         return not_found().await;
     };
-    let c2 = core.clone();
     let body = tokio::task::spawn_blocking(move || {
-        let log = c2.console.log.lock().expect("lock");
+        let log = console.log.lock().expect("lock");
         log.recent
             .iter()
             .find(|c| c.seq == seq)

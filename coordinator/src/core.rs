@@ -55,8 +55,6 @@ pub(crate) struct Core {
     pub transcripts: std::path::PathBuf,
     /// Metrics and recent history (for the console).
     pub metrics: crate::metrics::Metrics,
-    /// The operator console's sessions and view of the audit log.
-    pub console: crate::console::Console,
     /// The one clock (tests move it).
     pub clock: Arc<dyn custody_ops::clock::Clock>,
 }

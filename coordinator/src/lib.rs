@@ -28,10 +28,13 @@ pub mod config;
 mod console;
 mod core;
 mod dkg;
+mod lifecycle;
 pub mod link;
 mod metrics;
 mod requests;
+mod server;
 mod service;
+mod signatures;
 pub mod signers;
 mod signing;
 pub mod store;
@@ -67,7 +70,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(SocketAddr) + Send,
 ) -> Result<(), StartError> {
-    service::serve(
+    server::serve(
         config,
         None,
         custody_ops::clock::system(),
@@ -87,5 +90,5 @@ pub async fn run_with_links(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(SocketAddr) + Send,
 ) -> Result<(), StartError> {
-    service::serve(config, Some(links), clock, shutdown, on_ready).await
+    server::serve(config, Some(links), clock, shutdown, on_ready).await
 }

@@ -16,16 +16,13 @@
 //! - `custody_audit_appends_total`, `custody_audit_append_failures_total`.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use custody_ops::{Exporter, LatencyFamily};
+use custody_ops::LatencyFamily;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-
-use crate::core::{AnyKey, Core};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SuiteTier {
@@ -40,19 +37,19 @@ pub(crate) struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SignerLabel {
-    signer: String,
+pub(crate) struct SignerLabel {
+    pub(crate) signer: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KeyLabel {
-    tier: String,
-    state: String,
+pub(crate) struct KeyLabel {
+    pub(crate) tier: String,
+    pub(crate) state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabel {
-    state: String,
+pub(crate) struct StateLabel {
+    pub(crate) state: String,
 }
 
 /// Signatures of one minute, for the console's charts.
@@ -75,9 +72,9 @@ pub(crate) const HISTORY: usize = 60;
 /// The coordinator's instruments.
 #[derive(Debug)]
 pub(crate) struct Metrics {
-    sign_seconds: LatencyFamily<SuiteTier>,
-    dkg_seconds: LatencyFamily<SuiteTier>,
-    sign_requests: Family<Outcome, Counter>,
+    pub(crate) sign_seconds: LatencyFamily<SuiteTier>,
+    pub(crate) dkg_seconds: LatencyFamily<SuiteTier>,
+    pub(crate) sign_requests: Family<Outcome, Counter>,
     history: Mutex<VecDeque<Minute>>,
 }
 
@@ -99,8 +96,7 @@ impl Metrics {
     }
 
     /// A signature made, in `took`.
-    pub fn signed(&self, key: &AnyKey, took: Duration) {
-        let meta = key.meta();
+    pub fn signed(&self, meta: &crate::store::KeyMeta, took: Duration) {
         self.sign_seconds
             .get_or_create(&SuiteTier {
                 suite: meta.suite.clone(),
@@ -181,110 +177,4 @@ impl Metrics {
     pub fn history(&self) -> Vec<Minute> {
         self.history.lock().expect("lock").iter().cloned().collect()
     }
-}
-
-/// Registers the coordinator's metrics; gauges are read from `core` at each scrape.
-pub(crate) fn exporter(core: &Arc<Core>) -> Exporter {
-    let mut e = Exporter::new("coordinator");
-    let m = &core.metrics;
-    e.register_seconds(
-        "sign_duration",
-        "Signatures, from the request to the durable result",
-        m.sign_seconds.clone(),
-    );
-    e.register_seconds(
-        "dkg_duration",
-        "Key creations (DKG), from the request to the recorded key",
-        m.dkg_seconds.clone(),
-    );
-    e.register(
-        "sign_requests",
-        "Sign requests by outcome (refused: a signer's policy, with its reason)",
-        m.sign_requests.clone(),
-    );
-    let culprits: Family<SignerLabel, Counter> = Family::default();
-    let up: Family<SignerLabel, Gauge> = Family::default();
-    let last_seen: Family<SignerLabel, Gauge> = Family::default();
-    let pooled: Family<SignerLabel, Gauge> = Family::default();
-    let keys: Family<KeyLabel, Gauge> = Family::default();
-    let waiting: Family<StateLabel, Gauge> = Family::default();
-    e.register(
-        "signer_culprits",
-        "Times a signer was named as a culprit (a share or message that failed its check)",
-        culprits.clone(),
-    );
-    e.register(
-        "signer_up",
-        "1 if the signer answered the coordinator's last call or probe",
-        up.clone(),
-    );
-    e.register_seconds(
-        "signer_last_seen",
-        "Unix time of the signer's last answer",
-        last_seen.clone(),
-    );
-    e.register(
-        "commitments_pooled",
-        "Signing commitments drawn ahead from the signer (all keys), each usable once",
-        pooled.clone(),
-    );
-    e.register("keys", "Keys by tier and lifecycle state", keys.clone());
-    e.register(
-        "requests_waiting",
-        "Requests of warm and cold keys by state",
-        waiting.clone(),
-    );
-    let weak: Weak<Core> = Arc::downgrade(core);
-    e.on_scrape(move || {
-        let Some(core) = weak.upgrade() else { return };
-        for h in &core.signers {
-            let l = SignerLabel {
-                signer: h.name.clone(),
-            };
-            let health = h.health();
-            up.get_or_create(&l).set(i64::from(health.reachable));
-            last_seen
-                .get_or_create(&l)
-                .set((health.last_seen_ms / 1000) as i64);
-            culprits.get_or_create(&l).inner().store(
-                h.culprits.load(std::sync::atomic::Ordering::Relaxed),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
-        let mut per_signer = std::collections::BTreeMap::<String, i64>::new();
-        for h in &core.signers {
-            per_signer.insert(h.name.clone(), 0);
-        }
-        keys.clear();
-        for k in core.keys.read().expect("lock").values() {
-            let meta = k.meta();
-            keys.get_or_create(&KeyLabel {
-                tier: meta.tier.name().into(),
-                state: meta.state.name().into(),
-            })
-            .inc();
-            for (name, n) in k.pool_levels() {
-                *per_signer.entry(name).or_default() += n as i64;
-            }
-        }
-        for (signer, n) in per_signer {
-            pooled.get_or_create(&SignerLabel { signer }).set(n);
-        }
-        waiting.clear();
-        if let Ok(all) = core.store.open_waiting() {
-            for w in all
-                .into_iter()
-                .filter(crate::store::WaitingRequest::is_open)
-            {
-                waiting
-                    .get_or_create(&StateLabel {
-                        state: w.state.name().into(),
-                    })
-                    .inc();
-            }
-        }
-    });
-    let weak: Weak<Core> = Arc::downgrade(core);
-    e.audit_log(move || weak.upgrade().map_or((0, 0), |c| c.audit.counts()));
-    e
 }

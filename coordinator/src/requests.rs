@@ -19,7 +19,7 @@ use tonic::{Code, Status};
 use tracing::{info, warn};
 
 use crate::core::{AnyKey, Core};
-use crate::service::{sign_and_record, sign_proto, store_err};
+use crate::signatures::{sign_and_record, sign_proto, store_err};
 use crate::store::{Hex, RequestEvent, RequestState, WaitingRequest};
 
 /// How often waiting requests whose approvals are complete are looked at.
@@ -654,7 +654,7 @@ async fn retire_old_keys(core: &Arc<Core>) {
             }
         }
         if let Some(why) = why {
-            if let Err(st) = crate::service::retire_by_policy(core, &meta.key_id, &why).await {
+            if let Err(st) = crate::lifecycle::retire_by_policy(core, &meta.key_id, &why).await {
                 warn!(key_id = %meta.key_id, "automatic retirement not complete: {}", st.message());
             }
         }

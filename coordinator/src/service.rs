@@ -1,142 +1,29 @@
 //! The `custody.v1.Custody` gRPC service and the server around it.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use custody_pki::Role;
-use custody_protocol::proto::custody_server::{Custody, CustodyServer};
+use custody_protocol::proto::custody_server::Custody;
 use custody_protocol::proto::*;
 use custody_protocol::{api, wire, Suite};
 use rand_core::{OsRng, RngCore};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::config::Config;
-use crate::core::{AnyKey, Core};
+use crate::core::Core;
 use crate::dkg::{self, KeySpec};
-use crate::link::{GrpcLink, SignerLink};
+use crate::lifecycle::apply_event;
+use crate::signatures::{sign_and_record, sign_proto, store_err};
 use crate::signers::SignerHandle;
-use crate::store::{KeyMeta, SignRecord};
-use crate::{signing, StartError};
-use custody_audit::export::{
-    AuthDenied, Lifecycle, Refused, Signature as AuditedSignature, AUTH_DENIED, LIFECYCLE,
-    SIGNATURE, SIGN_REFUSED,
-};
+use crate::store::KeyMeta;
+use custody_audit::export::{AuthDenied, AUTH_DENIED};
 
 /// Longest key name.
 const MAX_NAME: usize = 128;
 
 #[derive(Clone, Debug)]
-struct CustodyService(Arc<Core>);
-
-pub(crate) async fn serve(
-    config: Config,
-    links: Option<Vec<(String, Arc<dyn SignerLink>)>>,
-    clock: Arc<dyn custody_ops::clock::Clock>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_ready: impl FnOnce(std::net::SocketAddr) + Send,
-) -> Result<(), StartError> {
-    let cfg_err = StartError::Config;
-    config.check().map_err(cfg_err)?;
-    let identity = crate::core::load_identity(&config)?;
-    let files = config.tls.clone();
-    let (cert_der, ca_der) = custody_pki::server::check_own_certificate(
-        &files,
-        Role::Coordinator,
-        &config.name,
-        &identity.public(),
-    )?;
-    let client_tls = files.client().map_err(|e| cfg_err(e.to_string()))?;
-    let signers: Vec<Arc<SignerHandle>> = match links {
-        Some(links) => links
-            .into_iter()
-            .map(|(name, link)| Arc::new(SignerHandle::new(&name, link, config.timeouts)))
-            .collect(),
-        None => config
-            .signers
-            .iter()
-            .map(|s| {
-                let link = Arc::new(GrpcLink::new(
-                    s.clone(),
-                    client_tls.clone(),
-                    config.timeouts,
-                ));
-                Arc::new(SignerHandle::new(&s.name, link, config.timeouts))
-            })
-            .collect(),
-    };
-    let store = crate::store::Store::open(&config.data_dir.join("db"))
-        .map_err(|e| cfg_err(e.to_string()))?;
-    let transcripts = config.data_dir.join("transcripts");
-    std::fs::create_dir_all(&transcripts)
-        .map_err(|e| cfg_err(format!("{}: {e}", transcripts.display())))?;
-    let audit = crate::audit::open(&config.data_dir, &config.name, identity.clone(), &store)
-        .map_err(cfg_err)?;
-    let core = Arc::new(Core {
-        name: config.name.clone(),
-        cert_der,
-        audit,
-        identity_public: identity.public(),
-        identity,
-        ca_der,
-        store,
-        signers,
-        timeouts: config.timeouts,
-        default_threshold: config.default_threshold,
-        keys: RwLock::new(HashMap::new()),
-        inflight: Mutex::new(HashMap::new()),
-        rotation: AtomicUsize::new(0),
-        transcripts,
-        metrics: crate::metrics::Metrics::new(),
-        console: Default::default(),
-        clock,
-    });
-    let metas = core.store.keys().map_err(|e| cfg_err(e.to_string()))?;
-    let n_keys = metas.len();
-    for meta in metas {
-        let id = meta.key_id.clone();
-        let k = core.load_key(meta).map_err(cfg_err)?;
-        core.keys.write().expect("lock").insert(id, k);
-    }
-
-    let tls = files.server().map_err(|e| cfg_err(e.to_string()))?;
-    let (listener, addr) = custody_pki::server::listen(config.listen, &config.data_dir).await?;
-    info!(coordinator = %config.name, %addr, keys = n_keys, signers = core.signers.len(), "coordinator listening");
-    if let Some(listen) = config.metrics_listen {
-        custody_ops::start_metrics(listen, crate::metrics::exporter(&core), &config.data_dir)
-            .await
-            .map_err(cfg_err)?;
-    }
-    if let Some(listen) = config.console_listen {
-        let bound = crate::console::serve(&core, listen, &config.tls)
-            .await
-            .map_err(cfg_err)?;
-        custody_ops::write_addr(&config.data_dir.join("console-addr"), bound)
-            .map_err(|e| cfg_err(format!("console-addr: {e}")))?;
-    }
-    if config.metrics_listen.is_some() || config.console_listen.is_some() {
-        crate::signers::spawn_prober(core.clone());
-    }
-    on_ready(addr);
-    crate::requests::spawn_ticker(core.clone());
-    let svc = CustodyServer::new(CustodyService(core))
-        .max_decoding_message_size(2 << 20)
-        .max_encoding_message_size(4 << 20);
-    custody_pki::server::serve(
-        tls,
-        listener,
-        Duration::from_secs(300),
-        <CustodyServer<CustodyService> as tonic::server::NamedService>::NAME,
-        |r| r.add_service(svc),
-        shutdown,
-    )
-    .await?;
-    info!(coordinator = %config.name, "coordinator stopped");
-    Ok(())
-}
+/// The `custody.v1.Custody` service over the cluster's state and the console's.
+pub(crate) struct CustodyService(pub Arc<Core>, pub Arc<crate::console::Console>);
 
 fn key_proto(m: &KeyMeta) -> Key {
     Key {
@@ -157,29 +44,11 @@ fn key_proto(m: &KeyMeta) -> Key {
     }
 }
 
-pub(crate) fn sign_proto(r: &SignRecord, replayed: bool) -> SignResponse {
-    SignResponse {
-        state: "signed".into(),
-        pending: None,
-        request_id: r.request_id.clone(),
-        key_id: r.key_id.clone(),
-        signature: r.signature.to_vec(),
-        signers: r.signers.iter().map(|p| *p as u32).collect(),
-        replayed,
-        message: r.message.to_vec(),
-    }
-}
-
 /// `data` in 1 MiB chunks, as a stream's items.
 pub(crate) fn chunks(data: Vec<u8>) -> Vec<Result<AuditChunk, Status>> {
     data.chunks(1 << 20)
         .map(|c| Ok(AuditChunk { data: c.to_vec() }))
         .collect()
-}
-
-pub(crate) fn store_err(e: crate::store::StoreError) -> Status {
-    warn!("store: {e}");
-    Status::internal(format!("coordinator storage: {e}"))
 }
 
 impl CustodyService {
@@ -570,15 +439,14 @@ impl Custody for CustodyService {
     ) -> Result<Response<ConsoleLoginResponse>, Status> {
         use base64::Engine as _;
         let caller = self.authorize(&req, &[Role::Operator, Role::Auditor])?;
-        let (url, expires_at, spki) = self
-            .0
-            .console
-            .login_link(caller.role, &caller.name)
-            .ok_or_else(|| {
-                Status::failed_precondition(
-                    "the console is off: set console_listen in coordinator.toml",
-                )
-            })?;
+        let (url, expires_at, spki) =
+            self.1
+                .login_link(caller.role, &caller.name)
+                .ok_or_else(|| {
+                    Status::failed_precondition(
+                        "the console is off: set console_listen in coordinator.toml",
+                    )
+                })?;
         // The link is a credential: on record before it is handed out.
         self.0
             .audit
@@ -769,257 +637,4 @@ impl CustodyService {
         .await?;
         Ok(sign_proto(&rec, false))
     }
-}
-
-/// Signs with `key` and records the result: the whole ceremony in the audit log, then
-/// the result in the store, before anyone learns the signature.
-pub(crate) async fn sign_and_record(
-    core: &Arc<Core>,
-    key: &AnyKey,
-    request_id: &str,
-    message: Vec<u8>,
-    transfer: Option<Transfer>,
-    settlement: Option<custody_protocol::proto::Settlement>,
-    approvals: Vec<custody_protocol::proto::Approval>,
-) -> Result<SignRecord, Status> {
-    let key_id = &key.meta().key_id;
-    let t0 = std::time::Instant::now();
-    let signed = match key {
-        AnyKey::Secp(k) => {
-            signing::sign(
-                core,
-                k,
-                message.clone(),
-                request_id,
-                transfer.clone(),
-                settlement.clone(),
-                approvals.clone(),
-            )
-            .await
-        }
-        AnyKey::Ed(k) => {
-            signing::sign(
-                core,
-                k,
-                message.clone(),
-                request_id,
-                transfer.clone(),
-                settlement.clone(),
-                approvals.clone(),
-            )
-            .await
-        }
-    };
-    let signed = match signed {
-        Ok(s) => s,
-        Err(st) => {
-            if st.code() == tonic::Code::PermissionDenied {
-                core.audit.record(
-                    SIGN_REFUSED,
-                    &Refused {
-                        key_id: key_id.to_string(),
-                        request_id: request_id.to_string(),
-                        reason: st.message().to_string(),
-                    },
-                );
-            }
-            return Err(st);
-        }
-    };
-    let rec = record_signature(
-        core, key, request_id, message, transfer, settlement, approvals, signed,
-    )
-    .await?;
-    core.metrics.signed(key, t0.elapsed());
-    Ok(rec)
-}
-
-/// Records a finished signature: its whole ceremony in the audit log, then the result
-/// in the store, before anyone learns it.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn record_signature(
-    core: &Arc<Core>,
-    key: &AnyKey,
-    request_id: &str,
-    message: Vec<u8>,
-    transfer: Option<Transfer>,
-    settlement: Option<custody_protocol::proto::Settlement>,
-    approvals: Vec<custody_protocol::proto::Approval>,
-    signed: signing::Signed,
-) -> Result<SignRecord, Status> {
-    let key_id = &key.meta().key_id;
-    let transcript = match key {
-        AnyKey::Secp(k) => crate::audit::signing_transcript(
-            core,
-            k,
-            request_id,
-            &message,
-            transfer.as_ref(),
-            settlement.as_ref(),
-            &approvals,
-            &signed,
-        ),
-        AnyKey::Ed(k) => crate::audit::signing_transcript(
-            core,
-            k,
-            request_id,
-            &message,
-            transfer.as_ref(),
-            settlement.as_ref(),
-            &approvals,
-            &signed,
-        ),
-    };
-    core.audit
-        .append(SIGNATURE, &AuditedSignature { transcript })
-        .await
-        .map_err(crate::audit::refused)?;
-    let rec = SignRecord {
-        request_id: request_id.to_string(),
-        key_id: key_id.to_string(),
-        message: message.clone().into(),
-        signature: signed.signature.to_vec().into(),
-        signers: signed.signers.iter().map(|p| p.get()).collect(),
-        session: signed.session.to_string(),
-        created_at_ms: core.clock.now_ms(),
-    };
-    let t0 = std::time::Instant::now();
-    // A maximum number of signatures: counted here, by what this coordinator signed
-    // (a signer's word alone does not retire a key); at the limit the key retires.
-    // Counted before the result is stored: sled recovers its writes in order, so a
-    // crash never keeps the result without its count (a count without its result is
-    // counted again when the result comes back from the audit log: early, never late).
-    let mut limit = None;
-    if let Some(max) = key.meta().policy.get().max_signatures {
-        limit = Some((core.store.bump_signatures(key_id).map_err(store_err)?, max));
-    }
-    // Durable already, in the audit log; the store flushes it in the background.
-    core.store.put_request(&rec).map_err(store_err)?;
-    if let Some((n, max)) = limit.filter(|(n, max)| n >= max) {
-        let (core, key_id) = (core.clone(), key_id.to_string());
-        let why = format!("{n} signatures made, policy allows {max}");
-        tokio::spawn(async move {
-            if let Err(e) = retire_by_policy(&core, &key_id, &why).await {
-                warn!(%key_id, "automatic retirement not complete: {}", e.message());
-            }
-        });
-    }
-    tracing::debug!(
-        store_us = t0.elapsed().as_micros() as u64,
-        "signing result stored"
-    );
-    Ok(rec)
-}
-
-/// Applies an operator lifecycle event to a key on every one of its signers (each
-/// idempotently, so a retry after a partial failure completes it), then records it.
-/// Retires `key_id` because a policy limit is reached, and says so (log, audit log,
-/// the key's `state_reason`). Every signer refuses past the limit anyway; this makes
-/// the state visible and final.
-pub(crate) async fn retire_by_policy(
-    core: &Arc<Core>,
-    key_id: &str,
-    why: &str,
-) -> Result<(), Status> {
-    // One retirement of a key at a time (signing at the limit and the ticker can both
-    // ask): the second finds it retired. The lock's id is no client's request id (those
-    // have no NUL).
-    let _one = core
-        .request_lock(&format!("retire-by-policy\0{key_id}"))
-        .await;
-    if !core.key(key_id)?.meta().state.may_sign() {
-        return Ok(());
-    }
-    let reason = format!("retired automatically: {why}");
-    // The state and its reason are recorded together (a reader never sees one without
-    // the other).
-    let r2 = reason.clone();
-    apply_event(core, key_id, "retire", "policy", "", move |m| {
-        m.state_reason = r2
-    })
-    .await?;
-    warn!(%key_id, "key {reason}; rotate it to keep signing");
-    Ok(())
-}
-
-async fn apply_event(
-    core: &Arc<Core>,
-    key_id: &str,
-    event_name: &str,
-    by: &str,
-    successor: &str,
-    adjust: impl FnOnce(&mut KeyMeta),
-) -> Result<KeyMeta, Status> {
-    let r = ChangeKeyStateRequest {
-        key_id: key_id.to_string(),
-        event: event_name.to_string(),
-    };
-    let event = hot_warm_cold::Event::operator_event(&r.event).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "event: {:?} is not one of suspend, resume, retire, destroy",
-            r.event
-        ))
-    })?;
-    let key = core.key(&r.key_id)?;
-    let mut meta = key.meta().clone();
-    let next = meta
-        .state
-        .apply(event)
-        .map_err(|e| Status::failed_precondition(format!("key {}: {e}", meta.key_id)))?;
-    // Every signer of the key applies it to its own record (idempotently, so a
-    // retry after a partial failure completes it).
-    let mut tasks = Vec::new();
-    for name in &meta.signers {
-        let h = core
-            .signer(name)
-            .ok_or_else(|| Status::internal(format!("signer {name} is not configured")))?
-            .clone();
-        let (key_id, ev, timeout) = (meta.key_id.clone(), r.event.clone(), core.timeouts.dkg());
-        tasks.push(tokio::spawn(async move {
-            let r = h
-                .call(timeout, |l| {
-                    l.key_lifecycle(KeyLifecycleRequest { key_id, event: ev })
-                })
-                .await;
-            (h.name.clone(), r)
-        }));
-    }
-    let mut failures = Vec::new();
-    for t in tasks {
-        let (name, r) = t
-            .await
-            .map_err(|e| Status::internal(format!("task: {e}")))?;
-        if let Err(e) = r {
-            failures.push(format!("{name}: {e}"));
-        }
-    }
-    if !failures.is_empty() {
-        return Err(Status::unavailable(format!(
-            "key {}: {} not applied by every signer ({}); run it again to complete it",
-            meta.key_id,
-            r.event,
-            failures.join("; ")
-        )));
-    }
-    meta.state = next;
-    core.audit
-        .append(
-            LIFECYCLE,
-            &Lifecycle {
-                key_id: meta.key_id.clone(),
-                event: if successor.is_empty() {
-                    r.event.clone()
-                } else {
-                    "rotate".into()
-                },
-                state: meta.state.name().into(),
-                by: by.to_string(),
-                successor: successor.to_string(),
-            },
-        )
-        .await
-        .map_err(crate::audit::refused)?;
-    adjust(&mut meta);
-    core.record_key(&meta).await?;
-    Ok(meta)
 }

@@ -20,11 +20,10 @@ use custody_protocol::{with_suite, KeyShare, ParticipantId, Roster, SessionId};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::dkg::DkgSession;
 use crate::error::{stored_hex, Error, Result};
 use crate::fault::Faults;
 use crate::keys::{AnyKey, Loaded, Typed};
-use crate::repair::RepairSession;
+use crate::sessions::{DkgSession, RepairSession};
 use crate::store::{self, KeyRecord, KeyState, Store};
 use crate::StartError;
 

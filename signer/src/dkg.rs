@@ -8,13 +8,13 @@
 //! Refreshes run the same rounds (see [`crate::refresh`] for their start and end).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use custody_audit::export as ax;
 use custody_protocol::dkg::{self, DkgConfig, DKG_KINDS};
 use custody_protocol::sign::COORDINATOR;
 use custody_protocol::{
-    sim, with_suite, IdentityPublic, KeyShare, ParticipantId, Roster, SessionId, Suite,
+    sim, with_suite, IdentityPublic, KeyShare, ParticipantId, SessionId, Suite,
 };
 use rand_core::OsRng;
 use tracing::{info, warn};
@@ -23,74 +23,8 @@ use crate::config::Fault;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::keys::{by_suite, Typed};
+pub(crate) use crate::sessions::{AnyStage, DkgSession, Inbox, SessionInfo, Stage, DKG_TTL};
 use crate::store::{self, KeyRecord, KeyState};
-
-/// How long an unfinished DKG session is kept.
-pub(crate) const DKG_TTL: Duration = Duration::from_secs(300);
-
-/// Messages relayed by the coordinator: `(sender, signed envelope)`.
-pub(crate) type Inbox = Vec<(ParticipantId, Vec<u8>)>;
-
-/// Where a DKG (or refresh) session of suite `C` stands.
-#[derive(Debug)]
-pub(crate) enum Stage<C: custody_protocol::EngineSuite> {
-    /// Round 1 sent, waiting for every peer's.
-    Round1(dkg::AwaitingRound1<C>),
-    /// Echo and sealed shares sent, waiting for every peer's.
-    Round2(dkg::AwaitingRound2<C>),
-    /// Our share is stored (pending), our confirmation sent; waiting for all of them.
-    Confirmed {
-        /// The new share.
-        share: KeyShare<C>,
-        /// Digest of its public key set.
-        digest: [u8; 32],
-    },
-}
-
-/// A session's stage in its suite.
-#[derive(Debug)]
-pub(crate) enum AnyStage {
-    /// secp256k1-tr.
-    Secp(Stage<crate::keys::Secp>),
-    /// Ed25519.
-    Ed(Stage<crate::keys::Ed>),
-}
-
-impl AnyStage {
-    fn step(&self) -> u8 {
-        by_suite!(self, AnyStage, C, s => match s {
-            Stage::Round1(_) => 1,
-            Stage::Round2(_) => 2,
-            Stage::Confirmed { .. } => 3,
-        })
-    }
-}
-
-/// A DKG or refresh session between the coordinator's calls.
-#[derive(Debug)]
-pub(crate) struct DkgSession {
-    pub key_id: String,
-    /// A refresh of existing key `key_id` rather than a new key.
-    pub refresh: bool,
-    pub policy: hot_warm_cold::Policy,
-    pub suite: Suite,
-    pub participants: Vec<ParticipantId>,
-    pub roster: Roster,
-    /// Taken out while a step runs.
-    pub stage: Option<AnyStage>,
-    pub started: Instant,
-}
-
-/// What a session is, without its stage.
-#[derive(Debug, Clone)]
-pub(crate) struct SessionInfo {
-    pub key_id: String,
-    pub refresh: bool,
-    pub policy: hot_warm_cold::Policy,
-    pub suite: Suite,
-    pub participants: Vec<ParticipantId>,
-    pub roster: Roster,
-}
 
 /// The coordinator's ask to start a DKG (or a refresh) on this signer.
 #[derive(Debug)]

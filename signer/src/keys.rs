@@ -12,15 +12,10 @@ use custody_protocol::{sign, EngineSuite, KeyShare};
 
 use custody_protocol::repair::HelperAwaitingDeltas;
 
-use crate::dkg::{AnyStage, Stage};
 use crate::nonces::NoncePool;
-use crate::repair::AnyRepair;
+use crate::sessions::{AnyRepair, AnyStage, Stage};
 use crate::store::{KeyState, Usage};
-
-/// The secp256k1-tr suite (BIP340, Taproot).
-pub(crate) type Secp = custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR;
-/// The Ed25519 suite (RFC 8032).
-pub(crate) type Ed = custody_protocol::frost_ed25519::Ed25519Sha512;
+pub(crate) use crate::suites::{by_suite, Ed, Secp};
 
 /// A key ready for signing in suite `C`.
 #[derive(Debug)]
@@ -87,32 +82,11 @@ pub(crate) enum AnyKey {
     Ed(Loaded<Ed>),
 }
 
-/// Runs `$body` with `$v` bound to the value inside one of the closed per-suite enums
-/// (`AnyKey`, `AnyStage`, …: variants `Secp` and `Ed`, the enum in scope) and `$C` to
-/// its suite's type.
-macro_rules! by_suite {
-    ($e:expr, $Enum:ident, $C:ident, $v:ident => $body:expr) => {
-        match $e {
-            $Enum::Secp($v) => {
-                #[allow(dead_code)]
-                type $C = $crate::keys::Secp;
-                $body
-            }
-            $Enum::Ed($v) => {
-                #[allow(dead_code)]
-                type $C = $crate::keys::Ed;
-                $body
-            }
-        }
-    };
-}
-pub(crate) use by_suite;
-
 /// [`by_suite!`] over an [`AnyKey`].
 macro_rules! with_key {
     ($k:expr, $C:ident, $v:ident => $body:expr) => {{
         use $crate::keys::AnyKey;
-        $crate::keys::by_suite!($k, AnyKey, $C, $v => $body)
+        $crate::suites::by_suite!($k, AnyKey, $C, $v => $body)
     }};
 }
 pub(crate) use with_key;

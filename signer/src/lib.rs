@@ -23,7 +23,8 @@
 //! | `server.rs` | the listener, mTLS and metrics wiring |
 //! | `error.rs` | the one error enum; its conversion to a status is the only place that picks codes and metadata |
 //! | `core.rs` | the signer's state and the helpers every ceremony shares |
-//! | `keys.rs` | loaded keys typed by suite (no run-time downcasts) |
+//! | `keys.rs`, `suites.rs` | loaded keys typed by suite (no run-time downcasts); the suites as types |
+//! | `sessions.rs` | what a ceremony keeps between steps: typed DKG stages, repair state |
 //! | `dkg.rs`, `refresh.rs`, `repair.rs`, `signing.rs` | one file per ceremony |
 //! | `admission.rs` | reads the store, calls `hot_warm_cold::admit` (the rules), stores its plan |
 //! | `lifecycle.rs` | operator lifecycle events and admin-approved policy changes |
@@ -45,8 +46,10 @@ mod nonces;
 mod refresh;
 mod repair;
 mod server;
+mod sessions;
 mod signing;
 pub mod store;
+mod suites;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use custody_audit::export as ax;
-use custody_protocol::repair::{self, HelperAwaitingDeltas, RepairConfig};
-use custody_protocol::{sim, with_suite, ParticipantId, Roster, SessionId, Suite};
+use custody_protocol::repair::{self, RepairConfig};
+use custody_protocol::{sim, with_suite, ParticipantId, SessionId, Suite};
 use rand_core::OsRng;
 use tracing::{info, warn};
 
@@ -19,25 +19,8 @@ use crate::core::Core;
 use crate::dkg::{confirmed_entry, Inbox, DKG_TTL};
 use crate::error::{Error, Result};
 use crate::keys::{by_suite, with_key, Typed};
+use crate::sessions::{AnyRepair, RepairSession};
 use crate::store::{self, KeyRecord, KeyState};
-
-/// A helper's state between its two steps, in its suite.
-#[derive(Debug)]
-pub(crate) enum AnyRepair {
-    /// secp256k1-tr.
-    Secp(HelperAwaitingDeltas<crate::keys::Secp>),
-    /// Ed25519.
-    Ed(HelperAwaitingDeltas<crate::keys::Ed>),
-}
-
-/// A repair this signer helps with, between its two steps.
-#[derive(Debug)]
-pub(crate) struct RepairSession {
-    pub key_id: String,
-    pub roster: Roster,
-    pub state: AnyRepair,
-    pub started: Instant,
-}
 
 /// The coordinator's ask to help repair `lost`'s share of `key_id`.
 #[derive(Debug)]
