@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -51,9 +51,11 @@ struct Who {
     expires: u64,
 }
 
-/// The console's state, in the coordinator's core.
-#[derive(Debug, Default)]
+/// The console's state, beside the coordinator's.
+#[derive(Debug)]
 pub(crate) struct Console {
+    /// The coordinator's clock (link and session expiry).
+    clock: Arc<dyn custody_ops::clock::Clock>,
     /// SHA-256 of a sign-in token → who asked for it.
     logins: Mutex<HashMap<[u8; 32], Who>>,
     /// SHA-256 of a session cookie → who.
@@ -65,13 +67,6 @@ pub(crate) struct Console {
     log: Mutex<LogView>,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn token() -> (String, [u8; 32]) {
     let mut b = [0u8; 32];
     OsRng.fill_bytes(&mut b);
@@ -80,9 +75,8 @@ fn token() -> (String, [u8; 32]) {
     (t, h)
 }
 
-fn insert(map: &Mutex<HashMap<[u8; 32], Who>>, h: [u8; 32], who: Who) {
+fn insert(map: &Mutex<HashMap<[u8; 32], Who>>, h: [u8; 32], who: Who, t: u64) {
     let mut m = map.lock().expect("lock");
-    let t = now();
     m.retain(|_, w| w.expires > t);
     if m.len() >= MAX_TOKENS {
         if let Some(oldest) = m.iter().min_by_key(|(_, w)| w.expires).map(|(k, _)| *k) {
@@ -93,11 +87,27 @@ fn insert(map: &Mutex<HashMap<[u8; 32], Who>>, h: [u8; 32], who: Who) {
 }
 
 impl Console {
+    /// An empty console reading time from `clock`.
+    pub fn new(clock: Arc<dyn custody_ops::clock::Clock>) -> Console {
+        Console {
+            clock,
+            logins: Mutex::default(),
+            sessions: Mutex::default(),
+            addr: Mutex::default(),
+            spki: Mutex::default(),
+            log: Mutex::default(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_secs()
+    }
+
     /// A one-time sign-in link for `name` (`role`), or `None` when the console is off.
     pub fn login_link(&self, role: Role, name: &str) -> Option<(String, u64, Option<[u8; 32]>)> {
         let addr = (*self.addr.lock().expect("lock"))?;
         let (t, h) = token();
-        let expires = now() + LOGIN_TTL.as_secs();
+        let expires = self.now() + LOGIN_TTL.as_secs();
         insert(
             &self.logins,
             h,
@@ -106,6 +116,7 @@ impl Console {
                 name: name.to_string(),
                 expires,
             },
+            self.now(),
         );
         Some((
             format!("https://{addr}/login?token={t}"),
@@ -118,7 +129,7 @@ impl Console {
         let s = self.sessions.lock().expect("lock");
         session_hashes(headers)
             .into_iter()
-            .find_map(|h| s.get(&h).filter(|w| w.expires > now()).cloned())
+            .find_map(|h| s.get(&h).filter(|w| w.expires > self.now()).cloned())
     }
 }
 
@@ -276,7 +287,7 @@ async fn login(State((core, console)): St, Query(q): Query<BTreeMap<String, Stri
     };
     let h: [u8; 32] = Sha256::digest(t.as_bytes()).into();
     let who = console.logins.lock().expect("lock").remove(&h);
-    let Some(who) = who.filter(|w| w.expires > now()) else {
+    let Some(who) = who.filter(|w| w.expires > console.now()) else {
         warn!("console: a sign-in link that is unknown, used or expired");
         let mut r = page(
             "custody console: link expired",
@@ -292,9 +303,10 @@ async fn login(State((core, console)): St, Query(q): Query<BTreeMap<String, Stri
         &console.sessions,
         sh,
         Who {
-            expires: now() + SESSION_TTL.as_secs(),
+            expires: console.now() + SESSION_TTL.as_secs(),
             ..who
         },
+        console.now(),
     );
     // A page (not a redirect) moves on to the console, so the next request is a
     // same-site navigation that carries the SameSite=Strict cookie.
@@ -824,7 +836,7 @@ fn settlements_section(ceremonies: &[Ceremony], o: &mut String) {
 /// median and maximum latency per minute.
 fn charts_section(core: &Core, o: &mut String) {
     let history = core.metrics.history();
-    let now_min = now() / 60;
+    let now_min = core.clock.now_secs() / 60;
     let minutes: Vec<Option<&crate::metrics::Minute>> = (0..crate::metrics::HISTORY as u64)
         .rev()
         .map(|ago| {

@@ -76,18 +76,14 @@ pub(crate) struct Metrics {
     pub(crate) dkg_seconds: LatencyFamily<SuiteTier>,
     pub(crate) sign_requests: Family<Outcome, Counter>,
     history: Mutex<VecDeque<Minute>>,
-}
-
-fn unix_minute() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 60)
-        .unwrap_or(0)
+    /// The coordinator's clock (the history's minutes).
+    clock: std::sync::Arc<dyn custody_ops::clock::Clock>,
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub fn new(clock: std::sync::Arc<dyn custody_ops::clock::Clock>) -> Metrics {
         Metrics {
+            clock,
             sign_seconds: custody_ops::latency_family(),
             dkg_seconds: custody_ops::latency_family(),
             sign_requests: Family::default(),
@@ -104,7 +100,7 @@ impl Metrics {
             })
             .observe(took.as_secs_f64());
         let ms = took.as_secs_f64() * 1000.0;
-        let now = unix_minute();
+        let now = self.clock.now_secs() / 60;
         let mut h = self.history.lock().expect("lock");
         if h.back().is_none_or(|m| m.minute != now) {
             h.push_back(Minute {

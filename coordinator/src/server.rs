@@ -44,7 +44,14 @@ pub(crate) async fn serve(
     let signers: Vec<Arc<SignerHandle>> = match links {
         Some(links) => links
             .into_iter()
-            .map(|(name, link)| Arc::new(SignerHandle::new(&name, link, config.timeouts)))
+            .map(|(name, link)| {
+                Arc::new(SignerHandle::new(
+                    &name,
+                    link,
+                    config.timeouts,
+                    clock.clone(),
+                ))
+            })
             .collect(),
         None => config
             .signers
@@ -55,7 +62,12 @@ pub(crate) async fn serve(
                     client_tls.clone(),
                     config.timeouts,
                 ));
-                Arc::new(SignerHandle::new(&s.name, link, config.timeouts))
+                Arc::new(SignerHandle::new(
+                    &s.name,
+                    link,
+                    config.timeouts,
+                    clock.clone(),
+                ))
             })
             .collect(),
     };
@@ -66,7 +78,7 @@ pub(crate) async fn serve(
         .map_err(|e| cfg_err(format!("{}: {e}", transcripts.display())))?;
     let audit = crate::audit::open(&config.data_dir, &config.name, identity.clone(), &store)
         .map_err(cfg_err)?;
-    let console = Arc::new(crate::console::Console::default());
+    let console = Arc::new(crate::console::Console::new(clock.clone()));
     let core = Arc::new(Core {
         name: config.name.clone(),
         cert_der,
@@ -82,7 +94,7 @@ pub(crate) async fn serve(
         inflight: Mutex::new(HashMap::new()),
         rotation: AtomicUsize::new(0),
         transcripts,
-        metrics: crate::metrics::Metrics::new(),
+        metrics: crate::metrics::Metrics::new(clock.clone()),
         clock,
     });
     let metas = core.store.keys().map_err(|e| cfg_err(e.to_string()))?;

@@ -2,7 +2,7 @@
 //! what the coordinator knows of its health.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::config::Timeouts;
 use crate::link::{LinkError, LinkFuture, SignerLink};
@@ -13,6 +13,7 @@ pub struct SignerHandle {
     /// Name, as in its certificate.
     pub name: String,
     link: Arc<dyn SignerLink>,
+    clock: Arc<dyn custody_ops::clock::Clock>,
     timeouts: Timeouts,
     health: Mutex<Health>,
     /// The signer's CA-verified certificate (DER), fetched on first contact.
@@ -39,19 +40,18 @@ pub struct Health {
     pub epoch: u64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl SignerHandle {
     /// A signer named `name`, reached over `link`.
-    pub fn new(name: &str, link: Arc<dyn SignerLink>, timeouts: Timeouts) -> Self {
+    pub fn new(
+        name: &str,
+        link: Arc<dyn SignerLink>,
+        timeouts: Timeouts,
+        clock: Arc<dyn custody_ops::clock::Clock>,
+    ) -> Self {
         SignerHandle {
             name: name.to_string(),
             link,
+            clock,
             timeouts,
             health: Mutex::new(Health::default()),
             certificate: Mutex::new(None),
@@ -94,7 +94,7 @@ impl SignerHandle {
         match r {
             Ok(_) => {
                 h.reachable = true;
-                h.last_seen_ms = now_ms();
+                h.last_seen_ms = self.clock.now_ms();
                 h.last_error.clear();
                 h.failed_at = None;
             }
@@ -109,7 +109,7 @@ impl SignerHandle {
             Err(_) => {
                 // The signer answered: it is reachable, the request was refused.
                 h.reachable = true;
-                h.last_seen_ms = now_ms();
+                h.last_seen_ms = self.clock.now_ms();
             }
         }
     }
@@ -123,7 +123,7 @@ impl SignerHandle {
         match r {
             Ok(_) => {
                 h.reachable = true;
-                h.last_seen_ms = now_ms();
+                h.last_seen_ms = self.clock.now_ms();
             }
             Err(e) if e.code() == tonic::Code::DeadlineExceeded => {
                 h.reachable = false;
@@ -138,7 +138,7 @@ impl SignerHandle {
             }
             Err(_) => {
                 h.reachable = true;
-                h.last_seen_ms = now_ms();
+                h.last_seen_ms = self.clock.now_ms();
             }
         }
     }
