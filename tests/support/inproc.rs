@@ -230,8 +230,8 @@ impl InProc {
     /// from signers `ids`, and a package over them for `message`, signed with the
     /// coordinator's own identity key.
     pub async fn rogue_package(&self, key_id: &str, ids: &[u16], message: &[u8]) -> Vec<u8> {
-        use custody_protocol::sign::{CommitmentBatch, SigningPackage, COORDINATOR};
-        use custody_protocol::wire::{self, Header, Kind};
+        use custody_protocol::sign::{SigningPackage, COORDINATOR};
+        use custody_protocol::wire::{Header, Kind};
         use custody_protocol::{identity, Identity, ParticipantId, Roster, SessionId};
         type C = custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR;
         let rogue = super::rogue::coordinator_identity_in(&self.dir);
@@ -255,16 +255,7 @@ impl InProc {
                 .await
                 .expect("commit")
                 .batch;
-            let opened = identity::open_from(&roster, p, &batch).expect("batch");
-            let (_, b) = wire::decode_with(
-                opened.body,
-                custody_protocol::Suite::Secp256k1Tr,
-                Kind::CommitmentBatch,
-                &SessionId([0; 32]),
-                |_, r| CommitmentBatch::<C>::decode_body(r, 1),
-            )
-            .expect("decode");
-            commitments.insert(p, b.0[0]);
+            commitments.insert(p, super::rogue::only_commitment(&roster, p, &batch));
         }
         let pkg = SigningPackage::<C>::new(commitments, message.to_vec()).expect("package");
         let header = Header {

@@ -90,6 +90,28 @@ pub fn as_rogue_coordinator_with(
     })
 }
 
+/// The one commitment in signer `p`'s batch envelope (secp256k1-tr), checked.
+pub fn only_commitment(
+    roster: &custody_protocol::Roster,
+    p: custody_protocol::ParticipantId,
+    batch: &[u8],
+) -> custody_protocol::sign::Commitments<custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR> {
+    use custody_protocol::sign::CommitmentBatch;
+    use custody_protocol::wire::{self, Kind};
+    use custody_protocol::{identity, SessionId};
+    type C = custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR;
+    let opened = identity::open_from(roster, p, batch).expect("batch");
+    let (_, b) = wire::decode_with(
+        opened.body,
+        custody_protocol::Suite::Secp256k1Tr,
+        Kind::CommitmentBatch,
+        &SessionId([0; 32]),
+        |_, r| CommitmentBatch::<C>::decode_body(r, 1),
+    )
+    .expect("decode");
+    b.0[0]
+}
+
 /// Draws one fresh commitment from each of signers 1..=n of a secp256k1-tr key and
 /// signs (as the coordinator) a package over them for `message`.
 pub async fn package(
@@ -98,8 +120,8 @@ pub async fn package(
     n: u16,
     message: Vec<u8>,
 ) -> (Vec<SignerClient<Channel>>, Vec<u8>) {
-    use custody_protocol::sign::{CommitmentBatch, SigningPackage, COORDINATOR};
-    use custody_protocol::wire::{self, Header, Kind};
+    use custody_protocol::sign::{SigningPackage, COORDINATOR};
+    use custody_protocol::wire::{Header, Kind};
     use custody_protocol::{identity, ParticipantId, Roster, SessionId};
     type C = custody_protocol::frost_secp256k1_tr::Secp256K1Sha256TR;
     let coordinator_id = coordinator_identity(c);
@@ -127,16 +149,7 @@ pub async fn package(
             .expect("commit")
             .into_inner()
             .batch;
-        let opened = identity::open_from(&roster, p, &batch).expect("batch");
-        let (_, b) = wire::decode_with(
-            opened.body,
-            custody_protocol::Suite::Secp256k1Tr,
-            Kind::CommitmentBatch,
-            &SessionId([0; 32]),
-            |_, r| CommitmentBatch::<C>::decode_body(r, 1),
-        )
-        .expect("decode");
-        commitments.insert(p, b.0[0]);
+        commitments.insert(p, only_commitment(&roster, p, &batch));
         clients.push(s);
     }
     let pkg = SigningPackage::<C>::new(commitments, message).expect("package");
