@@ -102,3 +102,23 @@ pub(crate) fn corrupt<C: custody_protocol::EngineSuite>(
 ) -> custody_protocol::sign::SignatureShare<C> {
     *share
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config that names a fault starts only where fault injection is compiled in
+    /// (tests); a build without it refuses the config at start, naming the feature.
+    #[test]
+    fn a_fault_in_the_config_needs_the_feature() {
+        let got = Faults::from_config(Some(Fault::StallSigning), "signer-1");
+        if cfg!(feature = "fault-injection") {
+            assert!(got.expect("compiled in").is(Fault::StallSigning));
+        } else {
+            let err = got.expect_err("a release build refuses it");
+            assert!(err.contains("fault-injection feature"), "{err}");
+        }
+        let honest = Faults::from_config(None, "signer-1").expect("no fault");
+        assert!(!honest.is(Fault::StallSigning));
+    }
+}
