@@ -1154,7 +1154,7 @@ fn a_batch_id_is_never_signed_again_with_other_content() {
             period_end_ms: 1,
         };
         let request_id = format!("settle-{batch}");
-        let message = hot_warm_cold::Settlement::from_proto(&p, &request_id)
+        let message = custody_api::settlement(&p, &request_id)
             .expect("settlement")
             .message(&key)
             .to_vec();
@@ -1380,7 +1380,7 @@ fn warm_keys_sign_after_approvals_and_a_time_lock_that_every_signer_checks() {
         destination: "mallory".into(),
         memo: String::new(),
     };
-    let message = hot_warm_cold::Transfer::from_proto(&t, "w-rogue")
+    let message = custody_api::transfer(&t, "w-rogue")
         .unwrap()
         .message(&key)
         .to_vec();

@@ -253,7 +253,7 @@ pub(crate) fn signed_request(
     settlement: Option<&custody_protocol::proto::Settlement>,
 ) -> SignedRequest {
     match (transfer, settlement) {
-        (_, Some(s)) => match hot_warm_cold::Settlement::from_proto(s, request_id) {
+        (_, Some(s)) => match custody_api::settlement(s, request_id) {
             Ok(s) => SignedRequest::from_settlement(&s),
             // Checked when the request came in; a raw record keeps the bytes.
             Err(_) => SignedRequest::Raw {

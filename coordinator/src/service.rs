@@ -540,52 +540,20 @@ impl CustodyService {
         };
         let core = &self.0;
 
-        // A transfer: the signed message is derived from it (each signer derives it
-        // again and checks it against the key's policy).
-        let settlement = match r.settlement {
-            Some(s) => {
-                if !r.message.is_empty() || r.transfer.is_some() {
-                    return Err(Status::invalid_argument(
-                        "settlement: message and transfer must be empty with a settlement",
-                    ));
-                }
-                let parsed = hot_warm_cold::Settlement::from_proto(&s, &request_id)
-                    .map_err(Status::invalid_argument)?;
-                Some((s, parsed))
-            }
-            None => None,
-        };
-        let (message, transfer) = match r.transfer {
-            _ if settlement.is_some() => (
-                settlement
-                    .as_ref()
-                    .expect("some")
-                    .1
-                    .message(&r.key_id)
-                    .to_vec(),
-                None,
-            ),
-            Some(t) => {
-                if !r.message.is_empty() {
-                    return Err(Status::invalid_argument(
-                        "message: must be empty when a transfer is given (its message is derived)",
-                    ));
-                }
-                let parsed = hot_warm_cold::Transfer::from_proto(&t, &request_id)
-                    .map_err(Status::invalid_argument)?;
-                (parsed.message(&r.key_id).to_vec(), Some(t))
-            }
-            None => (r.message, None),
-        };
-        let _guard = core.request_lock(&request_id).await;
-        self.sign_once(
+        // A transfer or settlement: the signed message is derived from it (each signer
+        // derives it again and checks it against the key's policy).
+        let message = custody_api::ask(
             &request_id,
-            &r.key_id,
-            message,
-            transfer,
-            settlement.map(|s| s.0),
+            &r.message,
+            r.transfer.as_ref(),
+            r.settlement.as_ref(),
         )
-        .await
+        .map_err(Status::invalid_argument)?
+        .message(&r.key_id);
+        let (transfer, settlement) = (r.transfer, r.settlement);
+        let _guard = core.request_lock(&request_id).await;
+        self.sign_once(&request_id, &r.key_id, message, transfer, settlement)
+            .await
     }
 
     async fn sign_once(

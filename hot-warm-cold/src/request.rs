@@ -28,29 +28,6 @@ pub struct Transfer {
 }
 
 impl Transfer {
-    /// The transfer a gRPC request describes, checked (INVALID_ARGUMENT material: the
-    /// error names the field).
-    pub fn from_proto(
-        t: &custody_protocol::proto::Transfer,
-        request_id: &str,
-    ) -> Result<Transfer, String> {
-        let amount: u128 = t.amount.parse().map_err(|_| {
-            format!(
-                "transfer.amount: {:?} is not a whole number of minor units",
-                t.amount
-            )
-        })?;
-        let out = Transfer {
-            asset: t.asset.clone(),
-            amount,
-            destination: t.destination.clone(),
-            request_id: request_id.to_string(),
-            memo: t.memo.clone(),
-        };
-        out.check().map_err(|e| format!("transfer.{e}"))?;
-        Ok(out)
-    }
-
     /// Checks field lengths and that the amount is not zero.
     pub fn check(&self) -> Result<(), String> {
         for (name, v) in [
@@ -110,41 +87,6 @@ pub struct Settlement {
 }
 
 impl Settlement {
-    /// The settlement a gRPC request describes, checked (the error names the field).
-    pub fn from_proto(
-        s: &custody_protocol::proto::Settlement,
-        request_id: &str,
-    ) -> Result<Settlement, String> {
-        let root: [u8; 32] = s
-            .root
-            .as_slice()
-            .try_into()
-            .map_err(|_| "settlement.root: must be 32 bytes".to_string())?;
-        let mut totals = std::collections::BTreeMap::new();
-        for t in &s.totals {
-            let amount: u128 = t.amount.parse().map_err(|_| {
-                format!(
-                    "settlement.totals: {:?} is not a whole number of minor units",
-                    t.amount
-                )
-            })?;
-            if totals.insert(t.currency.clone(), amount).is_some() {
-                return Err(format!("settlement.totals: {} listed twice", t.currency));
-            }
-        }
-        let out = Settlement {
-            batch_id: s.batch_id.clone(),
-            root,
-            count: s.count,
-            totals,
-            period_start_ms: s.period_start_ms,
-            period_end_ms: s.period_end_ms,
-            request_id: request_id.to_string(),
-        };
-        out.check().map_err(|e| format!("settlement.{e}"))?;
-        Ok(out)
-    }
-
     /// Checks the fields.
     pub fn check(&self) -> Result<(), String> {
         if self.batch_id.is_empty() || self.batch_id.len() > MAX_FIELD {

@@ -74,27 +74,7 @@ fn certificates(list: &[Participant]) -> Result<Vec<(ParticipantId, Vec<u8>)>> {
 pub(crate) fn approvals(
     list: &[custody_protocol::proto::Approval],
 ) -> Result<Vec<hot_warm_cold::Approval>> {
-    if list.len() > 256 {
-        return Err(Error::Invalid("approvals: at most 256".into()));
-    }
-    list.iter()
-        .map(|a| {
-            let approver: [u8; 32] = a
-                .approver
-                .as_slice()
-                .try_into()
-                .map_err(|_| Error::Invalid("approvals.approver: must be 32 bytes".into()))?;
-            if a.signature.len() != 64 {
-                return Err(Error::Invalid(
-                    "approvals.signature: must be 64 bytes".into(),
-                ));
-            }
-            Ok(hot_warm_cold::Approval {
-                approver,
-                signature: a.signature.clone(),
-            })
-        })
-        .collect()
+    custody_api::approvals(list).map_err(Error::Invalid)
 }
 
 /// A request's transfer or settlement part, checked (the error names the field).
@@ -105,11 +85,11 @@ fn claim(
     message: Option<Vec<u8>>,
 ) -> Result<Claim> {
     let transfer = transfer
-        .map(|t| hot_warm_cold::Transfer::from_proto(t, request_id))
+        .map(|t| custody_api::transfer(t, request_id))
         .transpose()
         .map_err(Error::Invalid)?;
     let settlement = settlement
-        .map(|s| hot_warm_cold::Settlement::from_proto(s, request_id))
+        .map(|s| custody_api::settlement(s, request_id))
         .transpose()
         .map_err(Error::Invalid)?;
     Claim::new(request_id, transfer, settlement, message)

@@ -215,20 +215,22 @@ async fn policy_change_digest(
 /// key id, message)`, the message computed here from the request's own fields.
 fn sign_digest(r: &SigningRequest) -> Result<[u8; 32], Error> {
     {
-        let message = match (&r.transfer, &r.settlement) {
-            (Some(_), Some(_)) => {
-                return Err("the request is both a transfer and a settlement: refusing".into())
-            }
-            (Some(t), None) => hot_warm_cold::Transfer::from_proto(t, &r.request_id)
-                .map_err(|e| format!("the request's transfer is invalid: {e}"))?
-                .message(&r.key_id)
-                .to_vec(),
-            (None, Some(s)) => hot_warm_cold::Settlement::from_proto(s, &r.request_id)
-                .map_err(|e| format!("the request's settlement is invalid: {e}"))?
-                .message(&r.key_id)
-                .to_vec(),
-            (None, None) => r.message.clone(),
+        // What the request itself says, whatever the coordinator computed: a
+        // structured request's message is derived here (the coordinator's is compared
+        // below), a raw one is the coordinator's.
+        let raw: &[u8] = if r.transfer.is_some() || r.settlement.is_some() {
+            &[]
+        } else {
+            &r.message
         };
+        let message = custody_api::ask(
+            &r.request_id,
+            raw,
+            r.transfer.as_ref(),
+            r.settlement.as_ref(),
+        )
+        .map_err(|e| format!("the request is invalid: {e}; refusing"))?
+        .message(&r.key_id);
         if message != r.message {
             return Err(
                 "the coordinator's message is not the request's: refusing to approve".into(),
