@@ -1,4 +1,4 @@
-//! The `custody.v1.Custody` gRPC service and the server around it.
+//! The `custody.v1.Custody` gRPC service (the process around it is `crate::server`).
 
 use std::sync::Arc;
 

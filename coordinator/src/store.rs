@@ -370,6 +370,46 @@ pub enum StoreError {
     /// A grouped write failed.
     #[error("database write: {0}")]
     Write(String),
+    /// A stored record does not decode (damaged): named, so an operator finds it.
+    #[error("database record {what} {id:?} is damaged: {error}")]
+    Damaged {
+        /// Which kind of record.
+        what: &'static str,
+        /// Its id (key id or request id).
+        id: String,
+        /// Why it does not decode.
+        error: serde_json::Error,
+    },
+}
+
+/// A stored record of kind `what` under `id`, decoded; a damaged one is named.
+fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    id: &[u8],
+    v: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|error| StoreError::Damaged {
+        what,
+        id: String::from_utf8_lossy(id).into_owned(),
+        error,
+    })
+}
+
+/// The records of `items` that decode; each damaged one is logged by name and passed
+/// over, so that one damaged record does not stop every other request.
+fn decoded_or_logged<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    items: impl Iterator<Item = Result<(sled::IVec, sled::IVec), sled::Error>>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for item in items {
+        let (k, v) = item?;
+        match decode(what, &k, &v) {
+            Ok(t) => out.push(t),
+            Err(e) => tracing::error!("{e}; passed over (repair or remove the record)"),
+        }
+    }
+    Ok(out)
 }
 
 /// The coordinator's database.
@@ -407,8 +447,7 @@ impl Store {
         };
         // Databases made before the open-request index get it once.
         if !store.db.contains_key(b"waiting-open-indexed")? {
-            for v in store.waiting.iter().values() {
-                let w: WaitingRequest = serde_json::from_slice(&v?)?;
+            for w in decoded_or_logged::<WaitingRequest>("waiting request", store.waiting.iter())? {
                 if w.is_open() {
                     store.open.insert(w.request_id.as_bytes(), &[])?;
                 }
@@ -430,16 +469,20 @@ impl Store {
     /// One key.
     pub fn key(&self, key_id: &str) -> Result<Option<KeyMeta>, StoreError> {
         match self.keys.get(key_id.as_bytes())? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => Ok(Some(decode("key", key_id.as_bytes(), &v)?)),
             None => Ok(None),
         }
     }
 
-    /// Every key, by key id.
+    /// Every key, by key id. A damaged key record is an error naming it (the
+    /// coordinator does not start without knowing every key).
     pub fn keys(&self) -> Result<Vec<KeyMeta>, StoreError> {
         self.keys
             .iter()
-            .map(|r| Ok(serde_json::from_slice(&r?.1)?))
+            .map(|r| {
+                let (k, v) = r?;
+                decode("key", &k, &v)
+            })
             .collect()
     }
 
@@ -505,10 +548,13 @@ impl Store {
     pub fn open_waiting(&self) -> Result<Vec<WaitingRequest>, StoreError> {
         let mut out = Vec::new();
         for id in self.open.iter().keys() {
-            if let Some(v) = self.waiting.get(id?)? {
-                let w: WaitingRequest = serde_json::from_slice(&v)?;
-                if w.is_open() {
-                    out.push(w);
+            let id = id?;
+            if let Some(v) = self.waiting.get(&id)? {
+                match decode::<WaitingRequest>("waiting request", &id, &v) {
+                    Ok(w) if w.is_open() => out.push(w),
+                    Ok(_) => {}
+                    // One damaged request does not stop the others.
+                    Err(e) => tracing::error!("{e}; passed over (repair or remove the record)"),
                 }
             }
         }
@@ -518,17 +564,14 @@ impl Store {
     /// A request of a key that needs approvals, by request id.
     pub fn waiting(&self, request_id: &str) -> Result<Option<WaitingRequest>, StoreError> {
         match self.waiting.get(request_id.as_bytes())? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => Ok(Some(decode("waiting request", request_id.as_bytes(), &v)?)),
             None => Ok(None),
         }
     }
 
-    /// Every request of keys that need approvals.
+    /// Every request of keys that need approvals (a damaged one logged and passed over).
     pub fn all_waiting(&self) -> Result<Vec<WaitingRequest>, StoreError> {
-        self.waiting
-            .iter()
-            .map(|r| Ok(serde_json::from_slice(&r?.1)?))
-            .collect()
+        decoded_or_logged("waiting request", self.waiting.iter())
     }
 
     /// Counts one more signature of `key_id`; returns the count.
@@ -547,7 +590,7 @@ impl Store {
     /// A signing result by request id.
     pub fn request(&self, request_id: &str) -> Result<Option<SignRecord>, StoreError> {
         match self.requests.get(request_id.as_bytes())? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => Ok(Some(decode("signing result", request_id.as_bytes(), &v)?)),
             None => Ok(None),
         }
     }
@@ -620,5 +663,65 @@ mod request_state_tests {
             S::TimeLocked.next(E::ColdApproved),
             S::AwaitingColdCommitments
         );
+    }
+}
+
+#[cfg(test)]
+mod damaged_record_tests {
+    use super::*;
+
+    fn waiting(id: &str) -> WaitingRequest {
+        WaitingRequest {
+            request_id: id.into(),
+            key_id: "k".into(),
+            message: Hex(vec![1, 2]),
+            transfer: None,
+            approvals: vec![(Hex(vec![3; 32]), Hex(vec![4; 64]))],
+            created_at: 1,
+            state: RequestState::WaitingApprovals,
+            last_error: String::new(),
+            kind: String::new(),
+            new_policy: String::new(),
+            current_policy: Hex::default(),
+            policy_version: 0,
+            cold: None,
+            settlement: Hex::default(),
+        }
+    }
+
+    /// Bytes read back as the same hex strings; a record with malformed hex is named
+    /// when asked for, and passed over (logged) by the lists, so the other requests go
+    /// on.
+    #[test]
+    fn a_damaged_record_is_named_and_does_not_stop_the_others() {
+        let dir =
+            std::env::temp_dir().join(format!("custody-coord-damaged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).expect("store");
+        store.put_waiting(&waiting("good")).expect("put");
+        store.put_waiting(&waiting("bad")).expect("put");
+        let json = serde_json::to_string(&waiting("good")).expect("json");
+        assert!(json.contains("\"message\":\"0102\""), "{json}");
+        assert!(json.contains("\"0303"), "{json}");
+        // Damage one record's hex.
+        let bad = serde_json::to_string(&waiting("bad"))
+            .expect("json")
+            .replace("\"0102\"", "\"01zz\"");
+        store
+            .waiting
+            .insert(b"bad", bad.as_bytes())
+            .expect("insert");
+        let open: Vec<String> = store
+            .open_waiting()
+            .expect("open")
+            .into_iter()
+            .map(|w| w.request_id)
+            .collect();
+        assert_eq!(open, vec!["good".to_string()]);
+        assert_eq!(store.all_waiting().expect("all").len(), 1);
+        let err = store.waiting("bad").expect_err("damaged").to_string();
+        assert!(err.contains("\"bad\"") && err.contains("not hex"), "{err}");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
