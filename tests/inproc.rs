@@ -274,3 +274,67 @@ async fn nonces_drawn_before_a_refresh_or_destruction_sign_nothing_after_it() {
         }
     }
 }
+
+/// A destroy is final on every signer, whatever races it: a policy change in flight
+/// (read before the destroy, written after) must not write the key's old record, share
+/// and state back over the tombstone. Each round races the two on one signer; after
+/// it the key must stay destroyed there (a resume is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_racing_a_destroy_never_brings_the_key_back() {
+    let c = InProc::start("destroy-race", 3, 2, &[]).await;
+    let admin = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let policy = |per_request: u64| {
+        serde_json::json!({
+            "tier": "hot", "allow_raw": true, "allowlist": null,
+            "assets": { "BTC": { "per_request": per_request, "per_window": 1000, "window_secs": 60 } },
+            "approvals": null, "time_lock_secs": 0, "max_age_secs": null, "max_signatures": null,
+            "admins": { "required": 1, "approvers": [hex::encode(admin.verifying_key().to_bytes())] },
+        })
+        .to_string()
+    };
+    let signer = c.signer("signer-1");
+    for round in 0..12 {
+        let key = create(&c, "ed25519", &policy(10)).await;
+        let mut client = c.client("operator").await;
+        client
+            .change_key_state(ChangeKeyStateRequest {
+                key_id: key.key_id.clone(),
+                event: "suspend".into(),
+            })
+            .await
+            .expect("suspend");
+        let current = hot_warm_cold::Policy::from_json(&policy(10)).expect("policy");
+        let new = hot_warm_cold::Policy::from_json(&policy(20)).expect("policy");
+        let digest = new.change_digest(&key.key_id, 0, &current.digest());
+        let change = SetPolicyRequest {
+            key_id: key.key_id.clone(),
+            policy: new.to_json(),
+            approvals: vec![Approval {
+                approver: admin.verifying_key().to_bytes().to_vec(),
+                signature: admin.sign(&digest).to_bytes().to_vec(),
+            }],
+        };
+        let destroy = KeyLifecycleRequest {
+            key_id: key.key_id.clone(),
+            event: "destroy".into(),
+        };
+        let (s1, s2, who) = (signer.clone(), signer.clone(), c.coordinator());
+        let a = tokio::spawn(async move { s1.set_policy(who, change).await });
+        let b = tokio::spawn(async move { s2.key_lifecycle(who, destroy).await });
+        let _ = a.await.expect("task");
+        b.await.expect("task").expect("destroy");
+        let resumed = signer
+            .key_lifecycle(
+                c.coordinator(),
+                KeyLifecycleRequest {
+                    key_id: key.key_id.clone(),
+                    event: "resume".into(),
+                },
+            )
+            .await;
+        assert!(
+            resumed.is_err(),
+            "round {round}: the destroyed key came back (resumed: {resumed:?})"
+        );
+    }
+}

@@ -55,6 +55,10 @@ pub(crate) struct Core {
     pub counters: Counters,
     /// Fault injection (`replay-shares`): the first share response, answered again.
     pub replayed: Mutex<Option<Vec<u8>>>,
+    /// One lock per key id, held while its stored record is read, changed and written
+    /// back (a lifecycle event, a policy change and a refresh step never interleave
+    /// their writes: a destroy's tombstone cannot be overwritten by a stale copy).
+    record_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Opens the sealer and the signer's sealed identity (created on first start).
@@ -114,6 +118,7 @@ impl Core {
             clock,
             counters: Counters::default(),
             replayed: Mutex::new(None),
+            record_locks: Mutex::new(HashMap::new()),
         };
         core.load_keys().map_err(|e| cfg_err(e.to_string()))?;
         Ok(core)
@@ -203,6 +208,18 @@ impl Core {
             old.set_state(KeyState::Destroyed);
             old.drop_nonces();
         }
+    }
+
+    /// Holds `key_id`'s record for a read, change and write back.
+    pub async fn lock_record(&self, key_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .record_locks
+            .lock()
+            .expect("lock")
+            .entry(key_id.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// The stored record of `key_id`, or `NOT_FOUND`.

@@ -275,6 +275,7 @@ impl Core {
         session: &SessionId,
         done: &Round2Done,
     ) -> Result<()> {
+        let _held = self.lock_record(&info.key_id).await;
         let rec = KeyRecord {
             key_id: info.key_id.clone(),
             suite: info.suite.name().to_string(),
@@ -326,6 +327,7 @@ impl Core {
             return self.apply_refresh(rec, &session, &confirmations).await;
         }
         let (stage, info) = self.take_stage(&session, 3)?;
+        let _held = self.lock_record(&info.key_id).await;
         // Checked, then the record made active, then the key loaded; a failed check
         // puts the stage back (another set of confirmations may still come).
         let finished: std::result::Result<Result<_>, (AnyStage, custody_protocol::Error)> = by_suite!(stage, AnyStage, C, s => match s {

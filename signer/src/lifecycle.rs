@@ -63,6 +63,7 @@ impl Core {
             LifecycleAsk::AbandonRefresh => return self.abandon_refresh(key_id).await,
             LifecycleAsk::Operator(e) => e,
         };
+        let _held = self.lock_record(key_id).await;
         let mut rec = self.record(key_id)?;
         let target = match event {
             Event::Suspend => KeyState::Suspended,
@@ -101,6 +102,7 @@ impl Core {
     pub async fn set_policy(&self, ask: PolicyChange) -> Result<[u8; 32]> {
         let key_id = ask.key_id.as_str();
         let new = ask.policy;
+        let _held = self.lock_record(key_id).await;
         let mut rec = self.record(key_id)?;
         if rec.policy == new {
             // Already applied (a retry).

@@ -25,6 +25,7 @@ impl Core {
     /// Starts refreshing this signer's share of an existing key.
     pub(crate) async fn start_refresh(self: &Arc<Self>, ask: DkgStart) -> Result<Vec<u8>> {
         let key_id = ask.key_id.clone();
+        let _held = self.lock_record(&key_id).await;
         let mut rec = self.record(&key_id)?;
         if rec.suite().map_err(|e| Error::internal("record", e))? != ask.suite
             || rec.me != ask.me.get()
@@ -111,6 +112,7 @@ impl Core {
         done: &Round2Done,
     ) -> Result<()> {
         let key_id = &info.key_id;
+        let _held = self.lock_record(key_id).await;
         let mut rec = self.record(key_id)?;
         rec.pending_refresh = Some(store::PendingRefresh {
             session: session.to_string(),
@@ -132,11 +134,14 @@ impl Core {
     /// share with the refreshed one. Idempotent.
     pub(crate) async fn apply_refresh(
         &self,
-        mut rec: KeyRecord,
+        rec: KeyRecord,
         session: &SessionId,
         confirmations: &[(ParticipantId, Vec<u8>)],
     ) -> Result<()> {
         let key_id = rec.key_id.clone();
+        // Read again under the record's lock (it may have changed since it was found).
+        let _held = self.lock_record(&key_id).await;
+        let mut rec = self.record(&key_id)?;
         let Some(pending) = rec.pending_refresh.clone() else {
             // Already applied (a retry).
             return Ok(());
@@ -185,6 +190,7 @@ impl Core {
     /// Abandons an unfinished refresh of `key_id`: the pending share (if any) is
     /// dropped and the old one signs again. Idempotent.
     pub(crate) async fn abandon_refresh(&self, key_id: &str) -> Result<KeyState> {
+        let _held = self.lock_record(key_id).await;
         let mut rec = self.record(key_id)?;
         self.dkg
             .lock()

@@ -139,6 +139,7 @@ impl Core {
     /// As the lost signer: the share recovered from the sigmas, under the key set and
     /// policy every helper attested; stored, recorded, and attested back.
     pub async fn repair_recover(&self, ask: RepairRecover) -> Result<Vec<u8>> {
+        let _held = self.lock_record(&ask.key_id).await;
         if let Some(rec) = self.store.get(&ask.key_id)? {
             // A share here, or a tombstone: a destroyed key stays destroyed.
             return Err(Error::AlreadyExists(format!(
