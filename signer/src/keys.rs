@@ -112,6 +112,23 @@ impl AnyKey {
         with_key!(self, C, k => C::key(Loaded { policy: Arc::new(policy), ..k.clone() }))
     }
 
+    /// This key with `old`'s usage record (the same one, shared): a refreshed share
+    /// keeps counting where the old one was, even against a request still admitting
+    /// under the old key object.
+    pub fn keep_usage_of(self, old: &AnyKey) -> AnyKey {
+        match (self, old) {
+            (AnyKey::Secp(mut n), AnyKey::Secp(o)) => {
+                n.usage = o.usage.clone();
+                AnyKey::Secp(n)
+            }
+            (AnyKey::Ed(mut n), AnyKey::Ed(o)) => {
+                n.usage = o.usage.clone();
+                AnyKey::Ed(n)
+            }
+            (n, _) => n,
+        }
+    }
+
     /// Drops every unused nonce (the share is being replaced or destroyed).
     pub fn drop_nonces(&self) {
         with_key!(self, C, k => k.nonces.lock().expect("lock").clear())

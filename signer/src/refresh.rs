@@ -177,6 +177,11 @@ impl Core {
         rec.last_refresh = session.to_string();
         rec.state = next;
         let loaded = self.unseal(&rec)?;
+        // The usage record goes on (one mutex for the key's spending, old share or new).
+        let loaded = match self.key(&key_id) {
+            Some(old) => loaded.keep_usage_of(&old),
+            None => loaded,
+        };
         self.log_lifecycle(&key_id, "refresh", next).await?;
         self.store.put(&rec)?;
         // The old share goes, and the commitments drawn for it with it (nonces never
