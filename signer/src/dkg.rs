@@ -105,23 +105,32 @@ impl Core {
         };
         self.new_session(
             ask.session,
-            DkgSession {
+            SessionInfo {
                 key_id: ask.key_id.clone(),
                 refresh: false,
                 policy: ask.policy,
                 suite: ask.suite,
                 participants,
                 roster,
-                stage: Some(stage),
-                started: Instant::now(),
             },
+            stage,
         )?;
         info!(key_id = %ask.key_id, suite = %ask.suite, %me, "DKG started");
         Ok(round1)
     }
 
-    /// Registers a new session (a session id is used once).
-    pub fn new_session(&self, session: SessionId, s: DkgSession) -> Result<()> {
+    /// Registers a new session at its first stage (a session id is used once).
+    pub fn new_session(
+        &self,
+        session: SessionId,
+        info: SessionInfo,
+        stage: AnyStage,
+    ) -> Result<()> {
+        let s = DkgSession {
+            info,
+            stage: Some(stage),
+            started: Instant::now(),
+        };
         let mut dkg = self.dkg.lock().expect("lock");
         dkg.retain(|_, s| s.started.elapsed() < DKG_TTL);
         if dkg.contains_key(&session) {
@@ -145,17 +154,7 @@ impl Core {
             Some(_) => {}
         }
         let stage = s.stage.take().expect("checked");
-        Ok((
-            stage,
-            SessionInfo {
-                key_id: s.key_id.clone(),
-                refresh: s.refresh,
-                policy: s.policy.clone(),
-                suite: s.suite,
-                participants: s.participants.clone(),
-                roster: s.roster.clone(),
-            },
-        ))
+        Ok((stage, s.info.clone()))
     }
 
     fn put_stage(&self, session: &SessionId, stage: AnyStage) {

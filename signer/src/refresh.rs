@@ -7,7 +7,6 @@
 //! after a restart); [`Core::abandon_refresh`] drops it and the old share signs again.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use custody_audit::export as ax;
 use custody_protocol::sign::COORDINATOR;
@@ -16,7 +15,7 @@ use rand_core::OsRng;
 use tracing::{info, warn};
 
 use crate::core::Core;
-use crate::dkg::{confirmed_entry, DkgSession, DkgStart, Round2Done, SessionInfo, Stage, DKG_TTL};
+use crate::dkg::{confirmed_entry, DkgStart, Round2Done, SessionInfo, Stage, DKG_TTL};
 use crate::error::{stored_hex, Error, Result};
 use crate::keys::{with_key, Typed};
 use crate::store::{self, KeyRecord, KeyState};
@@ -42,7 +41,10 @@ impl Core {
         {
             let mut dkg = self.dkg.lock().expect("lock");
             dkg.retain(|_, s| s.started.elapsed() < DKG_TTL);
-            if dkg.values().any(|s| s.refresh && s.key_id == key_id) {
+            if dkg
+                .values()
+                .any(|s| s.info.refresh && s.info.key_id == key_id)
+            {
                 return Err(Error::Precondition(format!(
                     "key {key_id}: another refresh of it is running; abandon it first"
                 )));
@@ -88,16 +90,15 @@ impl Core {
         roster.insert(COORDINATOR, ask.coordinator);
         self.new_session(
             ask.session,
-            DkgSession {
+            SessionInfo {
                 key_id: key_id.clone(),
                 refresh: true,
                 policy: rec.policy.clone(),
                 suite: ask.suite,
                 participants,
                 roster,
-                stage: Some(stage),
-                started: Instant::now(),
             },
+            stage,
         )?;
         info!(%key_id, suite = %ask.suite, me = %ask.me, "refresh started");
         Ok(round1)
@@ -200,7 +201,7 @@ impl Core {
         self.dkg
             .lock()
             .expect("lock")
-            .retain(|_, s| !(s.refresh && s.key_id == key_id));
+            .retain(|_, s| !(s.info.refresh && s.info.key_id == key_id));
         if rec.state != KeyState::Refreshing {
             // A stale pending share (a race with an abandon) must not block the next
             // refresh.

@@ -56,13 +56,8 @@ impl AnyStage {
 /// A DKG or refresh session between the coordinator's calls.
 #[derive(Debug)]
 pub(crate) struct DkgSession {
-    pub key_id: String,
-    /// A refresh of existing key `key_id` rather than a new key.
-    pub refresh: bool,
-    pub policy: hot_warm_cold::Policy,
-    pub suite: Suite,
-    pub participants: Vec<ParticipantId>,
-    pub roster: Roster,
+    /// What the session is.
+    pub info: SessionInfo,
     /// Taken out while a step runs.
     pub stage: Option<AnyStage>,
     pub started: Instant,
@@ -72,6 +67,7 @@ pub(crate) struct DkgSession {
 #[derive(Debug, Clone)]
 pub(crate) struct SessionInfo {
     pub key_id: String,
+    /// A refresh of existing key `key_id` rather than a new key.
     pub refresh: bool,
     pub policy: hot_warm_cold::Policy,
     pub suite: Suite,
