@@ -272,7 +272,7 @@ impl SignerApi {
         r: SignShareRequest,
     ) -> Result<SignShareResponse, Status> {
         // The key first: an unknown key is NOT_FOUND whatever else is wrong.
-        self.0.active_key(&r.key_id)?;
+        let key = self.0.active_key(&r.key_id)?;
         let request_id = check_id("request_id", &r.request_id)?;
         let ask = SignAsk {
             claim: claim(
@@ -282,6 +282,7 @@ impl SignerApi {
                 None,
             )?,
             key_id: r.key_id,
+            key,
             approvals: approvals(&r.approvals)?,
             package: r.package,
             coordinator,

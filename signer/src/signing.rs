@@ -119,6 +119,8 @@ impl Claim {
 #[derive(Debug)]
 pub(crate) struct SignAsk {
     pub key_id: String,
+    /// The key, as loaded when the request came in (looked up once).
+    pub key: crate::keys::AnyKey,
     pub claim: Claim,
     pub approvals: Vec<Approval>,
     /// The signing package, in the coordinator's envelope.
@@ -181,7 +183,7 @@ impl Core {
     /// leaves only once its `share-issued` entry is durable in our audit log.
     pub async fn sign_share(&self, ask: SignAsk) -> Result<Vec<u8>> {
         let t0 = Instant::now();
-        let k = self.active_key(&ask.key_id)?;
+        let k = ask.key.clone();
         let mut roster = Roster::new();
         roster.insert(COORDINATOR, ask.coordinator);
         let opened = identity::open_from(&roster, COORDINATOR, &ask.package)
